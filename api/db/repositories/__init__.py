@@ -1,0 +1,1 @@
+"""Tenant-scoped data access, one module per aggregate."""

@@ -1,0 +1,1 @@
+"""Pure domain: models, enums, state machines and typed errors. Imports nothing of ours."""

@@ -1,0 +1,170 @@
+"""/v0/datasets: upload (multipart, streamed to disk), validate, list, get, preview, delete."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
+
+from fastapi import APIRouter, Query, Request, Response, status
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+
+from api.deps import Ctx, Tenant
+from api.domain.datasets import Dataset, DatasetOptions, Manifest, SplitRatios, ValidationReport
+from api.domain.errors import BadRequest
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+_FORM_FIELDS = {"name", "task_type", "format", "seed", "split"}
+_UPLOAD_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "name"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "JSONL file"},
+                        "name": {"type": "string"},
+                        "task_type": {"type": "string", "enum": ["generation", "classification", "qa"]},
+                        "format": {
+                            "type": "string",
+                            "enum": ["input_target", "chat", "prompt_completion", "instruction"],
+                        },
+                        "seed": {"type": "integer"},
+                        "split": {"type": "string", "example": "0.8,0.1,0.1"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+class DatasetPage(BaseModel):
+    items: list[Dataset]
+    next_cursor: str | None
+
+
+class Preview(BaseModel):
+    dataset_id: str
+    split: str
+    rows: list[dict[str, Any]]
+
+
+def _options(form: FormData, ctx: Ctx) -> DatasetOptions:
+    unknown = set(form.keys()) - _FORM_FIELDS - {"file"}
+    if unknown:
+        raise BadRequest(f"unknown form field(s): {', '.join(sorted(unknown))}")
+    raw: dict[str, Any] = {k: v for k, v in form.items() if k in _FORM_FIELDS and isinstance(v, str) and v != ""}
+    try:
+        if "split" in raw:
+            raw["split"] = SplitRatios.parse(raw["split"])
+        raw["limits"] = ctx.settings.limits
+        return DatasetOptions.model_validate(raw)
+    except (ValidationError, ValueError) as exc:
+        raise BadRequest(_first_error(exc)) from exc
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        return f"{where}: {err['msg']}" if where else str(err["msg"])
+    return str(exc)
+
+
+@contextmanager
+def _spooled_upload(form: FormData, work_dir: Path) -> Iterator[tuple[Path, str | None]]:
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise BadRequest("multipart field 'file' (the JSONL dataset) is required")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".jsonl", dir=work_dir)
+    path = Path(name)
+    try:
+        with open(fd, "wb") as out:
+            _copy(upload.file, out)
+        yield path, upload.filename
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _copy(src: BinaryIO, dst: BinaryIO) -> None:
+    src.seek(0)
+    shutil.copyfileobj(src, dst, 1 << 20)
+
+
+async def _form(request: Request) -> FormData:
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise BadRequest("expected a multipart/form-data upload with a 'file' field")
+    return await request.form(max_files=1, max_fields=len(_FORM_FIELDS))
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=Dataset, openapi_extra=_UPLOAD_DOC)
+async def upload_dataset(request: Request, ctx: Ctx, tenant: Tenant) -> Dataset:
+    """Upload a JSONL file: validate, dedup, split and store it. 422 with the full report if invalid."""
+    form = await _form(request)
+    try:
+        options = _options(form, ctx)
+        with _spooled_upload(form, ctx.settings.work_dir) as (path, filename):
+            return await run_in_threadpool(ctx.datasets.create, tenant, path, options, filename=filename)
+    finally:
+        await form.close()
+
+
+@router.post("/validate", response_model=ValidationReport, openapi_extra=_UPLOAD_DOC)
+async def validate_dataset(request: Request, ctx: Ctx, tenant: Tenant) -> ValidationReport:
+    """Dry run: the validation report and split counts; nothing is stored."""
+    form = await _form(request)
+    try:
+        options = _options(form, ctx)
+        with _spooled_upload(form, ctx.settings.work_dir) as (path, _):
+            return await run_in_threadpool(ctx.datasets.validate, path, options)
+    finally:
+        await form.close()
+
+
+@router.get("", response_model=DatasetPage)
+def list_datasets(
+    ctx: Ctx,
+    tenant: Tenant,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> DatasetPage:
+    items, next_cursor = ctx.datasets.list(tenant, limit=limit, cursor=cursor)
+    return DatasetPage(items=items, next_cursor=next_cursor)
+
+
+@router.get("/{dataset_id}", response_model=Dataset)
+def get_dataset(dataset_id: str, ctx: Ctx, tenant: Tenant) -> Dataset:
+    return ctx.datasets.get(tenant, dataset_id)
+
+
+@router.get("/{dataset_id}/manifest", response_model=Manifest)
+def get_manifest(dataset_id: str, ctx: Ctx, tenant: Tenant) -> Manifest:
+    return ctx.datasets.manifest(tenant, dataset_id)
+
+
+@router.get("/{dataset_id}/preview", response_model=Preview)
+def preview_dataset(
+    dataset_id: str,
+    ctx: Ctx,
+    tenant: Tenant,
+    split: str = "train",
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> Preview:
+    rows = ctx.datasets.preview(tenant, dataset_id, split=split, limit=limit)
+    return Preview(dataset_id=dataset_id, split=split, rows=rows)
+
+
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_dataset(dataset_id: str, ctx: Ctx, tenant: Tenant) -> Response:
+    ctx.datasets.delete(tenant, dataset_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

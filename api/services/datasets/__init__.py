@@ -1,0 +1,1 @@
+"""Datasets: streamed validation, dedup and split (pipeline) and their storage (service)."""

@@ -1,0 +1,258 @@
+"""Dataset use-cases: create (validate → split → store → row), list, get, preview, delete."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from api.db import models
+from api.db.repositories import datasets as repo
+from api.db.session import Database
+from api.domain.datasets import (
+    SPLIT_NAMES,
+    Dataset,
+    DatasetOptions,
+    Manifest,
+    SplitFile,
+    SplitRatios,
+    ValidationReport,
+)
+from api.domain.enums import DatasetFormat, DatasetStatus, TaskType
+from api.domain.errors import BadRequest, Conflict, NotFound, StorageError, ValidationFailed
+from api.domain.ids import new_id
+from api.logging import get_logger
+from api.services.datasets.pipeline import PipelineResult, process
+from api.settings import Settings
+from api.storage.base import ObjectStore
+
+log = get_logger("datasets")
+
+MAX_PREVIEW_ROWS = 100
+
+
+def dataset_prefix(tenant_id: str, dataset_id: str) -> str:
+    return f"{tenant_id}/datasets/{dataset_id}"
+
+
+def split_key(tenant_id: str, dataset_id: str, split: str) -> str:
+    return f"{dataset_prefix(tenant_id, dataset_id)}/{split}.jsonl"
+
+
+class DatasetService:
+    def __init__(self, db: Database, store: ObjectStore, settings: Settings) -> None:
+        self.db = db
+        self.store = store
+        self.settings = settings
+
+    # -- validation ---------------------------------------------------------------------------
+    def validate(self, source: Path, options: DatasetOptions) -> ValidationReport:
+        """Dry run: the full report, nothing stored."""
+        return process(source, options, None).report
+
+    # -- create -------------------------------------------------------------------------------
+    def create(
+        self, tenant_id: str, source: Path, options: DatasetOptions, *, filename: str | None = None
+    ) -> Dataset:
+        """Validate, split and store; the row is written only after every object is in the store.
+
+        Any failure removes what was written, so neither objects nor a row are left behind.
+        """
+        dataset_id = new_id("ds")
+        self.settings.work_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = Path(tempfile.mkdtemp(prefix=f"{dataset_id}-", dir=self.settings.work_dir))
+        try:
+            result = process(source, options, out_dir)
+            if not result.report.ok:
+                raise ValidationFailed(_failure_summary(result.report), details=result.report.model_dump())
+            return self._store(tenant_id, dataset_id, source, options, result, filename)
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+    def _store(
+        self,
+        tenant_id: str,
+        dataset_id: str,
+        source: Path,
+        options: DatasetOptions,
+        result: PipelineResult,
+        filename: str | None,
+    ) -> Dataset:
+        report = result.report
+        assert report.format is not None and report.content_sha256 is not None
+        prefix = dataset_prefix(tenant_id, dataset_id)
+        created_at = datetime.now(UTC)
+        try:
+            manifest = self._put_objects(tenant_id, dataset_id, source, options, result, filename, created_at)
+        except Exception as exc:
+            self._cleanup(prefix)
+            log.error("storing dataset failed", extra={"dataset_id": dataset_id, "error": str(exc)})
+            raise StorageError(f"could not store dataset {dataset_id}: {exc}") from exc
+        row = models.DatasetRow(
+            id=dataset_id,
+            tenant_id=tenant_id,
+            name=options.name,
+            format=report.format.value,
+            task_type=options.task_type.value,
+            status=DatasetStatus.READY.value,
+            seed=options.seed,
+            ratios=options.split.model_dump(),
+            row_counts={name: s.rows for name, s in manifest.splits.items()},
+            content_sha256=report.content_sha256,
+            manifest_uri=self.store.uri(f"{prefix}/manifest.json"),
+            source_bytes=manifest.source_bytes,
+            created_at=created_at,
+        )
+        try:
+            with self.db.session() as session:
+                session.add(row)
+        except BaseException:
+            self._cleanup(prefix)
+            raise
+        log.info("dataset stored", extra={"dataset_id": dataset_id, "rows": row.row_counts})
+        return to_model(row)
+
+    def _put_objects(
+        self,
+        tenant_id: str,
+        dataset_id: str,
+        source: Path,
+        options: DatasetOptions,
+        result: PipelineResult,
+        filename: str | None,
+        created_at: datetime,
+    ) -> Manifest:
+        """Split files first, the manifest last: a manifest means the dataset is whole."""
+        report = result.report
+        assert report.format is not None and report.content_sha256 is not None
+        splits: dict[str, SplitFile] = {}
+        for name, out in result.splits.items():
+            key = split_key(tenant_id, dataset_id, name)
+            self.store.put_file(key, out.path)
+            splits[name] = SplitFile(uri=self.store.uri(key), rows=out.rows, sha256=out.sha256, bytes=out.bytes)
+        manifest = Manifest(
+            dataset_id=dataset_id,
+            name=options.name,
+            tenant_id=tenant_id,
+            format=report.format,
+            task_type=options.task_type,
+            seed=options.seed,
+            ratios=options.split,
+            content_sha256=report.content_sha256,
+            source_filename=filename,
+            source_bytes=source.stat().st_size,
+            splits=splits,
+            report=report,
+            created_at=created_at,
+        )
+        manifest_key = f"{dataset_prefix(tenant_id, dataset_id)}/manifest.json"
+        self.store.put_bytes(manifest_key, manifest.model_dump_json(indent=2).encode())
+        return manifest
+
+    def _cleanup(self, prefix: str) -> None:
+        try:
+            self.store.delete_prefix(prefix + "/")
+        except Exception:  # never mask the original error
+            log.exception("cleanup of %s failed", prefix)
+
+    # -- read ---------------------------------------------------------------------------------
+    def get(self, tenant_id: str, dataset_id: str) -> Dataset:
+        with self.db.session() as session:
+            return to_model(self._row(session, tenant_id, dataset_id))
+
+    def list(self, tenant_id: str, *, limit: int = 50, cursor: str | None = None) -> tuple[list[Dataset], str | None]:
+        after = _decode_cursor(cursor) if cursor else None
+        with self.db.session() as session:
+            rows = repo.list_page(session, tenant_id, limit=limit + 1, after=after)
+        items = [to_model(r) for r in rows[:limit] if r.status != DatasetStatus.DELETED.value]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = f"{last.created_at.isoformat()}|{last.id}"
+        return items, next_cursor
+
+    def manifest(self, tenant_id: str, dataset_id: str) -> Manifest:
+        ds = self.get(tenant_id, dataset_id)
+        raw = self.store.get_bytes(self.store.key_from_uri(ds.manifest_uri))
+        return Manifest.model_validate_json(raw)
+
+    def preview(self, tenant_id: str, dataset_id: str, *, split: str = "train", limit: int = 10) -> list[dict[str, Any]]:
+        if split not in SPLIT_NAMES:
+            raise BadRequest(f"split must be one of {', '.join(SPLIT_NAMES)}")
+        if not 1 <= limit <= MAX_PREVIEW_ROWS:
+            raise BadRequest(f"limit must be between 1 and {MAX_PREVIEW_ROWS}")
+        ds = self.get(tenant_id, dataset_id)
+        if ds.row_counts.get(split, 0) == 0:
+            return []
+        rows: list[dict[str, Any]] = []
+        with self.store.open_read(split_key(tenant_id, dataset_id, split)) as fh:
+            for line in fh:
+                if len(rows) >= limit:
+                    break
+                rows.append(json.loads(line))
+        return rows
+
+    # -- delete -------------------------------------------------------------------------------
+    def delete(self, tenant_id: str, dataset_id: str) -> None:
+        with self.db.session() as session:
+            row = self._row(session, tenant_id, dataset_id)
+            active = repo.active_jobs_using(session, tenant_id, dataset_id)
+            if active:
+                raise Conflict(
+                    f"dataset {dataset_id} is used by running job(s) {', '.join(active)}; cancel them first",
+                    details={"jobs": active},
+                )
+            row.status = DatasetStatus.DELETING.value
+        # Objects first: a failure here leaves a 'deleting' row that a retried DELETE finishes.
+        try:
+            self.store.delete_prefix(dataset_prefix(tenant_id, dataset_id) + "/")
+        except Exception as exc:
+            raise StorageError(f"could not delete objects of {dataset_id}: {exc}") from exc
+        with self.db.session() as session:
+            row = self._row(session, tenant_id, dataset_id)
+            if repo.any_jobs_using(session, tenant_id, dataset_id):
+                row.status = DatasetStatus.DELETED.value  # keep lineage for past jobs
+            else:
+                session.delete(row)
+        log.info("dataset deleted", extra={"dataset_id": dataset_id})
+
+    def _row(self, session: Session, tenant_id: str, dataset_id: str) -> models.DatasetRow:
+        row = repo.get(session, tenant_id, dataset_id)
+        if row is None or row.status == DatasetStatus.DELETED.value:
+            raise NotFound(f"dataset {dataset_id} not found")
+        return row
+
+
+def to_model(row: models.DatasetRow) -> Dataset:
+    return Dataset(
+        id=row.id,
+        name=row.name,
+        format=DatasetFormat(row.format),
+        task_type=TaskType(row.task_type),
+        status=DatasetStatus(row.status),
+        seed=row.seed,
+        ratios=SplitRatios.model_validate(row.ratios),
+        row_counts=dict(row.row_counts),
+        content_sha256=row.content_sha256,
+        manifest_uri=row.manifest_uri,
+        source_bytes=row.source_bytes,
+        created_at=row.created_at,
+    )
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        at, last_id = cursor.split("|", 1)
+        return datetime.fromisoformat(at), last_id
+    except ValueError as exc:
+        raise BadRequest("invalid cursor") from exc
+
+
+def _failure_summary(report: ValidationReport) -> str:
+    parts = [f"{g.count} × {g.code}" for g in report.errors]
+    return "dataset failed validation: " + ("; ".join(parts) if parts else "no usable rows")

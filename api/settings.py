@@ -1,0 +1,70 @@
+"""Runtime settings (environment variables prefixed ``FASTUNER_``, or a ``.env`` file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from api.domain.datasets import ValidationLimits
+
+DEFAULT_HOME = Path("~/.fastuner").expanduser()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FASTUNER_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    home: Path = DEFAULT_HOME
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///{home}/fastuner.db"
+    )
+
+    store: Literal["local", "s3"] = "local"
+    store_root: Path | None = Field(default=None, description="local store root; default {home}/store")
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+
+    backend: Literal["local", "sagemaker"] = "local"
+    aws_region: str | None = None
+    sagemaker_role_arn: str | None = None
+
+    # API keys mapping to tenants ({"key": "tenant"}); empty means single-user embedded mode.
+    api_keys: dict[str, str] = {}
+    default_tenant: str = "default"
+
+    max_upload_bytes: Annotated[int, Field(gt=0)] = 2 * 1024**3
+    limits: ValidationLimits = ValidationLimits()
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.store == "s3" and not self.s3_bucket:
+            raise ValueError("FASTUNER_S3_BUCKET is required when FASTUNER_STORE=s3")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home.expanduser() / 'fastuner.db'}"
+
+    @property
+    def resolved_store_root(self) -> Path:
+        return (self.store_root or self.home / "store").expanduser()
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space for uploads and local compute."""
+        return self.home.expanduser() / "work"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

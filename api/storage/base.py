@@ -1,0 +1,85 @@
+"""The ObjectStore protocol every storage backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str | None = None
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """Keys are ``/``-separated relative paths (``tenant/datasets/ds_x/train.jsonl``)."""
+
+    def uri(self, key: str) -> str:
+        """A URI for the object: ``s3://bucket/key`` or ``file:///abs/path``."""
+        ...
+
+    def key_from_uri(self, uri: str) -> str:
+        """Inverse of :meth:`uri`; raises ValueError for a URI of another store."""
+        ...
+
+    def put_file(self, key: str, path: Path) -> ObjectInfo: ...
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo: ...
+
+    def get_bytes(self, key: str) -> bytes: ...
+
+    def open_read(self, key: str) -> BinaryIO:
+        """A streaming reader; the caller closes it."""
+        ...
+
+    def download_file(self, key: str, path: Path) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    def delete(self, key: str) -> None:
+        """Delete one object; deleting a missing key is not an error."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix``; returns how many were deleted."""
+        ...
+
+
+def upload_dir(store: ObjectStore, local_dir: Path, prefix: str) -> list[ObjectInfo]:
+    """Upload every file below ``local_dir`` under ``prefix`` (keys keep the relative layout)."""
+    out: list[ObjectInfo] = []
+    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(local_dir).as_posix()
+        out.append(store.put_file(f"{prefix.rstrip('/')}/{rel}", path))
+    return out
+
+
+def download_prefix(store: ObjectStore, prefix: str, local_dir: Path) -> list[Path]:
+    """Download every object under ``prefix`` into ``local_dir`` keeping the relative layout."""
+    base = prefix.rstrip("/") + "/"
+    paths: list[Path] = []
+    for info in store.list(base):
+        rel = info.key[len(base):]
+        if not rel or ".." in Path(rel).parts:
+            continue
+        dest = local_dir / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        store.download_file(info.key, dest)
+        paths.append(dest)
+    return paths
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape a prefix or a local root."""
+    if not key or key.startswith("/") or "\\" in key:
+        raise ValueError(f"invalid object key: {key!r}")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid object key: {key!r}")
+    return key

@@ -1,0 +1,1 @@
+"""The ``fastuner`` command line and the Python SDK client."""

@@ -1,0 +1,92 @@
+"""``fastuner``: the command line. Every command speaks to the REST API through the SDK client.
+
+With no ``--api-url`` (or ``FASTUNER_API_URL``) the CLI serves the very same app in-process on the
+embedded default (SQLite + local store + local backend under ``~/.fastuner``).
+"""
+
+from __future__ import annotations
+
+import sys
+import click
+
+from cli.client import ApiError
+from cli.output import console, err_console, kv_table, print_json
+from cli.state import State, pass_state
+
+
+class FastunerGroup(click.Group):
+    """Turns API errors into one readable line (and the request id) instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ApiError as exc:
+            state = ctx.find_object(State)
+            if state is not None and state.json:
+                print_json({"code": exc.code, "message": exc.message, "request_id": exc.request_id,
+                            "details": exc.details})
+            else:
+                err_console.print(f"[bold red]error[/] [{exc.code}] {exc.message}", highlight=False)
+                _print_error_details(exc)
+                if exc.request_id:
+                    err_console.print(f"[dim]request id: {exc.request_id}[/]")
+            sys.exit(1)
+
+
+def _print_error_details(exc: ApiError) -> None:
+    details = exc.details
+    if isinstance(details, dict) and isinstance(details.get("errors"), list):
+        from cli.commands.datasets import print_issue_groups
+
+        print_issue_groups(details, to=err_console)
+
+
+@click.group(cls=FastunerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--api-url", envvar="FASTUNER_API_URL", help="Fastuner API; default: serve in-process.")
+@click.option("--api-key", envvar="FASTUNER_API_KEY", help="Bearer API key (when the API requires one).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@click.version_option(package_name="fastuner")
+@click.pass_context
+def cli(ctx: click.Context, api_url: str | None, api_key: str | None, as_json: bool) -> None:
+    """Fastuner: LoRA fine-tuning on SageMaker, or on this machine."""
+    ctx.obj = State(api_url=api_url, api_key=api_key, json=as_json)
+
+
+@cli.command()
+@pass_state
+def health(state: State) -> None:
+    """Check the API, database and store."""
+    data = state.client().health()
+    if state.json:
+        print_json(data)
+    else:
+        console.print(kv_table("fastuner", data.items()))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def server(host: str, port: int) -> None:
+    """Run the REST API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(create_app(), host=host, port=port)
+
+
+def _register() -> None:
+    from cli.commands import datasets
+
+    cli.add_command(datasets.datasets)
+
+
+_register()
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

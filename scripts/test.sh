@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole check, from a fresh machine: install, lint, type-check, and pytest on SQLite and PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh train,dev
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export AWS_EC2_METADATA_DISABLED=true AWS_DEFAULT_REGION=us-east-1
+if [ -z "${FASTUNER_TEST_POSTGRES_URL:-}" ]; then
+  if url="$(bash scripts/postgres.sh)"; then
+    export FASTUNER_TEST_POSTGRES_URL="$url"
+  elif [ -n "${CI:-}" ]; then
+    echo "PostgreSQL could not be started, and CI requires it" >&2; exit 1
+  else
+    echo "warning: PostgreSQL unavailable; its tests will be skipped" >&2
+  fi
+fi
+echo "== ruff"; ruff check .
+echo "== mypy"; mypy
+echo "== pytest"; python -m pytest "$@"

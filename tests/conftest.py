@@ -1,0 +1,60 @@
+"""Shared fixtures: isolated settings, databases (SQLite and, when available, PostgreSQL), stores, app."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+
+PG_URL = os.environ.get("FASTUNER_TEST_POSTGRES_URL")
+
+
+def _fresh_postgres(base_url: str) -> Iterator[str]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = "ft_" + uuid.uuid4().hex[:12]
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every test using this runs on SQLite and on a real PostgreSQL (a fresh database each)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fastuner.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("FASTUNER_TEST_POSTGRES_URL not set (scripts/test.sh starts PostgreSQL)")
+    yield from _fresh_postgres(PG_URL)
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from api.settings import Settings
+
+    def make(**overrides: object) -> Settings:
+        base: dict[str, object] = {
+            "home": tmp_path / "home",
+            "database_url": f"sqlite:///{tmp_path / 'home' / 'fastuner.db'}",
+            "log_json": False,
+        }
+        base.update(overrides)
+        return Settings(**base)  # type: ignore[arg-type]
+
+    return make
