@@ -7,10 +7,9 @@ import time
 import uuid
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.domain.errors import PayloadTooLarge
 from api.logging import get_logger, request_id_var
@@ -74,7 +73,11 @@ class BodyLimitMiddleware:
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             state = scope.get("state", {})
-            body = {"code": PayloadTooLarge.code, "message": self._message(), "request_id": state.get("request_id")}
+            body = {
+                "code": PayloadTooLarge.code,
+                "message": self._message(),
+                "request_id": state.get("request_id"),
+            }
             await JSONResponse(body, status_code=PayloadTooLarge.status)(scope, receive, send)
             return
         seen = 0

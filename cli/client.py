@@ -87,9 +87,11 @@ class FastunerClient:
         with path.open("rb") as fh:
             body: IO[bytes] | _ProgressReader = _ProgressReader(fh, on_progress) if on_progress else fh
             files = {"file": (path.name, body, "application/x-ndjson")}
-            return self._model(model, "POST", url, data=fields, files=files)  # type: ignore[dict-item]
+            return self._model(model, "POST", url, data=fields, files=files)
 
-    def list_datasets(self, *, limit: int = 50, cursor: str | None = None) -> tuple[list[Dataset], str | None]:
+    def list_datasets(
+        self, *, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[Dataset], str | None]:
         params: dict[str, Any] = {"limit": limit}
         if cursor:
             params["cursor"] = cursor
@@ -102,7 +104,9 @@ class FastunerClient:
     def get_manifest(self, dataset_id: str) -> Manifest:
         return self._model(Manifest, "GET", f"/v0/datasets/{dataset_id}/manifest")
 
-    def preview_dataset(self, dataset_id: str, *, split: str = "train", limit: int = 10) -> list[dict[str, Any]]:
+    def preview_dataset(
+        self, dataset_id: str, *, split: str = "train", limit: int = 10
+    ) -> list[dict[str, Any]]:
         data = self._request(
             "GET", f"/v0/datasets/{dataset_id}/preview", params={"split": split, "limit": limit}
         ).json()
@@ -134,15 +138,9 @@ def connect(api_url: str | None, api_key: str | None = None) -> Iterator[Fastune
     """A client for ``api_url``; with none, the same app is served in-process (embedded mode)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with ExitStack() as stack:
-        http: httpx.Client
-        if api_url:
-            http = stack.enter_context(httpx.Client(base_url=api_url, headers=headers, timeout=DEFAULT_TIMEOUT))
-        else:
-            from fastapi.testclient import TestClient
+        if not api_url:
+            from cli.embedded import serve_in_thread
 
-            from api.app import create_app
-
-            http = stack.enter_context(
-                TestClient(create_app(), base_url="http://fastuner.local", headers=headers, raise_server_exceptions=False)
-            )
+            api_url = stack.enter_context(serve_in_thread())
+        http = stack.enter_context(httpx.Client(base_url=api_url, headers=headers, timeout=DEFAULT_TIMEOUT))
         yield FastunerClient(http)

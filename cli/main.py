@@ -7,7 +7,9 @@ embedded default (SQLite + local store + local backend under ``~/.fastuner``).
 from __future__ import annotations
 
 import sys
+
 import click
+from rich.markup import escape
 
 from cli.client import ApiError
 from cli.output import console, err_console, kv_table, print_json
@@ -23,10 +25,18 @@ class FastunerGroup(click.Group):
         except ApiError as exc:
             state = ctx.find_object(State)
             if state is not None and state.json:
-                print_json({"code": exc.code, "message": exc.message, "request_id": exc.request_id,
-                            "details": exc.details})
+                print_json(
+                    {
+                        "code": exc.code,
+                        "message": exc.message,
+                        "request_id": exc.request_id,
+                        "details": exc.details,
+                    }
+                )
             else:
-                err_console.print(f"[bold red]error[/] [{exc.code}] {exc.message}", highlight=False)
+                err_console.print(
+                    f"[bold red]error[/] {escape(f'[{exc.code}] {exc.message}')}", highlight=False
+                )
                 _print_error_details(exc)
                 if exc.request_id:
                     err_console.print(f"[dim]request id: {exc.request_id}[/]")

@@ -31,8 +31,8 @@ def print_json(value: Any) -> None:
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
     t = Table(title=title, header_style="bold", show_lines=False)
-    for col in columns:
-        t.add_column(col)
+    for i, col in enumerate(columns):
+        t.add_column(col, no_wrap=i == 0)
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
     return t

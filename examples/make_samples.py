@@ -7,11 +7,49 @@ import random
 from pathlib import Path
 
 HERE = Path(__file__).parent
-WORDS = (
-    "river stone cloud lamp violet orbit pepper maple quartz harbor velvet candle meadow rocket "
-    "silver tundra amber falcon willow canyon ember frost garnet lantern marble nectar opal prism "
-    "saffron thistle walnut zephyr cobalt dune glacier hazel jasper koala lotus mango nebula"
-).split()
+WORDS = [
+    "river",
+    "stone",
+    "cloud",
+    "lamp",
+    "violet",
+    "orbit",
+    "pepper",
+    "maple",
+    "quartz",
+    "harbor",
+    "velvet",
+    "candle",
+    "meadow",
+    "rocket",
+    "silver",
+    "tundra",
+    "amber",
+    "falcon",
+    "willow",
+    "canyon",
+    "ember",
+    "frost",
+    "garnet",
+    "lantern",
+    "marble",
+    "nectar",
+    "opal",
+    "prism",
+    "saffron",
+    "thistle",
+    "walnut",
+    "zephyr",
+    "cobalt",
+    "dune",
+    "glacier",
+    "hazel",
+    "jasper",
+    "koala",
+    "lotus",
+    "mango",
+    "nebula",
+]
 
 
 def uppercase(n: int = 400, seed: int = 7) -> list[dict[str, str]]:

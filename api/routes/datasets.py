@@ -62,7 +62,9 @@ def _options(form: FormData, ctx: Ctx) -> DatasetOptions:
     unknown = set(form.keys()) - _FORM_FIELDS - {"file"}
     if unknown:
         raise BadRequest(f"unknown form field(s): {', '.join(sorted(unknown))}")
-    raw: dict[str, Any] = {k: v for k, v in form.items() if k in _FORM_FIELDS and isinstance(v, str) and v != ""}
+    raw: dict[str, Any] = {
+        k: v for k, v in form.items() if k in _FORM_FIELDS and isinstance(v, str) and v != ""
+    }
     try:
         if "split" in raw:
             raw["split"] = SplitRatios.parse(raw["split"])
@@ -138,7 +140,7 @@ def list_datasets(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
 ) -> DatasetPage:
-    items, next_cursor = ctx.datasets.list(tenant, limit=limit, cursor=cursor)
+    items, next_cursor = ctx.datasets.list_page(tenant, limit=limit, cursor=cursor)
     return DatasetPage(items=items, next_cursor=next_cursor)
 
 

@@ -66,7 +66,7 @@ def download_prefix(store: ObjectStore, prefix: str, local_dir: Path) -> list[Pa
     base = prefix.rstrip("/") + "/"
     paths: list[Path] = []
     for info in store.list(base):
-        rel = info.key[len(base):]
+        rel = info.key[len(base) :]
         if not rel or ".." in Path(rel).parts:
             continue
         dest = local_dir / rel

@@ -28,7 +28,7 @@ class LocalStore:
         prefix = self.root.as_uri() + "/"
         if not uri.startswith(prefix):
             raise ValueError(f"{uri} is not inside {self.root}")
-        return check_key(uri[len(prefix):])
+        return check_key(uri[len(prefix) :])
 
     def _atomic_write(self, key: str, writer: Callable[[BinaryIO], object]) -> ObjectInfo:
         dest = self._path(key)

@@ -44,7 +44,7 @@ class S3Store:
         head = f"s3://{self.bucket}/{self.prefix}"
         if not uri.startswith(head):
             raise ValueError(f"{uri} is not inside {head}")
-        return check_key(uri[len(head):])
+        return check_key(uri[len(head) :])
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
         full = self._key(key)
@@ -92,7 +92,7 @@ class S3Store:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
             for obj in page.get("Contents", []):
                 yield ObjectInfo(
-                    key=obj["Key"][len(self.prefix):], size=obj["Size"], etag=obj["ETag"].strip('"')
+                    key=obj["Key"][len(self.prefix) :], size=obj["Size"], etag=obj["ETag"].strip('"')
                 )
 
     def delete(self, key: str) -> None:

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from api.domain.datasets import Dataset, ValidationReport
-from cli.state import State, pass_state
 from cli.output import console, kv_table, print_json, table
+from cli.state import State, pass_state
 
 TASK_TYPES = click.Choice(["generation", "classification", "qa"])
 FORMATS = click.Choice(["input_target", "chat", "prompt_completion", "instruction"])
@@ -21,8 +21,7 @@ def _options(f: Any) -> Any:
     f = click.option("--split", help="train,validation,test ratios (default 0.8,0.1,0.1)")(f)
     f = click.option("--seed", type=int, help="split seed (default 42)")(f)
     f = click.option("--format", "fmt", type=FORMATS, help="force a format (default: auto-detect)")(f)
-    f = click.option("--task-type", type=TASK_TYPES, default="generation", show_default=True)(f)
-    return f
+    return click.option("--task-type", type=TASK_TYPES, default="generation", show_default=True)(f)
 
 
 @click.group()
@@ -34,8 +33,12 @@ def _with_progress(state: State, path: Path, action: str, call: Any) -> Any:
     if state.json:
         return call(None)
     with Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        console=console, transient=True,
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
     ) as progress:
         task = progress.add_task(f"{action} {path.name}", total=path.stat().st_size)
         return call(lambda n: progress.advance(task, n))
@@ -47,7 +50,13 @@ def _with_progress(state: State, path: Path, action: str, call: Any) -> Any:
 @_options
 @pass_state
 def upload(
-    state: State, file: Path, name: str | None, task_type: str, fmt: str | None, seed: int | None, split: str | None
+    state: State,
+    file: Path,
+    name: str | None,
+    task_type: str,
+    fmt: str | None,
+    seed: int | None,
+    split: str | None,
 ) -> None:
     """Validate, dedup, split and store FILE (JSONL)."""
     client = state.client()
@@ -56,7 +65,13 @@ def upload(
         file,
         "uploading",
         lambda cb: client.upload_dataset(
-            file, on_progress=cb, name=name or file.stem, task_type=task_type, format=fmt, seed=seed, split=split
+            file,
+            on_progress=cb,
+            name=name or file.stem,
+            task_type=task_type,
+            format=fmt,
+            seed=seed,
+            split=split,
         ),
     )
     if state.json:
@@ -70,7 +85,9 @@ def upload(
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_options
 @pass_state
-def validate(state: State, file: Path, task_type: str, fmt: str | None, seed: int | None, split: str | None) -> None:
+def validate(
+    state: State, file: Path, task_type: str, fmt: str | None, seed: int | None, split: str | None
+) -> None:
     """Dry run: report problems and split counts, store nothing. Exit 1 if invalid."""
     client = state.client()
     report: ValidationReport = _with_progress(
@@ -100,7 +117,14 @@ def list_(state: State, limit: int, cursor: str | None) -> None:
         print_json({"items": items, "next_cursor": next_cursor})
         return
     rows = [
-        (d.id, d.name, d.format.value, d.task_type.value, _counts(d.row_counts), d.created_at.strftime("%Y-%m-%d %H:%M"))
+        (
+            d.id,
+            d.name,
+            d.format.value,
+            d.task_type.value,
+            _counts(d.row_counts),
+            d.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
         for d in items
     ]
     console.print(table(None, ["id", "name", "format", "task", "rows (train/val/test)", "created"], rows))
@@ -124,7 +148,9 @@ def get(state: State, dataset_id: str) -> None:
 
 @datasets.command()
 @click.argument("dataset_id")
-@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "validation", "test"]))
+@click.option(
+    "--split", default="train", show_default=True, type=click.Choice(["train", "validation", "test"])
+)
 @click.option("--limit", default=5, show_default=True, type=click.IntRange(1, 100))
 @pass_state
 def preview(state: State, dataset_id: str, split: str, limit: int) -> None:
@@ -169,7 +195,10 @@ def print_dataset(ds: Dataset) -> None:
                 ("task type", ds.task_type.value),
                 ("status", ds.status.value),
                 ("rows", _counts(ds.row_counts) + "  (train/validation/test)"),
-                ("seed / ratios", f"{ds.seed} / {ds.ratios.train:g},{ds.ratios.validation:g},{ds.ratios.test:g}"),
+                (
+                    "seed / ratios",
+                    f"{ds.seed} / {ds.ratios.train:g},{ds.ratios.validation:g},{ds.ratios.test:g}",
+                ),
                 ("sha256", ds.content_sha256),
                 ("manifest", ds.manifest_uri),
             ],
@@ -197,8 +226,10 @@ def print_report(report: ValidationReport, *, header: bool = True) -> None:
     )
     if report.label_distribution:
         labels = sorted({lbl for dist in report.label_distribution.values() for lbl in dist})
-        rows = [[lbl, *(report.label_distribution.get(s, {}).get(lbl, 0) for s in report.label_distribution)]
-                for lbl in labels]
+        rows = [
+            [lbl, *(report.label_distribution.get(s, {}).get(lbl, 0) for s in report.label_distribution)]
+            for lbl in labels
+        ]
         console.print(table("labels", ["label", *report.label_distribution.keys()], rows))
     print_issue_groups(report.model_dump(mode="json"), to=console)
 
@@ -216,5 +247,7 @@ def print_issue_groups(report: dict[str, Any], *, to: Console) -> None:
         for g in groups:
             lines = ", ".join(str(n) for n in g["lines"])
             more = g["count"] - len(g["lines"])
-            rows.append((g["code"], g["count"], g["message"], lines + (f" (+{more} more)" if more > 0 else "")))
+            rows.append(
+                (g["code"], g["count"], g["message"], lines + (f" (+{more} more)" if more > 0 else ""))
+            )
         to.print(table(f"[{style}]{kind}[/]", ["code", "count", "message", "lines"], rows))

@@ -15,11 +15,21 @@ from api.domain.ids import ID_MAX_LEN, new_id
 
 
 def _dataset(tenant: str, at: datetime, **kw: object) -> models.DatasetRow:
-    values: dict[str, object] = dict(
-        id=new_id("ds"), tenant_id=tenant, name="n", format="chat", task_type="generation", status="ready",
-        seed=1, ratios={}, row_counts={"train": 1}, content_sha256="0" * 64, manifest_uri="file:///m",
-        source_bytes=1, created_at=at,
-    )
+    values: dict[str, object] = {
+        "id": new_id("ds"),
+        "tenant_id": tenant,
+        "name": "n",
+        "format": "chat",
+        "task_type": "generation",
+        "status": "ready",
+        "seed": 1,
+        "ratios": {},
+        "row_counts": {"train": 1},
+        "content_sha256": "0" * 64,
+        "manifest_uri": "file:///m",
+        "source_bytes": 1,
+        "created_at": at,
+    }
     values.update(kw)
     return models.DatasetRow(**values)
 

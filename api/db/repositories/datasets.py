@@ -45,8 +45,11 @@ def active_jobs_using(session: Session, tenant_id: str, dataset_id: str) -> list
 
 
 def any_jobs_using(session: Session, tenant_id: str, dataset_id: str) -> int:
-    return session.scalar(
-        select(func.count()).select_from(FineTuneJobRow).where(
-            FineTuneJobRow.tenant_id == tenant_id, FineTuneJobRow.dataset_id == dataset_id
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(FineTuneJobRow)
+            .where(FineTuneJobRow.tenant_id == tenant_id, FineTuneJobRow.dataset_id == dataset_id)
         )
-    ) or 0
+        or 0
+    )

@@ -134,7 +134,9 @@ class DatasetService:
         for name, out in result.splits.items():
             key = split_key(tenant_id, dataset_id, name)
             self.store.put_file(key, out.path)
-            splits[name] = SplitFile(uri=self.store.uri(key), rows=out.rows, sha256=out.sha256, bytes=out.bytes)
+            splits[name] = SplitFile(
+                uri=self.store.uri(key), rows=out.rows, sha256=out.sha256, bytes=out.bytes
+            )
         manifest = Manifest(
             dataset_id=dataset_id,
             name=options.name,
@@ -165,7 +167,9 @@ class DatasetService:
         with self.db.session() as session:
             return to_model(self._row(session, tenant_id, dataset_id))
 
-    def list(self, tenant_id: str, *, limit: int = 50, cursor: str | None = None) -> tuple[list[Dataset], str | None]:
+    def list_page(
+        self, tenant_id: str, *, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[Dataset], str | None]:
         after = _decode_cursor(cursor) if cursor else None
         with self.db.session() as session:
             rows = repo.list_page(session, tenant_id, limit=limit + 1, after=after)
@@ -181,7 +185,9 @@ class DatasetService:
         raw = self.store.get_bytes(self.store.key_from_uri(ds.manifest_uri))
         return Manifest.model_validate_json(raw)
 
-    def preview(self, tenant_id: str, dataset_id: str, *, split: str = "train", limit: int = 10) -> list[dict[str, Any]]:
+    def preview(
+        self, tenant_id: str, dataset_id: str, *, split: str = "train", limit: int = 10
+    ) -> list[dict[str, Any]]:
         if split not in SPLIT_NAMES:
             raise BadRequest(f"split must be one of {', '.join(SPLIT_NAMES)}")
         if not 1 <= limit <= MAX_PREVIEW_ROWS:
