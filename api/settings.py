@@ -33,6 +33,22 @@ class Settings(BaseSettings):
     backend: Literal["local", "sagemaker"] = "local"
     aws_region: str | None = None
     sagemaker_role_arn: str | None = None
+    training_image_uri: str | None = Field(default=None, description="ECR URI of containers/training")
+    inference_image_uri: str | None = Field(default=None, description="ECR URI of containers/inference")
+    default_instance_type: str = Field(default="ml.g5.xlarge", description="SageMaker training default")
+    # Base models users may fine-tune (fnmatch patterns). Existing local model folders are also
+    # allowed on the local backend.
+    allowed_models: list[str] = [
+        "HuggingFaceTB/SmolLM2-*",
+        "meta-llama/*",
+        "mistralai/*",
+        "Qwen/*",
+        "google/gemma-*",
+        "microsoft/Phi-*",
+    ]
+    reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
+    # Local backend: the Python that runs the training/inference entrypoints.
+    local_python: str | None = None
 
     # API keys mapping to tenants ({"key": "tenant"}); empty means single-user embedded mode.
     api_keys: dict[str, str] = {}
@@ -47,6 +63,8 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.store == "s3" and not self.s3_bucket:
             raise ValueError("FASTUNER_S3_BUCKET is required when FASTUNER_STORE=s3")
+        if self.backend == "sagemaker" and self.store != "s3":
+            raise ValueError("FASTUNER_BACKEND=sagemaker needs FASTUNER_STORE=s3 (SageMaker reads S3)")
         return self
 
     @property

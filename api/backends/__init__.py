@@ -1,0 +1,1 @@
+"""Compute backends: where training jobs (and, later, endpoints) run."""

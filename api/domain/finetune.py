@@ -1,0 +1,118 @@
+"""Fine-tune jobs and adapters: requests, API views, events, metrics, estimates."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.domain.enums import JobStatus, TuneMethod
+
+HyperValue = str | int | float | bool
+
+
+class FineTuneRequest(BaseModel):
+    """``POST /v0/finetune``. Engine hyperparameters may be given in ``hyperparameters`` (any key
+    the SCU engine accepts) or through the common shortcuts below, which win when both are set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: Annotated[str, Field(min_length=4, max_length=32)]
+    base_model: Annotated[str, Field(min_length=1, max_length=512)]
+    method: TuneMethod = TuneMethod.LORA
+    hyperparameters: dict[str, HyperValue] = {}
+    target_s: Annotated[float | None, Field(gt=0, lt=1)] = None
+    epochs: Annotated[float | None, Field(gt=0, le=1000)] = None
+    max_steps: Annotated[int | None, Field(ge=1)] = None
+    learning_rate: Annotated[float | None, Field(gt=0, lt=1)] = None
+    lora_r: Annotated[int | None, Field(ge=1, le=1024)] = None
+    instance_type: str | None = None
+    instance_count: Annotated[int, Field(ge=1, le=64)] = 1
+    spot: bool = False
+    max_runtime_seconds: Annotated[int, Field(ge=60, le=28 * 86400)] = 24 * 3600
+    volume_gb: Annotated[int, Field(ge=1, le=16384)] = 50
+    dry_run: bool = False
+
+    def engine_hyperparameters(self) -> dict[str, HyperValue]:
+        hp: dict[str, HyperValue] = dict(self.hyperparameters)
+        hp["base_model"] = self.base_model
+        hp["method"] = self.method.value
+        for key in ("target_s", "epochs", "max_steps", "learning_rate", "lora_r"):
+            value = getattr(self, key)
+            if value is not None:
+                hp[key] = value
+        return hp
+
+
+class CostEstimate(BaseModel):
+    instance_type: str
+    instance_count: int
+    spot: bool
+    hourly_usd: float
+    n_params: int | None
+    train_tokens: int | None
+    expected_runtime_seconds: int | None
+    estimated_cost_usd: float | None
+    gpu_memory_needed_gb: float | None
+    gpu_memory_available_gb: float | None
+    notes: list[str] = []
+
+
+class FineTuneJob(BaseModel):
+    id: str
+    dataset_id: str
+    base_model: str
+    method: TuneMethod
+    hyperparameters: dict[str, Any]
+    backend: str
+    backend_job_name: str | None
+    instance_type: str
+    instance_count: int
+    spot: bool
+    status: JobStatus
+    secondary_status: str | None
+    failure_reason: str | None
+    estimate: CostEstimate | None
+    billable_seconds: int | None
+    cost_estimate_usd: float | None
+    adapter_id: str | None
+    latest_metrics: dict[str, float] | None = None
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+class DryRun(BaseModel):
+    """What ``--dry-run`` returns: the launch that would happen, and its estimate."""
+
+    dry_run: bool = True
+    backend: str
+    hyperparameters: dict[str, str]
+    estimate: CostEstimate
+    warnings: list[str] = []
+
+
+class JobEvent(BaseModel):
+    id: int
+    kind: str
+    message: str
+    data: dict[str, Any]
+    at: datetime
+
+
+class MetricPoint(BaseModel):
+    step: int
+    values: dict[str, float]
+
+
+class Adapter(BaseModel):
+    id: str
+    job_id: str
+    dataset_id: str
+    dataset_sha256: str
+    base_model: str
+    uri: str
+    eval_metrics: dict[str, Any]
+    config: dict[str, Any]
+    created_at: datetime
