@@ -1,0 +1,5 @@
+import sys
+
+from scu.entry import main
+
+sys.exit(main())

@@ -1,0 +1,208 @@
+"""Training configuration: what users may set (``TrainConfig``) and the fully resolved config
+after smart defaults (``ResolvedConfig``, written to ``model/fastuner_config.json``). Torch-free."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from scu import defaults
+from scu.defaults import Facts
+
+_NONE_STRINGS = {"", "null", "none", "auto"}
+
+
+class TrainConfig(BaseModel):
+    """Hyperparameters. ``None`` means "pick a smart default"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # model and method
+    base_model: str | None = None
+    method: Literal["lora", "qlora"] = "lora"
+    # SCU
+    scu: Literal["on", "off", "fixed"] = "on"
+    target_s: float | None = Field(default=None, gt=0.0, lt=1.0)
+    lambda_init: float = Field(default=1.0, gt=0.0)
+    lambda_fixed: float | None = Field(default=None, ge=0.0)
+    lambda_min: float = Field(default=1e-4, gt=0.0)
+    lambda_max: float = Field(default=10.0, gt=0.0)
+    kp: float = Field(default=0.8, ge=0.0)
+    ki: float = Field(default=0.15, ge=0.0)
+    ema_alpha: float = Field(default=0.1, gt=0.0, le=1.0)
+    deadband: float = Field(default=0.002, ge=0.0)
+    i_leak: float = Field(default=0.995, ge=0.0, le=1.0)
+    i_max: float = Field(default=0.2, ge=0.0)
+    prior_sigma: float = Field(default=0.01, gt=0.0)
+    # LoRA
+    lora_r: int | None = Field(default=None, ge=1, le=1024)
+    lora_alpha: float | None = Field(default=None, gt=0.0)
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = None
+    # optimisation
+    learning_rate: float | None = Field(default=None, gt=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(default=0.03, ge=0.0, lt=1.0)
+    max_grad_norm: float = Field(default=1.0, ge=0.0)
+    batch_size: int | None = Field(default=None, ge=1)
+    grad_accum: int | None = Field(default=None, ge=1)
+    block_size: int | None = Field(default=None, ge=8)
+    epochs: float | None = Field(default=None, gt=0.0, le=1000.0)
+    max_steps: int | None = Field(default=None, ge=1)
+    seed: int = 42
+    # data
+    packing: bool = False
+    train_on_inputs: bool = False
+    validation_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+    # runtime
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool | None = None
+    log_every: int = Field(default=10, ge=1)
+    checkpoint_every: int = Field(default=100, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    eval_batch_size: int | None = Field(default=None, ge=1)
+    num_processes: int | None = Field(default=None, ge=1)
+    master_port: int = Field(default=29500, ge=1, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_strings(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {
+                k: (None if isinstance(v, str) and v.strip().lower() in _NONE_STRINGS else v)
+                for k, v in data.items()
+            }
+        return data
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            return parts or None
+        return value
+
+    @field_validator("scu", "method", "lr_scheduler", "precision", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.scu == "fixed" and self.lambda_fixed is None:
+            raise ValueError("scu=fixed needs lambda_fixed (the constant lambda)")
+        if self.lambda_min > self.lambda_max:
+            raise ValueError("lambda_min must be <= lambda_max")
+        if not self.lambda_min <= self.lambda_init <= self.lambda_max:
+            raise ValueError("lambda_init must lie in [lambda_min, lambda_max]")
+        return self
+
+
+class ResolvedConfig(BaseModel):
+    """Every value concrete; ``defaulted`` lists the ones chosen by smart defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str
+    method: Literal["lora", "qlora"]
+    method_requested: Literal["lora", "qlora"]
+    scu: Literal["on", "off", "fixed"]
+    target_s: float
+    lambda_init: float
+    lambda_fixed: float | None
+    lambda_min: float
+    lambda_max: float
+    kp: float
+    ki: float
+    ema_alpha: float
+    deadband: float
+    i_leak: float
+    i_max: float
+    prior_sigma: float
+    lora_r: int
+    lora_alpha: float
+    lora_dropout: float
+    target_modules: list[str] | None
+    learning_rate: float
+    weight_decay: float
+    lr_scheduler: str
+    warmup_ratio: float
+    max_grad_norm: float
+    batch_size: int
+    grad_accum: int
+    block_size: int
+    epochs: float
+    max_steps: int | None
+    seed: int
+    packing: bool
+    train_on_inputs: bool
+    validation_fraction: float
+    precision: Literal["fp32", "bf16", "fp16"]
+    gradient_checkpointing: bool
+    log_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    eval_batch_size: int
+    num_processes: int | None
+    master_port: int
+    # facts the defaults were computed from
+    n_params: int
+    train_rows: int
+    train_tokens: int
+    world_size: int
+    defaulted: list[str]
+
+
+def resolve(
+    cfg: TrainConfig, facts: Facts, base_model: str, *, qlora_available: bool, bf16_ok: bool = True
+) -> ResolvedConfig:
+    """Fill every ``None`` in ``cfg`` from the smart-default rules in :mod:`scu.defaults`."""
+    chosen: list[str] = []
+
+    def pick(name: str, value: Any) -> Any:
+        user = getattr(cfg, name)
+        if user is None:
+            chosen.append(name)
+            return value
+        return user
+
+    method = "qlora" if cfg.method == "qlora" and qlora_available else "lora"
+    block = pick("block_size", defaults.block_size(facts.p95_row_tokens, facts.max_positions, facts.cuda))
+    r = pick("lora_r", defaults.lora_rank(facts.n_params, facts.train_tokens))
+    micro = pick(
+        "batch_size", defaults.micro_batch_size(facts.n_params, block, facts.cuda, method == "qlora")
+    )
+    n_epochs = pick("epochs", defaults.epochs(facts.train_tokens))
+    accum = pick("grad_accum", defaults.grad_accum(facts.train_rows, n_epochs, micro, facts.world_size))
+    if cfg.precision == "auto":
+        chosen.append("precision")
+        precision = ("bf16" if bf16_ok else "fp16") if facts.cuda else "fp32"
+    else:
+        precision = cfg.precision
+    data = cfg.model_dump()
+    data.update(
+        base_model=base_model,
+        method=method,
+        method_requested=cfg.method,
+        target_s=pick("target_s", defaults.target_s(facts.n_params, facts.train_tokens)),
+        lora_r=r,
+        lora_alpha=pick("lora_alpha", float(defaults.lora_alpha(r))),
+        learning_rate=pick("learning_rate", defaults.learning_rate(facts.n_params)),
+        batch_size=micro,
+        grad_accum=accum,
+        block_size=block,
+        epochs=n_epochs,
+        precision=precision,
+        gradient_checkpointing=pick(
+            "gradient_checkpointing", defaults.gradient_checkpointing(facts.n_params, facts.cuda)
+        ),
+        eval_batch_size=pick("eval_batch_size", micro),
+        n_params=facts.n_params,
+        train_rows=facts.train_rows,
+        train_tokens=facts.train_tokens,
+        world_size=facts.world_size,
+        defaulted=sorted(chosen),
+    )
+    return ResolvedConfig(**data)

@@ -1,0 +1,198 @@
+"""One training job end to end: data -> smart defaults -> model -> train -> eval -> outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+
+from scu import data as data_mod
+from scu.config import ResolvedConfig, TrainConfig, resolve
+from scu.defaults import Facts
+from scu.distributed import DistInfo, barrier, init_distributed, shutdown
+from scu.evaluate import evaluate_adapter
+from scu.metrics_format import format_eval_line
+from scu.modeling import apply_lora, load_base_model, load_tokenizer, model_facts, qlora_available
+from scu.paths import EXIT_INTERRUPTED, EXIT_OK, ContractPaths
+from scu.trainer import StopFlag, train
+
+log = logging.getLogger("scu.job")
+
+DUMP_LOGITS_ENV = "FASTUNER_SCU_DUMP_LOGITS"  # test hook: save final in-training logits here
+BASE_MODEL_CHANNELS = ("base_model", "model")
+
+
+class JobError(ValueError):
+    """A user-facing problem (bad data, missing model); its text goes to output/failure."""
+
+
+def resolve_base_model(cfg: TrainConfig, paths: ContractPaths) -> str:
+    if cfg.base_model:
+        return cfg.base_model
+    for name in BASE_MODEL_CHANNELS:
+        channel = paths.channel(name)
+        if (channel / "config.json").exists():
+            return str(channel)
+    raise JobError(
+        "No base model: set the base_model hyperparameter (a local path or hub id) or provide a "
+        "'base_model' input channel holding a Hugging Face model folder."
+    )
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _p95(lengths: list[int]) -> int:
+    if not lengths:
+        return 1
+    ordered = sorted(lengths)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+def run_job(paths: ContractPaths, cfg: TrainConfig) -> int:
+    info, device = init_distributed()
+    stop = StopFlag()
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        log.warning("received signal %d: will checkpoint and stop", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    try:
+        return _run(paths, cfg, info, device, stop)
+    finally:
+        shutdown(info)
+
+
+def _run(paths: ContractPaths, cfg: TrainConfig, info: DistInfo, device: torch.device, stop: StopFlag) -> int:
+    base = resolve_base_model(cfg, paths)
+    tokenizer = load_tokenizer(base)
+    train_rows = data_mod.read_channel(paths.channel("train"))
+    if not train_rows:
+        raise JobError(f"No training rows: expected one or more *.jsonl files in {paths.channel('train')}.")
+    val_rows = data_mod.read_channel(paths.channel("validation"))
+    val_source = "validation"
+    if not val_rows:
+        train_rows, val_rows = data_mod.split_holdout(train_rows, cfg.validation_fraction, cfg.seed)
+        val_source = "holdout"
+    enc_train = data_mod.encode_rows(tokenizer, train_rows)
+    enc_val = data_mod.encode_rows(tokenizer, val_rows)
+    n_params, max_pos = model_facts(base)
+    lengths = [len(p) + len(t) for p, t in enc_train]
+    facts = Facts(
+        n_params=n_params,
+        train_rows=len(train_rows),
+        train_tokens=sum(len(t) for _, t in enc_train),
+        p95_row_tokens=_p95(lengths),
+        max_positions=max_pos,
+        cuda=device.type == "cuda",
+        world_size=info.world_size,
+    )
+    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    rcfg = resolve(cfg, facts, base, qlora_available=qlora_available(), bf16_ok=bf16_ok)
+    if cfg.method == "qlora" and rcfg.method != "qlora":
+        log.warning("method=qlora needs CUDA and bitsandbytes; falling back to LoRA on %s", device)
+
+    examples, stats = data_mod.build_examples(enc_train, rcfg.block_size, rcfg.train_on_inputs)
+    if rcfg.packing:
+        examples = data_mod.pack(examples, rcfg.block_size)
+    n_tokens = sum(sum(1 for x in ex.labels[1:] if x != data_mod.IGNORE) for ex in examples)
+    if n_tokens == 0:
+        raise JobError(
+            "The training data has no target tokens to learn from (all assistant targets are empty)."
+        )
+    val_examples, val_stats = data_mod.build_examples(enc_val, rcfg.block_size, train_on_inputs=False)
+    rcfg = rcfg.model_copy(update={"train_tokens": n_tokens})
+
+    model = load_base_model(base, rcfg.precision, rcfg.method, device, rcfg.gradient_checkpointing)
+    model, targets = apply_lora(model, rcfg.lora_r, rcfg.lora_alpha, rcfg.lora_dropout, rcfg.target_modules)
+    rcfg = rcfg.model_copy(update={"target_modules": targets})
+    if info.is_main:
+        summary = {
+            **rcfg.model_dump(),
+            "data": {
+                "train": stats.summary(),
+                "validation": val_stats.summary(),
+                "validation_source": val_source,
+            },
+        }
+        _write_json(paths.model_dir / "fastuner_config.json", summary)
+        print(
+            f"[scu] config: base={base} params={n_params} method={rcfg.method} r={rcfg.lora_r} "
+            f"alpha={rcfg.lora_alpha} lr={rcfg.learning_rate:g} batch={rcfg.batch_size}x{rcfg.grad_accum}"
+            f"x{info.world_size} block={rcfg.block_size} epochs={rcfg.epochs:g} scu={rcfg.scu} "
+            f"target_s={rcfg.target_s:g} N={n_tokens} rows={len(examples)} precision={rcfg.precision}",
+            flush=True,
+        )
+
+    pad_id = int(tokenizer.pad_token_id)
+    result = train(rcfg, model, examples, n_tokens, pad_id, device, info, paths, stop)
+    if result.status == "interrupted":
+        if info.is_main:
+            _write_json(
+                paths.status_file,
+                {"status": "interrupted", "step": result.global_step, "total_steps": result.total_steps},
+            )
+            print(
+                f"[scu] interrupted at step {result.global_step}/{result.total_steps}: checkpoint saved",
+                flush=True,
+            )
+        return EXIT_INTERRUPTED
+
+    report = evaluate_adapter(model, val_examples, rcfg.eval_batch_size, pad_id, device, info)
+    if info.is_main:
+        report.update(source=val_source, steps=result.global_step, scu=rcfg.scu, target_s=rcfg.target_s)
+        _finish(paths, model, rcfg, report, val_examples or examples, pad_id, device)
+        _write_json(
+            paths.status_file,
+            {"status": "completed", "step": result.global_step, "total_steps": result.total_steps},
+        )
+    barrier(info)
+    return EXIT_OK
+
+
+def _finish(
+    paths: ContractPaths,
+    model: Any,
+    rcfg: ResolvedConfig,
+    report: dict[str, Any],
+    probe: list[data_mod.Example],
+    pad_id: int,
+    device: torch.device,
+) -> None:
+    model.save_pretrained(paths.model_dir)
+    _write_json(paths.model_dir / "eval.json", report)
+    if report["tokens"]:
+        print(
+            format_eval_line(
+                {
+                    "tokens": report["tokens"],
+                    "base_bpt": report["base"]["bpt"],
+                    "adapter_bpt": report["adapter"]["bpt"],
+                    "base_ppl": report["base"]["perplexity"],
+                    "adapter_ppl": report["adapter"]["perplexity"],
+                }
+            ),
+            flush=True,
+        )
+    if paths.metrics_file.exists():
+        shutil.copyfile(paths.metrics_file, paths.model_dir / "metrics.jsonl")
+    dump = os.environ.get(DUMP_LOGITS_ENV)
+    if dump:
+        batch = data_mod.collate(probe[: rcfg.eval_batch_size], pad_id)
+        model.eval()
+        with torch.no_grad():
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits
+        torch.save({**batch, "logits": logits.float().cpu()}, dump)

@@ -1,0 +1,267 @@
+"""The training loop: gradient accumulation, SCU regulariser and controller, DDP, logging,
+checkpoints and SIGTERM handling. Exact resume: the data order depends only on (seed, epoch) and
+the dropout RNG is re-seeded from (seed, rank, step) at every optimizer step."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from transformers import get_scheduler
+
+from scu.checkpoint import Position, fingerprint_of, latest_checkpoint, load_checkpoint, save_checkpoint
+from scu.config import ResolvedConfig
+from scu.controller import ControllerConfig, PIController, s_ratio
+from scu.data import IGNORE, Example, collate, rank_batches
+from scu.distributed import DistInfo, all_reduce_sum, any_rank, barrier
+from scu.evaluate import causal_ce_sum
+from scu.metrics_format import format_train_line
+from scu.modeling import trainable_parameters
+from scu.paths import ContractPaths
+from scu.regulariser import LN2, param_bpt
+
+log = logging.getLogger("scu.trainer")
+
+STEP_SLEEP_ENV = "FASTUNER_SCU_TEST_STEP_SLEEP"  # test hook: seconds to sleep per optimizer step
+
+
+class StopFlag:
+    """Set from the SIGTERM handler; the loop polls it between micro-batches."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    @property
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed" | "interrupted"
+    global_step: int
+    total_steps: int
+    last: dict[str, float] = field(default_factory=dict)
+
+
+def make_controller(cfg: ResolvedConfig) -> PIController:
+    return PIController(
+        ControllerConfig(
+            target_s=cfg.target_s,
+            kp=cfg.kp,
+            ki=cfg.ki,
+            ema_alpha=cfg.ema_alpha,
+            deadband=cfg.deadband,
+            i_leak=cfg.i_leak,
+            i_max=cfg.i_max,
+            lambda_init=cfg.lambda_init,
+            lambda_min=cfg.lambda_min,
+            lambda_max=cfg.lambda_max,
+        )
+    )
+
+
+def current_lambda(cfg: ResolvedConfig, controller: PIController) -> float:
+    if cfg.scu == "off":
+        return 0.0
+    if cfg.scu == "fixed":
+        return float(cfg.lambda_fixed or 0.0)
+    return controller.lam
+
+
+def plan_steps(cfg: ResolvedConfig, n_examples: int, info: DistInfo) -> tuple[int, int]:
+    """(micro-batches per epoch on each rank, total optimizer steps)."""
+    per_epoch = len(rank_batches(n_examples, cfg.batch_size, cfg.seed, 0, info.rank, info.world_size))
+    steps_per_epoch = math.ceil(per_epoch / cfg.grad_accum)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    return per_epoch, total
+
+
+class MetricsWriter:
+    def __init__(self, paths: ContractPaths, enabled: bool) -> None:
+        self.paths = paths
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop lines logged after the checkpoint we restart from."""
+        path = self.paths.metrics_file
+        if not self.enabled or not path.exists():
+            return
+        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        keep = [ln for ln in keep if json.loads(ln).get("step", 0) <= step]
+        path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        print(format_train_line(record), flush=True)
+        self.paths.output_data_dir.mkdir(parents=True, exist_ok=True)
+        with self.paths.metrics_file.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def train(
+    cfg: ResolvedConfig,
+    model: Any,
+    examples: list[Example],
+    n_tokens: int,
+    pad_id: int,
+    device: torch.device,
+    info: DistInfo,
+    paths: ContractPaths,
+    stop: StopFlag,
+) -> TrainResult:
+    params = trainable_parameters(model)
+    per_epoch, total_steps = plan_steps(cfg, len(examples), info)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(
+        cfg.lr_scheduler if cfg.lr_scheduler != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    controller = make_controller(cfg)
+    fingerprint = fingerprint_of(cfg.model_dump())
+    pos = Position()
+    ckpt = latest_checkpoint(paths.checkpoint_dir)
+    if ckpt is not None:
+        pos, ctrl_state = load_checkpoint(ckpt, model, optimizer, scheduler, fingerprint)
+        controller.load_state_dict(ctrl_state)
+        if info.is_main:
+            print(f"[scu] resuming from {ckpt.name} at step {pos.global_step}", flush=True)
+    writer = MetricsWriter(paths, info.is_main)
+    writer.truncate_after(pos.global_step)
+
+    ddp: torch.nn.Module = model
+    if info.enabled:
+        ddp = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
+        )
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
+    step_sleep = float(os.environ.get(STEP_SLEEP_ENV, "0") or 0)
+    model.train()
+
+    def save(position: Position) -> None:
+        if info.is_main:
+            save_checkpoint(
+                paths.checkpoint_dir,
+                model,
+                optimizer,
+                scheduler,
+                controller.state_dict(),
+                position,
+                fingerprint,
+                cfg.keep_checkpoints,
+            )
+        barrier(info)
+
+    window_stats = {"loss": 0.0, "data_bpt": 0.0, "n": 0, "tokens": 0.0}
+    window_start = time.perf_counter()
+    run_start, run_start_step = time.perf_counter(), pos.global_step
+    last: dict[str, float] = {}
+
+    while pos.global_step < total_steps:
+        batches = rank_batches(len(examples), cfg.batch_size, cfg.seed, pos.epoch, info.rank, info.world_size)
+        while pos.batch_idx < len(batches) and pos.global_step < total_steps:
+            window = [
+                collate([examples[i] for i in b], pad_id)
+                for b in batches[pos.batch_idx : pos.batch_idx + cfg.grad_accum]
+            ]
+            local_targets = sum(int((w["labels"][:, 1:] != IGNORE).sum()) for w in window)
+            lam = current_lambda(cfg, controller)
+            torch.manual_seed((cfg.seed * 1_000_003 + info.rank * 10_007 + pos.global_step) % (2**63))
+            ce_total, input_tokens, interrupted = 0.0, 0, False
+            pbpt_t: torch.Tensor | None = None
+            for j, mb in enumerate(window):
+                if any_rank(stop.is_set, info, device):
+                    interrupted = True
+                    break
+                last_mb = j == len(window) - 1
+                sync = contextlib.nullcontext() if (last_mb or not info.enabled) else ddp.no_sync()  # type: ignore[operator]
+                with sync:
+                    out = ddp(
+                        input_ids=mb["input_ids"].to(device), attention_mask=mb["attention_mask"].to(device)
+                    )
+                    ce_sum, _ = causal_ce_sum(out.logits, mb["labels"].to(device))
+                    loss = ce_sum / max(local_targets, 1)
+                    if last_mb and lam > 0.0:
+                        pbpt_t = param_bpt(params, cfg.prior_sigma, n_tokens)
+                        loss = loss + lam * pbpt_t * LN2
+                    (scaler.scale(loss) if scaler else loss).backward()
+                ce_total += float(ce_sum.detach())
+                input_tokens += int(mb["attention_mask"].sum())
+            if interrupted:
+                optimizer.zero_grad(set_to_none=True)
+                save(pos)
+                return TrainResult("interrupted", pos.global_step, total_steps, last)
+            if cfg.max_grad_norm > 0:
+                if scaler:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr = float(scheduler.get_last_lr()[0])
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if pbpt_t is None:
+                with torch.no_grad():
+                    pbpt_t = param_bpt(params, cfg.prior_sigma, n_tokens)
+            pbpt = float(pbpt_t.detach())
+            ce_g, tok_g, in_g = all_reduce_sum(
+                [ce_total, float(local_targets), float(input_tokens)], info, device
+            )
+            data_bpt = ce_g / max(tok_g, 1.0) / LN2
+            s = s_ratio(data_bpt, pbpt)
+            if cfg.scu == "on":
+                controller.update(s)
+            pos.global_step += 1
+            pos.batch_idx += len(window)
+            if pos.batch_idx >= len(batches):
+                pos.epoch, pos.batch_idx = pos.epoch + 1, 0
+            if step_sleep:
+                time.sleep(step_sleep)
+
+            window_stats["loss"] += data_bpt * LN2 + lam * pbpt * LN2
+            window_stats["data_bpt"] += data_bpt
+            window_stats["n"] += 1
+            window_stats["tokens"] += in_g
+            if pos.global_step % cfg.log_every == 0 or pos.global_step == total_steps:
+                now = time.perf_counter()
+                n = max(int(window_stats["n"]), 1)
+                per_step = (now - run_start) / max(pos.global_step - run_start_step, 1)
+                last = {
+                    "step": pos.global_step,
+                    "epoch": pos.epoch + pos.batch_idx / max(per_epoch, 1),
+                    "loss": window_stats["loss"] / n,
+                    "data_bpt": window_stats["data_bpt"] / n,
+                    "param_bpt": pbpt,
+                    "s": s,
+                    "lambda": current_lambda(cfg, controller),
+                    "lr": lr,
+                    "tokens_per_s": window_stats["tokens"] / max(now - window_start, 1e-9),
+                    "eta_s": round(per_step * (total_steps - pos.global_step)),
+                }
+                writer.write(last)
+                window_stats = {"loss": 0.0, "data_bpt": 0.0, "n": 0, "tokens": 0.0}
+                window_start = time.perf_counter()
+            stop_now = any_rank(stop.is_set, info, device)
+            if stop_now or pos.global_step % cfg.checkpoint_every == 0:
+                save(pos)
+            if stop_now and pos.global_step < total_steps:
+                return TrainResult("interrupted", pos.global_step, total_steps, last)
+    return TrainResult("completed", pos.global_step, total_steps, last)
