@@ -1,80 +1,14 @@
-"""Fixtures for the SCU engine tests: a tiny offline model, an /opt/ml-shaped root, and a runner
-that executes the real entry (``python -m scu.entry train``) as a subprocess."""
+"""Fixtures for the SCU engine tests: the tiny offline model and /opt/ml-shaped roots."""
 
 from __future__ import annotations
 
-import json
-import os
-import random
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-ENGINE_SRC = REPO / "containers" / "training"
-if str(ENGINE_SRC) not in sys.path:
-    sys.path.insert(0, str(ENGINE_SRC))
-
-
-def make_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        a, b = rng.randint(0, 50), rng.randint(0, 50)
-        rows.append(
-            {
-                "messages": [
-                    {"role": "system", "content": "You add numbers."},
-                    {"role": "user", "content": f"What is {a} plus {b}?"},
-                    {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
-                ],
-                "label": None,
-                "extra_key": "ignored",
-            }
-        )
-    return rows
-
-
-def write_root(root: Path, hyperparameters: dict[str, Any], n_train: int = 64, n_val: int = 16) -> Path:
-    (root / "input" / "config").mkdir(parents=True, exist_ok=True)
-    for channel, n, seed in (("train", n_train, 0), ("validation", n_val, 1)):
-        if n:
-            d = root / "input" / "data" / channel
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "part-0.jsonl").write_text(
-                "".join(json.dumps(r) + "\n" for r in make_rows(n, seed)), encoding="utf-8"
-            )
-    # SageMaker stringifies every hyperparameter value.
-    hp = {k: str(v) for k, v in hyperparameters.items()}
-    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hp), encoding="utf-8")
-    return root
-
-
-def entry_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["OPT_ML_ROOT"] = str(root)
-    env["PYTHONPATH"] = os.pathsep.join([str(ENGINE_SRC), env.get("PYTHONPATH", "")])
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["HF_HUB_OFFLINE"] = "1"
-    env.update(extra or {})
-    return env
-
-
-def run_entry(
-    root: Path, extra_env: dict[str, str] | None = None, timeout: float = 240
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scu.entry", "train"],
-        env=entry_env(root, extra_env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+from tests.training.support import write_root
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from scu.config import TrainConfig, resolve
+from scu.defaults import Facts
+from scu.hyperparams import HyperparameterError, load_hyperparameters, parse_hyperparameters
+
+
+def test_strings_are_coerced() -> None:
+    cfg = parse_hyperparameters(
+        {
+            "lora_r": "16",
+            "learning_rate": "1e-4",
+            "packing": "true",
+            "train_on_inputs": "False",
+            "epochs": "1.5",
+            "target_modules": "q_proj, v_proj",
+            "scu": "ON",
+            "target_s": "auto",
+            "max_steps": "",
+        }
+    )
+    assert cfg.lora_r == 16 and cfg.learning_rate == 1e-4 and cfg.packing and not cfg.train_on_inputs
+    assert cfg.epochs == 1.5 and cfg.target_modules == ["q_proj", "v_proj"] and cfg.scu == "on"
+    assert cfg.target_s is None and cfg.max_steps is None
+
+
+def test_json_encoded_strings_and_native_values() -> None:
+    cfg = parse_hyperparameters(
+        {"base_model": '"/models/x"', "lora_r": '"8"', "target_modules": '["q_proj","k_proj"]', "seed": 7}
+    )
+    assert cfg.base_model == "/models/x" and cfg.lora_r == 8 and cfg.target_modules == ["q_proj", "k_proj"]
+    assert cfg.seed == 7
+
+
+def test_sagemaker_keys_are_ignored() -> None:
+    cfg = parse_hyperparameters({"sagemaker_job_name": '"x"', "_tuning_objective_metric": "loss"})
+    assert cfg == TrainConfig()
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ({"lora_rank": "8"}, "unknown hyperparameter(s) lora_rank"),
+        ({"lora_r": "eight"}, "lora_r"),
+        ({"learning_rate": "-1"}, "learning_rate"),
+        ({"scu": "maybe"}, "scu"),
+        ({"scu": "fixed"}, "lambda_fixed"),
+        ({"lambda_min": "2", "lambda_max": "1"}, "lambda_min"),
+    ],
+)
+def test_errors_are_clear_single_paragraphs(raw: dict[str, str], needle: str) -> None:
+    with pytest.raises(HyperparameterError) as info:
+        parse_hyperparameters(raw)
+    msg = str(info.value)
+    assert msg.startswith("Invalid hyperparameters:") and needle in msg and "\n" not in msg
+
+
+def test_load_file(tmp_path: Path) -> None:
+    path = tmp_path / "hp.json"
+    assert load_hyperparameters(path) == TrainConfig()
+    path.write_text("{not json")
+    with pytest.raises(HyperparameterError, match="not valid JSON"):
+        load_hyperparameters(path)
+    path.write_text(json.dumps({"lora_r": "4"}))
+    assert load_hyperparameters(path).lora_r == 4
+
+
+FACTS = Facts(
+    n_params=1_000_000_000,
+    train_rows=5000,
+    train_tokens=1_000_000,
+    p95_row_tokens=300,
+    max_positions=8192,
+    cuda=True,
+)
+
+
+def test_smart_defaults_from_facts() -> None:
+    r = resolve(TrainConfig(), FACTS, "m", qlora_available=False)
+    assert r.target_s == pytest.approx(0.01)
+    assert r.lora_r == 16 and r.lora_alpha == 32 and r.learning_rate == 2e-4
+    assert r.block_size == 512 and r.precision == "bf16" and r.epochs == 2
+    assert r.batch_size * r.grad_accum <= 16
+    assert {"target_s", "lora_r", "learning_rate", "block_size", "batch_size", "epochs"} <= set(r.defaulted)
+
+
+def test_defaults_scale_with_model_size_and_data() -> None:
+    small = resolve(TrainConfig(), Facts(1_000_000, 50, 2000, 40, 512, False), "m", qlora_available=False)
+    big = resolve(
+        TrainConfig(),
+        Facts(70_000_000_000, 10**6, 50_000_000, 3000, 8192, True),
+        "m",
+        qlora_available=True,
+    )
+    assert small.lora_r < big.lora_r and small.learning_rate > big.learning_rate
+    assert small.target_s < big.target_s and small.block_size == 64 and big.block_size == 4096
+    assert small.precision == "fp32" and big.gradient_checkpointing and big.epochs == 1
+
+
+def test_overrides_win_and_qlora_falls_back() -> None:
+    cfg = TrainConfig(lora_r=4, learning_rate=1e-3, block_size=128, target_s=0.05, method="qlora")
+    r = resolve(cfg, FACTS, "m", qlora_available=False)
+    assert (r.lora_r, r.learning_rate, r.block_size, r.target_s) == (4, 1e-3, 128, 0.05)
+    assert r.method == "lora" and r.method_requested == "qlora"
+    assert "lora_r" not in r.defaulted and "lora_alpha" in r.defaulted and r.lora_alpha == 8

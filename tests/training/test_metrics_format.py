@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from scu.metrics_format import (
+    EVAL_KEYS,
+    METRIC_DEFINITIONS,
+    TRAIN_KEYS,
+    format_eval_line,
+    format_train_line,
+    parse_line,
+    parse_with_definitions,
+)
+
+from tests.training.support import ENGINE_SRC
+
+RECORD = {
+    "step": 10,
+    "epoch": 0.5,
+    "loss": 2.31,
+    "data_bpt": 3.33,
+    "param_bpt": 0.012,
+    "s": 0.0036,
+    "lambda": 1.02,
+    "lr": 2e-4,
+    "tokens_per_s": 812.3,
+    "eta_s": 41,
+}
+
+
+def test_train_line_shape() -> None:
+    line = format_train_line(RECORD)
+    assert line == (
+        "[scu] step=10 epoch=0.500 loss=2.3100 data_bpt=3.3300 param_bpt=0.012 s=0.0036 "
+        "lambda=1.02 lr=2.0e-04 tokens_per_s=812.3 eta_s=41"
+    )
+    parsed = parse_line(line)
+    assert parsed is not None and set(parsed) == set(TRAIN_KEYS)
+
+
+def test_definitions_extract_every_key_without_confusion() -> None:
+    got = parse_with_definitions(format_train_line(RECORD))
+    assert got["train:s"] == 0.0036  # not tokens_per_s / eta_s
+    assert got["train:tokens_per_s"] == 812.3
+    assert got["train:eta_s"] == 41
+    assert got["train:lr"] == 2e-4
+    assert got["train:step"] == 10
+    assert len(got) == len(TRAIN_KEYS)
+    eval_line = format_eval_line(
+        {"tokens": 100, "base_bpt": 4.5, "adapter_bpt": 3.2, "base_ppl": 22.6, "adapter_ppl": 9.2}
+    )
+    got = parse_with_definitions(eval_line)
+    assert got == {
+        "validation:tokens": 100,
+        "validation:base_bpt": 4.5,
+        "validation:adapter_bpt": 3.2,
+        "validation:base_ppl": 22.6,
+        "validation:adapter_ppl": 9.2,
+    }
+    assert len(METRIC_DEFINITIONS) == len(TRAIN_KEYS) + len(EVAL_KEYS)
+    assert all(set(d) == {"Name", "Regex"} for d in METRIC_DEFINITIONS)
+
+
+def test_scientific_notation_and_other_lines() -> None:
+    got = parse_with_definitions(format_train_line({**RECORD, "param_bpt": 1.5e-7, "s": 3e-9}))
+    assert got["train:param_bpt"] == 1.5e-7 and got["train:s"] == 3e-9
+    assert parse_line("2024 INFO something step=3") is None
+    assert parse_with_definitions("INFO loss=3 step=4") == {}
+
+
+def test_metrics_format_does_not_import_torch() -> None:
+    code = "import sys, scu.metrics_format, scu.paths, scu.controller, scu.config, scu.hyperparams; "
+    code += "assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(ENGINE_SRC)})
