@@ -102,5 +102,6 @@ class IssueCollector:
             detail = self._details.get(code)
             if detail:
                 message = f"{message} (first: {detail})"
-            out.append(IssueGroup(code=code, message=message, count=self._counts[code], lines=self._lines[code]))
+            count, lines = self._counts[code], self._lines[code]
+            out.append(IssueGroup(code=code, message=message, count=count, lines=lines))
         return out

@@ -1,0 +1,135 @@
+"""The dataset pipeline: validate + dedup + split (+ write), streamed, storage-free.
+
+Pass 1 (:mod:`validate`) parses each line once, normalises it to the training-record shape
+and keeps 32 bytes of facts per valid row; with an output directory it also spools the
+canonical record lines to ``out_dir``. Dedup (:mod:`dedup`), stats (:mod:`stats`) and the
+seeded split (:mod:`split`) work on those arrays. Pass 2 (:mod:`writer`) streams the spool
+into ``train/validation/test.jsonl`` without parsing JSON again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from api.domain.datasets import SPLIT_NAMES, DatasetOptions, ValidationReport
+from api.domain.enums import TaskType
+from api.services.datasets import issues
+from api.services.datasets.dedup import first_occurrences
+from api.services.datasets.records import DIGEST_BYTES, content_sha256
+from api.services.datasets.split import assign_splits
+from api.services.datasets.stats import length_stats
+from api.services.datasets.validate import NO_LABEL, ScanResult, scan
+from api.services.datasets.writer import DROPPED, write_splits
+
+__all__ = ["PipelineResult", "SplitOutput", "process"]
+
+
+@dataclass(frozen=True)
+class SplitOutput:
+    path: Path
+    rows: int
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    report: ValidationReport  # report.ok False => nothing usable; never raises for bad data
+    splits: dict[str, SplitOutput]  # empty on dry run or when not ok; train always when ok
+
+
+def process(source: Path, options: DatasetOptions, out_dir: Path | None = None) -> PipelineResult:
+    """Validate, dedup and split ``source`` (JSONL); write the splits to ``out_dir`` if given.
+
+    ``out_dir=None`` is a dry run: nothing is written. With ``out_dir``, the split files
+    ``{train,validation,test}.jsonl`` (those with rows) are written only when the report is
+    ok. Bad data never raises; it is described in the report. I/O errors do raise.
+    """
+    spool: Path | None = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        spool = out_dir / f".spool-{uuid.uuid4().hex}.jsonl"
+    try:
+        if spool is None:
+            result = scan(source, options)
+        else:
+            with spool.open("wb") as f:
+                result = scan(source, options, f)
+        return _finish(result, options, spool, out_dir)
+    finally:
+        if spool is not None:
+            spool.unlink(missing_ok=True)
+
+
+def _finish(
+    result: ScanResult, options: DatasetOptions, spool: Path | None, out_dir: Path | None
+) -> PipelineResult:
+    n_valid = result.valid_rows
+    first = first_occurrences(result.digests)
+    unique_idx = np.flatnonzero(first)
+    n_unique = int(unique_idx.size)
+    if n_unique < n_valid:
+        lines = np.frombuffer(result.lines, dtype=np.uint32)
+        dup_lines = lines[~first][: options.limits.max_errors_shown].tolist()
+        result.warnings.add_many(issues.DUPLICATE, n_valid - n_unique, dup_lines)
+    if n_unique < options.limits.min_unique_rows:
+        result.errors.add(
+            issues.TOO_FEW_ROWS, None, f"{n_unique} unique valid rows, need {options.limits.min_unique_rows}"
+        )
+    ok = not result.errors
+    digests = np.frombuffer(result.digests, dtype=np.uint8).reshape(-1, DIGEST_BYTES)
+    chars = np.frombuffer(result.char_lengths, dtype=np.uint32)[unique_idx]
+    tokens = np.frombuffer(result.token_lengths, dtype=np.uint32)[unique_idx]
+
+    split_counts: dict[str, int] = {}
+    label_distribution: dict[str, dict[str, int]] | None = None
+    codes: npt.NDArray[np.uint8] | None = None
+    if ok:
+        labels = np.frombuffer(result.labels, dtype=np.uint32)[unique_idx]
+        stratify = options.task_type is TaskType.CLASSIFICATION and not bool((labels == NO_LABEL).any())
+        groups = labels.astype(np.intp) if stratify else None
+        codes, totals = assign_splits(n_unique, options.split, options.seed, groups)
+        split_counts = dict(zip(SPLIT_NAMES, totals, strict=True))
+        if stratify:
+            label_distribution = _label_distribution(labels, codes, result.label_names)
+
+    report = ValidationReport(
+        ok=ok,
+        format=result.format,
+        total_lines=result.total_lines,
+        valid_rows=n_valid,
+        unique_rows=n_unique,
+        duplicates_dropped=n_valid - n_unique,
+        errors=result.errors.groups(),
+        warnings=result.warnings.groups(),
+        split_counts=split_counts,
+        label_distribution=label_distribution,
+        char_length=length_stats(chars),
+        token_length=length_stats(tokens),
+        content_sha256=content_sha256(digests[unique_idx].tobytes()) if n_unique else None,
+    )
+    splits: dict[str, SplitOutput] = {}
+    if ok and codes is not None and spool is not None and out_dir is not None:
+        per_row = np.full(n_valid, DROPPED, dtype=np.uint8)
+        per_row[unique_idx] = codes
+        written = write_splits(spool, per_row, out_dir, SPLIT_NAMES)
+        splits = {
+            name: SplitOutput(path=w.path, rows=w.rows, sha256=w.sha256, bytes=w.bytes)
+            for name, w in written.items()
+        }
+    return PipelineResult(report=report, splits=splits)
+
+
+def _label_distribution(
+    labels: npt.NDArray[np.uint32], codes: npt.NDArray[np.uint8], names: list[str]
+) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for i, split in enumerate(SPLIT_NAMES):
+        ids, counts = np.unique(labels[codes == i], return_counts=True)
+        out[split] = {names[int(k)]: int(c) for k, c in zip(ids, counts, strict=True)}
+    return out

@@ -1,0 +1,88 @@
+"""Stream a JSONL file as blocks of decoded lines, in bounded memory.
+
+The file is read as bytes in fixed-size blocks and cut at newlines. A block is decoded as
+UTF-8 in one call; only when that fails are its lines decoded one by one, so each invalid
+line is reported on its own. A line longer than ``max_line_bytes`` is skipped without being
+held in memory. A UTF-8 byte order mark at the start of the file is dropped.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Final
+
+BLOCK_BYTES: Final = 1 << 22
+
+
+class LineFault(Enum):
+    INVALID_UTF8 = "invalid_utf8"
+    TOO_LONG = "too_long"
+
+
+Line = str | LineFault
+
+
+def _decode(body: bytes) -> list[Line]:
+    try:
+        return list(body.decode("utf-8").split("\n"))
+    except UnicodeDecodeError:
+        pass
+    out: list[Line] = []
+    for raw in body.split(b"\n"):
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append(LineFault.INVALID_UTF8)
+    return out
+
+
+def iter_line_blocks(
+    path: Path, max_line_bytes: int, block_bytes: int = BLOCK_BYTES
+) -> Iterator[tuple[int, list[Line]]]:
+    """Yield ``(number of the first line, lines)``; line numbers start at 1.
+
+    Lines keep a trailing ``\\r`` if the file has CRLF endings (JSON treats it as
+    whitespace). A final newline does not start an extra empty line.
+    """
+    lineno = 1
+    carry = b""
+    skipping = False  # inside a line longer than max_line_bytes, discarding bytes
+    first = True
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read(block_bytes)
+            if not chunk:
+                break
+            if first:
+                first = False
+                if chunk.startswith(codecs.BOM_UTF8):
+                    chunk = chunk[len(codecs.BOM_UTF8) :]
+            if skipping:
+                cut = chunk.find(b"\n")
+                if cut < 0:
+                    continue
+                yield lineno, [LineFault.TOO_LONG]
+                lineno += 1
+                skipping = False
+                chunk = chunk[cut + 1 :]
+            data = carry + chunk if carry else chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                if len(data) > max_line_bytes:
+                    skipping, carry = True, b""
+                else:
+                    carry = data
+                continue
+            carry = data[cut + 1 :]
+            lines = _decode(data[:cut])
+            yield lineno, lines
+            lineno += len(lines)
+            if len(carry) > max_line_bytes:
+                skipping, carry = True, b""
+    if skipping:
+        yield lineno, [LineFault.TOO_LONG]
+    elif carry:
+        yield lineno, _decode(carry)

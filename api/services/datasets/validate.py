@@ -1,0 +1,241 @@
+"""Pass 1: stream the file once, validate and normalise every line, record small per-row facts.
+
+For each valid row the scan keeps only fixed-size facts (16-byte digest, line number, label
+id, character and estimated token length: 32 bytes a row) in compact arrays; dedup, stats
+and the split are computed from them afterwards. When given a spool stream it also writes
+each valid row's canonical record line there, so pass 2 never parses JSON again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from array import array
+from dataclasses import dataclass, field
+from json.scanner import make_scanner
+from pathlib import Path
+from typing import IO, Any, Final, cast
+
+from api.domain.datasets import DatasetOptions
+from api.domain.enums import DatasetFormat, TaskType
+from api.services.datasets import issues
+from api.services.datasets.formats import NORMALISERS, Normaliser, RowError, detect_format
+from api.services.datasets.issues import IssueCollector
+from api.services.datasets.reader import LineFault, iter_line_blocks
+from api.services.datasets.records import (
+    DIGEST_BYTES,
+    RAW_LABEL_NULL_TAIL,
+    RAW_LABEL_TAIL_PREFIX,
+    RAW_PAIR_HEAD,
+    RAW_PAIR_MID,
+    encode_record,
+    estimate_tokens,
+)
+
+NO_LABEL: Final = 0xFFFFFFFF
+_U32_MAX: Final = 0xFFFFFFFF
+# A JSON string escape takes at most 6 bytes per character (\uXXXX); field names, other
+# fields and whitespace get a generous allowance on top.
+_LINE_OVERHEAD_BYTES: Final = 1 << 16
+
+# Formats whose rows are exactly two text fields: (user field, assistant field).
+PAIR_FIELDS: Final[dict[DatasetFormat, tuple[str, str]]] = {
+    DatasetFormat.INPUT_TARGET: ("input", "target"),
+    DatasetFormat.PROMPT_COMPLETION: ("prompt", "completion"),
+}
+
+
+@dataclass
+class ScanResult:
+    format: DatasetFormat | None
+    total_lines: int
+    errors: IssueCollector
+    warnings: IssueCollector
+    digests: bytearray = field(default_factory=bytearray)  # DIGEST_BYTES per valid row
+    lines: array[int] = field(default_factory=lambda: array("I"))
+    labels: array[int] = field(default_factory=lambda: array("I"))  # NO_LABEL when none
+    char_lengths: array[int] = field(default_factory=lambda: array("I"))
+    token_lengths: array[int] = field(default_factory=lambda: array("I"))
+    label_names: list[str] = field(default_factory=list)
+
+    @property
+    def valid_rows(self) -> int:
+        return len(self.lines)
+
+
+def max_line_bytes(options: DatasetOptions) -> int:
+    limits = options.limits
+    return 6 * (limits.max_input_chars + limits.max_target_chars) + _LINE_OVERHEAD_BYTES
+
+
+def _parse_slow(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise RowError(issues.INVALID_JSON, "nested too deeply") from None
+    except ValueError as exc:
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise RowError(issues.INVALID_JSON, msg) from None
+
+
+def _label_of(row: dict[str, Any]) -> str | None:
+    label = row.get("label")
+    if label is None:
+        return None
+    if type(label) is not str:
+        raise RowError(issues.WRONG_TYPE, "'label' must be a string")
+    label = label.strip()
+    if not label:
+        raise RowError(issues.EMPTY_TEXT, "'label' is empty")
+    return label
+
+
+def scan(source: Path, options: DatasetOptions, spool: IO[bytes] | None = None) -> ScanResult:
+    """Validate ``source`` line by line. Never raises for bad data (I/O errors do raise)."""
+    limits = options.limits
+    max_in = limits.max_input_chars
+    max_tgt = limits.max_target_chars
+    near_in = limits.near_limit_fraction * max_in
+    near_tgt = limits.near_limit_fraction * max_tgt
+    classify = options.task_type is TaskType.CLASSIFICATION
+    errors = IssueCollector(limits.max_errors_shown)
+    warnings = IssueCollector(limits.max_errors_shown)
+    res = ScanResult(format=options.format, total_lines=0, errors=errors, warnings=warnings)
+
+    fmt = options.format
+    normalise: Normaliser | None = NORMALISERS[fmt] if fmt is not None else None
+    pair = PAIR_FIELDS.get(fmt) if fmt is not None else None
+    # Classification: label field if present; else, when the first valid row had no label
+    # field, the target text is the label; when it had one, a row without it is an error.
+    label_field_mode: bool | None = None
+    scan_once = make_scanner(cast(make_scanner, json.JSONDecoder()))
+    sha256 = hashlib.sha256
+    digests = res.digests
+    add_line = res.lines.append
+    add_label = res.labels.append
+    add_chars = res.char_lengths.append
+    add_tokens = res.token_lengths.append
+    label_ids: dict[str, int] = {}
+    label_names = res.label_names
+    add_error = errors.add
+    lineno = 0
+    text: str
+    target: str
+
+    for first_lineno, block in iter_line_blocks(source, max_line_bytes(options)):
+        lineno = first_lineno - 1
+        out: list[bytes] = []
+        for line in block:
+            lineno += 1
+            if type(line) is not str:
+                if line is LineFault.INVALID_UTF8:
+                    add_error(issues.INVALID_UTF8, lineno, "bytes are not valid UTF-8")
+                else:
+                    add_error(issues.LINE_TOO_LONG, lineno)
+                continue
+            if not line or line.isspace():
+                warnings.add(issues.BLANK_LINE, lineno)
+                continue
+            try:
+                try:
+                    obj, end = scan_once(line, 0)
+                    if end != len(line) and not line[end:].isspace():
+                        obj = _parse_slow(line)
+                except (StopIteration, ValueError, RecursionError):
+                    obj = _parse_slow(line)
+                if type(obj) is not dict:
+                    raise RowError(issues.NOT_OBJECT, f"a JSON {type(obj).__name__}, not an object")
+                if normalise is None:
+                    fmt = detect_format(obj)
+                    if fmt is None:
+                        raise RowError(issues.MISSING_FIELD, "no format's required fields are present")
+                    normalise = NORMALISERS[fmt]
+                    pair = PAIR_FIELDS.get(fmt)
+                    res.format = fmt
+                # Fast path for the two-field formats: both fields plain non-blank strings.
+                if pair is not None:
+                    raw_text = obj.get(pair[0])
+                    raw_target = obj.get(pair[1])
+                    if (
+                        type(raw_text) is str
+                        and type(raw_target) is str
+                        and raw_text
+                        and raw_target
+                        and not raw_text.isspace()
+                        and not raw_target.isspace()
+                    ):
+                        text, target = raw_text, raw_target
+                    else:
+                        normalise(obj)  # raises the precise RowError
+                        raise AssertionError("unreachable")  # pragma: no cover
+                    messages = None
+                else:
+                    messages = normalise(obj)
+                    target = messages[-1][1]
+                label = _label_of(obj) if "label" in obj else None
+                if classify:
+                    if label_field_mode is None:
+                        label_field_mode = label is not None
+                    if label is None:
+                        if label_field_mode:
+                            raise RowError(issues.MISSING_LABEL, "no 'label' field")
+                        label = target.strip()
+                tgt_len = len(target)
+                if messages is None:
+                    in_len = len(text)
+                    tokens = ((in_len + 3) >> 2 if text.isascii() else estimate_tokens(text)) + (
+                        (tgt_len + 3) >> 2 if target.isascii() else estimate_tokens(target)
+                    )
+                    if "\\" in line:
+                        line_str = encode_record([("user", text), ("assistant", target)], label)
+                    elif label is None:  # inlined encode_pair_unescaped
+                        line_str = f"{RAW_PAIR_HEAD}{text}{RAW_PAIR_MID}{target}{RAW_LABEL_NULL_TAIL}"
+                    else:
+                        line_str = (
+                            f'{RAW_PAIR_HEAD}{text}{RAW_PAIR_MID}{target}{RAW_LABEL_TAIL_PREFIX}{label}"}}'
+                        )
+                else:
+                    in_len = tokens = 0
+                    for _, part in messages:
+                        in_len += len(part)
+                        tokens += estimate_tokens(part)
+                    in_len -= tgt_len
+                    line_str = encode_record(messages, label)
+                if in_len > max_in or tgt_len > max_tgt:
+                    if in_len > max_in:
+                        add_error(issues.INPUT_TOO_LONG, lineno, f"{in_len} > {max_in} characters")
+                    if tgt_len > max_tgt:
+                        add_error(issues.TARGET_TOO_LONG, lineno, f"{tgt_len} > {max_tgt} characters")
+                    continue
+                try:
+                    record = line_str.encode()
+                except UnicodeEncodeError:
+                    raise RowError(issues.INVALID_UTF8, "text holds a lone surrogate escape") from None
+            except RowError as exc:
+                add_error(exc.code, lineno, exc.detail)
+                continue
+            if in_len >= near_in or tgt_len >= near_tgt:
+                warnings.add(issues.NEAR_LIMIT, lineno)
+            digests += sha256(record).digest()[:DIGEST_BYTES]
+            add_line(lineno)
+            if label is None:
+                add_label(NO_LABEL)
+            else:
+                lid = label_ids.get(label)
+                if lid is None:
+                    lid = label_ids[label] = len(label_names)
+                    label_names.append(label)
+                add_label(lid)
+            total_len = in_len + tgt_len
+            add_chars(total_len if total_len < _U32_MAX else _U32_MAX)
+            add_tokens(tokens if tokens < _U32_MAX else _U32_MAX)
+            if spool is not None:
+                out.append(record)
+        if spool is not None:
+            if errors:
+                spool = None  # the file will not be usable; stop spooling
+            elif out:
+                out.append(b"")
+                spool.write(b"\n".join(out))
+    res.total_lines = lineno
+    return res

@@ -1,0 +1,202 @@
+"""Dataset ingest benchmark: Fastuner's streaming pipeline vs a Hugging Face `datasets` baseline.
+
+    python benchmarks/dataset_ingest.py                 # 1,000,000 rows
+    python benchmarks/dataset_ingest.py --rows 100000   # quick run
+
+Generates one ``input_target`` JSONL file (~200 characters of text a row, ~2% exact
+duplicates) in a temporary directory, then runs each pipeline in a fresh subprocess and
+reports its wall time (the pipeline call only, imports excluded), rows/s and peak RSS
+(``ru_maxrss`` of that subprocess, which includes the interpreter and imported libraries).
+
+* ours: ``api.services.datasets.pipeline.process`` (validate + normalise + dedup + seeded
+  80/10/10 split + write train/validation/test.jsonl).
+* baseline: ``datasets.load_dataset("json")`` -> batched ``map`` adding a SHA-256 of the
+  fields -> batched ``filter`` keeping first occurrences -> two ``train_test_split`` calls
+  (80/10/10) -> ``to_json`` per split. No validation. Its Arrow cache goes to a fresh
+  directory inside the temp dir, so nothing is reused between runs.
+
+Targets: ours >= 3x the baseline's rows/s, ours peak RSS <= 400 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RSS_TARGET_MB = 400.0
+RATIO_TARGET = 3.0
+
+
+def generate(path: Path, rows: int, dup_fraction: float = 0.02, seed: int = 7) -> None:
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["".join(rng.choices(letters, k=rng.randint(2, 10))) for _ in range(20_000)]
+
+    def sentence(chars: int) -> str:
+        words: list[str] = []
+        size = 0
+        while size < chars:
+            w = rng.choice(vocab)
+            words.append(w)
+            size += len(w) + 1
+        return " ".join(words).capitalize() + "."
+
+    kept: list[bytes] = []
+    with path.open("wb") as f:
+        for i in range(rows):
+            if kept and rng.random() < dup_fraction:
+                line = rng.choice(kept)
+            else:
+                row = {"input": f"Q{i}: " + sentence(135), "target": sentence(55)}
+                line = json.dumps(row).encode() + b"\n"
+                if len(kept) < 10_000:
+                    kept.append(line)
+                elif rng.random() < 0.01:
+                    kept[rng.randrange(len(kept))] = line
+            f.write(line)
+
+
+def _peak_rss_mb() -> float:
+    # Linux reports ru_maxrss in KiB (macOS in bytes).
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e6
+
+
+def run_ours(src: Path, out: Path) -> dict[str, Any]:
+    from api.domain.datasets import DatasetOptions
+    from api.services.datasets.pipeline import process
+
+    options = DatasetOptions(name="bench")
+    t0 = time.perf_counter()
+    result = process(src, options, out)
+    seconds = time.perf_counter() - t0
+    r = result.report
+    return {
+        "seconds": seconds,
+        "ok": r.ok,
+        "unique_rows": r.unique_rows,
+        "duplicates": r.duplicates_dropped,
+        "splits": {k: v.rows for k, v in result.splits.items()},
+    }
+
+
+def run_baseline(src: Path, out: Path) -> dict[str, Any]:
+    import hashlib
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    cache = out / "hf_cache"
+    t0 = time.perf_counter()
+    ds = datasets.load_dataset("json", data_files=str(src), split="train", cache_dir=str(cache))
+
+    def add_hash(batch: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {
+            "_h": [
+                hashlib.sha256(json.dumps([i, t]).encode()).hexdigest()
+                for i, t in zip(batch["input"], batch["target"], strict=True)
+            ]
+        }
+
+    seen: set[str] = set()
+
+    def first_seen(batch: dict[str, list[str]]) -> list[bool]:
+        keep = []
+        for h in batch["_h"]:
+            keep.append(h not in seen)
+            seen.add(h)
+        return keep
+
+    ds = ds.map(add_hash, batched=True, batch_size=10_000)
+    ds = ds.filter(first_seen, batched=True, batch_size=10_000)
+    ds = ds.remove_columns("_h")
+    parts = ds.train_test_split(test_size=0.2, seed=42)
+    held = parts["test"].train_test_split(test_size=0.5, seed=42)
+    splits = {"train": parts["train"], "validation": held["train"], "test": held["test"]}
+    for name, split in splits.items():
+        split.to_json(str(out / f"{name}.jsonl"), lines=True, force_ascii=False)
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "unique_rows": len(ds),
+        "splits": {k: len(v) for k, v in splits.items()},
+    }
+
+
+def worker(kind: str, src: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    res = run_ours(src, out) if kind == "ours" else run_baseline(src, out)
+    res["peak_rss_mb"] = _peak_rss_mb()
+    print("RESULT " + json.dumps(res))
+
+
+def measure(kind: str, src: Path, out: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", kind, "--src", str(src), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            res: dict[str, Any] = json.loads(line[len("RESULT ") :])
+            return res
+    raise SystemExit(f"{kind} run failed (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--worker", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument("--src", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        sys.path.insert(0, str(ROOT))
+        worker(args.worker, args.src, args.out)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="fastuner-bench-") as tmp:
+        tmpdir = Path(tmp)
+        src = tmpdir / "data.jsonl"
+        t0 = time.perf_counter()
+        generate(src, args.rows)
+        size_mb = src.stat().st_size / 1e6
+        print(f"generated {args.rows:,} rows ({size_mb:.1f} MB) in {time.perf_counter() - t0:.1f}s")
+        ours = measure("ours", src, tmpdir / "ours")
+        rps = args.rows / ours["seconds"]
+        print(
+            f"ours:     {ours['seconds']:7.2f}s  {rps:10,.0f} rows/s  peak RSS {ours['peak_rss_mb']:7.1f} MB"
+            f"  unique {ours['unique_rows']:,}  splits {ours['splits']}"
+        )
+        if args.skip_baseline:
+            return
+        base = measure("baseline", src, tmpdir / "baseline")
+        base_rps = args.rows / base["seconds"]
+        print(
+            f"baseline: {base['seconds']:7.2f}s  {base_rps:10,.0f} rows/s  peak RSS {base['peak_rss_mb']:7.1f} MB"
+            f"  unique {base['unique_rows']:,}  splits {base['splits']}"
+        )
+        ratio = rps / base_rps
+        rss_ok = ours["peak_rss_mb"] <= RSS_TARGET_MB
+        print(
+            f"ratio (ours/baseline rows/s): {ratio:.2f}x  target >= {RATIO_TARGET:.0f}x: "
+            f"{'PASS' if ratio >= RATIO_TARGET else 'FAIL'};  peak RSS <= {RSS_TARGET_MB:.0f} MB: "
+            f"{'PASS' if rss_ok else 'FAIL'}"
+        )
+
+
+if __name__ == "__main__":
+    main()
