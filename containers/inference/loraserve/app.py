@@ -1,0 +1,163 @@
+"""FastAPI app: the SageMaker inference contract plus ``GET /adapters``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from loraserve import __version__
+from loraserve.config import ServerConfig
+from loraserve.engine import Engine
+from loraserve.errors import ServeError
+from loraserve.logs import log_event
+from loraserve.schemas import InvocationRequest, InvocationResponse, Output, describe_validation_error
+
+
+def _error(status: int, code: str, message: str, request_id: str | None = None) -> JSONResponse:
+    headers = {"X-Request-Id": request_id} if request_id else None
+    return JSONResponse(status_code=status, content={"code": code, "message": message}, headers=headers)
+
+
+def load_engine(engine: Engine, *, exit_on_failure: bool = False) -> None:
+    """Load the base model, then preload adapters. On failure /ping stays 503 (or the process stops)."""
+    try:
+        engine.load()
+    except Exception as exc:
+        log_event("base_model_load_failed", logging.ERROR, exc_info=True, error=str(exc))
+        if exit_on_failure:
+            # Let uvicorn shut down cleanly; the entry point then exits non-zero.
+            os.kill(os.getpid(), signal.SIGTERM)
+        return
+    engine.preload()
+
+
+def create_app(
+    config: ServerConfig | None = None,
+    engine: Engine | None = None,
+    *,
+    exit_on_load_failure: bool = False,
+) -> FastAPI:
+    """The app. The base model loads in a background thread at start-up unless ``engine`` is ready."""
+    if engine is None:
+        engine = Engine(config if config is not None else ServerConfig.from_env())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if engine.state == "loading" and not engine.load_started:
+            thread = threading.Thread(
+                target=load_engine,
+                args=(engine,),
+                kwargs={"exit_on_failure": exit_on_load_failure},
+                name="loraserve-load",
+                daemon=True,
+            )
+            app.state.loader = thread
+            thread.start()
+        yield
+
+    app = FastAPI(title="Fastuner LoRA server", version=__version__, lifespan=lifespan)
+    app.state.engine = engine
+
+    @app.get("/ping")
+    def ping() -> JSONResponse:
+        body: dict[str, Any] = {"status": engine.state, "base_model": engine.config.base_model}
+        if engine.state == "failed":
+            body["error"] = engine.error
+        return JSONResponse(status_code=200 if engine.ready else 503, content=body)
+
+    @app.get("/adapters")
+    def adapters() -> dict[str, Any]:
+        return {
+            "loaded": engine.loaded_adapters(),
+            "max_adapters": engine.config.max_adapters,
+            "source": engine.source.description,
+            "evictions": engine.evictions,
+        }
+
+    @app.post(
+        "/invocations",
+        response_model=InvocationResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": InvocationRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def invocations(request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        request_id = request.headers.get("x-amzn-requestid") or uuid.uuid4().hex
+        raw = await request.body()
+        try:
+            payload = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _error(400, "invalid_json", f"the request body is not valid JSON: {exc}", request_id)
+        if not isinstance(payload, dict):
+            return _error(400, "invalid_request", "the request body must be a JSON object", request_id)
+        try:
+            req = InvocationRequest.model_validate(payload)
+        except ValidationError as exc:
+            message = describe_validation_error(exc)
+            log_event("invocation_rejected", request_id=request_id, code="invalid_request", error=message)
+            return _error(422, "invalid_request", message, request_id)
+        try:
+            results = await run_in_threadpool(engine.generate, req.inputs, req.adapter, req.parameters)
+        except ServeError as exc:
+            log_event(
+                "invocation_failed",
+                logging.WARNING,
+                request_id=request_id,
+                adapter=req.adapter,
+                status=exc.status,
+                code=exc.code,
+                error=exc.message,
+                latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            return _error(exc.status, exc.code, exc.message, request_id)
+        except Exception as exc:
+            log_event(
+                "invocation_error", logging.ERROR, exc_info=True, request_id=request_id, adapter=req.adapter
+            )
+            return _error(500, "internal_error", f"{type(exc).__name__}: {exc}", request_id)
+        latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        response = InvocationResponse(
+            outputs=[
+                Output(
+                    generated_text=r.generated_text,
+                    prompt_tokens=r.prompt_tokens,
+                    completion_tokens=r.completion_tokens,
+                    finish_reason=r.finish_reason,
+                )
+                for r in results
+            ],
+            adapter=req.adapter,
+            latency_ms=latency_ms,
+        )
+        log_event(
+            "invocation",
+            request_id=request_id,
+            adapter=req.adapter,
+            inputs=len(results),
+            prompt_tokens=sum(r.prompt_tokens for r in results),
+            completion_tokens=sum(r.completion_tokens for r in results),
+            finish_reasons=[r.finish_reason for r in results],
+            max_new_tokens=req.parameters.max_new_tokens,
+            temperature=req.parameters.temperature,
+            latency_ms=latency_ms,
+        )
+        return JSONResponse(content=response.model_dump(), headers={"X-Request-Id": request_id})
+
+    return app
