@@ -8,24 +8,37 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import __version__
+from api.backends.base import ComputeBackend
+from api.background import Background
 from api.context import AppContext
 from api.errors import install_error_handlers
 from api.logging import configure_logging
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from api.routes import datasets, health
+from api.routes import adapters, datasets, finetune, health
 from api.settings import Settings, get_settings
 from api.storage.base import ObjectStore
 
 
-def create_app(settings: Settings | None = None, *, store: ObjectStore | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: ObjectStore | None = None,
+    backend: ComputeBackend | None = None,
+) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, json_format=settings.log_json)
-    ctx = AppContext.build(settings, store=store)
+    ctx = AppContext.build(settings, store=store, backend=backend)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        ctx.close()
+        background = Background()
+        if settings.background_tasks:
+            background.start(settings.reconcile_interval_seconds, "reconciler", ctx.reconciler.run_once)
+        try:
+            yield
+        finally:
+            await background.stop()
+            ctx.close()
 
     app = FastAPI(
         title="Fastuner",
@@ -40,4 +53,6 @@ def create_app(settings: Settings | None = None, *, store: ObjectStore | None = 
     app.include_router(health.router)
     app.include_router(health.router, prefix="/v0")
     app.include_router(datasets.router, prefix="/v0")
+    app.include_router(finetune.router, prefix="/v0")
+    app.include_router(adapters.router, prefix="/v0")
     return app

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
         "microsoft/Phi-*",
     ]
     reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
+    background_tasks: bool = Field(default=True, description="run the reconciler loop in the API process")
     # Local backend: the Python that runs the training/inference entrypoints.
     local_python: str | None = None
 

@@ -93,6 +93,7 @@ class FineTuneJobRow(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     billable_seconds: Mapped[int | None] = mapped_column(Integer)
     cost_estimate_usd: Mapped[float | None] = mapped_column(Float)
+    estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     adapter_id: Mapped[str | None] = mapped_column(String(ID_MAX_LEN))
     backend_state: Mapped[dict[str, Any]] = mapped_column(default=dict)
     version: Mapped[int] = mapped_column(Integer, default=0)

@@ -65,10 +65,10 @@ def test_queries_are_tenant_scoped_and_paginate(db_url: str) -> None:
         s.add_all([*rows, _dataset("b", t0)])
     with db.session() as s:
         assert repo.get(s, "b", rows[0].id) is None
-        first = repo.list_page(s, "a", limit=3)
+        first, cursor = repo.list_page(s, "a", limit=3, cursor=None)
         assert [r.id for r in first] == [r.id for r in reversed(rows)][:3]
-        rest = repo.list_page(s, "a", limit=3, after=(first[-1].created_at, first[-1].id))
-        assert [r.id for r in rest] == [rows[1].id, rows[0].id]
+        rest, end = repo.list_page(s, "a", limit=3, cursor=cursor)
+        assert [r.id for r in rest] == [rows[1].id, rows[0].id] and end is None
         assert first[0].created_at.tzinfo is not None
     db.dispose()
 
@@ -84,5 +84,5 @@ def test_failed_unit_of_work_rolls_back(db_url: str) -> None:
         s.flush()
         s.add(_dataset("a", datetime.now(UTC), id=dup.id))
     with db.session() as s:
-        assert len(repo.list_page(s, "a", limit=10)) == 1
+        assert len(repo.list_page(s, "a", limit=10, cursor=None)[0]) == 1
     db.dispose()

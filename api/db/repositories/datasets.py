@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
-
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.db.models import DatasetRow, FineTuneJobRow
-from api.domain.enums import JobStatus
+from api.db.repositories.paging import page
+from api.domain.enums import DatasetStatus, JobStatus
 
 
 def get(session: Session, tenant_id: str, dataset_id: str) -> DatasetRow | None:
@@ -19,17 +17,13 @@ def get(session: Session, tenant_id: str, dataset_id: str) -> DatasetRow | None:
 
 
 def list_page(
-    session: Session, tenant_id: str, *, limit: int, after: tuple[datetime, str] | None = None
-) -> Sequence[DatasetRow]:
-    """Newest first; ``after`` is the (created_at, id) of the last row of the previous page."""
-    query = select(DatasetRow).where(DatasetRow.tenant_id == tenant_id)
-    if after is not None:
-        at, last_id = after
-        query = query.where(
-            or_(DatasetRow.created_at < at, and_(DatasetRow.created_at == at, DatasetRow.id < last_id))
-        )
-    query = query.order_by(DatasetRow.created_at.desc(), DatasetRow.id.desc()).limit(limit)
-    return session.scalars(query).all()
+    session: Session, tenant_id: str, *, limit: int, cursor: str | None
+) -> tuple[list[DatasetRow], str | None]:
+    """Newest first, deleted datasets hidden."""
+    query = select(DatasetRow).where(
+        DatasetRow.tenant_id == tenant_id, DatasetRow.status != DatasetStatus.DELETED.value
+    )
+    return page(session, DatasetRow, query, limit=limit, cursor=cursor)
 
 
 def active_jobs_using(session: Session, tenant_id: str, dataset_id: str) -> list[str]:

@@ -170,15 +170,9 @@ class DatasetService:
     def list_page(
         self, tenant_id: str, *, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[Dataset], str | None]:
-        after = _decode_cursor(cursor) if cursor else None
         with self.db.session() as session:
-            rows = repo.list_page(session, tenant_id, limit=limit + 1, after=after)
-        items = [to_model(r) for r in rows[:limit] if r.status != DatasetStatus.DELETED.value]
-        next_cursor = None
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            next_cursor = f"{last.created_at.isoformat()}|{last.id}"
-        return items, next_cursor
+            rows, next_cursor = repo.list_page(session, tenant_id, limit=limit, cursor=cursor)
+            return [to_model(r) for r in rows], next_cursor
 
     def manifest(self, tenant_id: str, dataset_id: str) -> Manifest:
         ds = self.get(tenant_id, dataset_id)
@@ -249,14 +243,6 @@ def to_model(row: models.DatasetRow) -> Dataset:
         source_bytes=row.source_bytes,
         created_at=row.created_at,
     )
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        at, last_id = cursor.split("|", 1)
-        return datetime.fromisoformat(at), last_id
-    except ValueError as exc:
-        raise BadRequest("invalid cursor") from exc
 
 
 def _failure_summary(report: ValidationReport) -> str:

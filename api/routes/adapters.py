@@ -1,0 +1,44 @@
+"""/v0/adapters: list, get, download (.tar.gz of the PEFT folder)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import Ctx, Tenant
+from api.domain.finetune import Adapter
+
+router = APIRouter(prefix="/adapters", tags=["adapters"])
+
+
+class AdapterPage(BaseModel):
+    items: list[Adapter]
+    next_cursor: str | None
+
+
+@router.get("", response_model=AdapterPage)
+def list_adapters(
+    ctx: Ctx, tenant: Tenant, limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None
+) -> AdapterPage:
+    items, next_cursor = ctx.adapters.list_page(tenant, limit=limit, cursor=cursor)
+    return AdapterPage(items=items, next_cursor=next_cursor)
+
+
+@router.get("/{adapter_id}", response_model=Adapter)
+def get_adapter(adapter_id: str, ctx: Ctx, tenant: Tenant) -> Adapter:
+    return ctx.adapters.get(tenant, adapter_id)
+
+
+@router.get("/{adapter_id}/download", response_class=StreamingResponse)
+async def download_adapter(adapter_id: str, ctx: Ctx, tenant: Tenant) -> StreamingResponse:
+    """The adapter folder (adapter_config.json, adapter_model.safetensors, eval.json, …) as .tar.gz."""
+    stream = await run_in_threadpool(ctx.adapters.archive, tenant, adapter_id)
+    return StreamingResponse(
+        stream,
+        media_type="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="{adapter_id}.tar.gz"'},
+    )

@@ -1,0 +1,131 @@
+"""/v0/finetune: start (Idempotency-Key honoured), list, get, cancel, events, metrics (JSON or SSE), logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from pydantic import BaseModel
+from sse_starlette.sse import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import Ctx, Tenant
+from api.domain.enums import JobStatus
+from api.domain.finetune import DryRun, FineTuneJob, FineTuneRequest, JobEvent, MetricPoint
+
+router = APIRouter(prefix="/finetune", tags=["finetune"])
+FOLLOW_POLL_SECONDS = 1.0
+
+
+class JobPage(BaseModel):
+    items: list[FineTuneJob]
+    next_cursor: str | None
+
+
+class ReconcileSummary(BaseModel):
+    checked: int
+    transitions: list[str]
+    metrics_ingested: int
+    adapters_registered: list[str]
+    errors: list[str]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=FineTuneJob | DryRun,
+    responses={200: {"model": DryRun, "description": "dry run: the resolved launch and its estimate"}},
+)
+async def start_job(
+    req: FineTuneRequest,
+    ctx: Ctx,
+    tenant: Tenant,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+) -> FineTuneJob | DryRun:
+    """Preflight, then launch a fine-tune on the configured backend (``dry_run`` launches nothing)."""
+    result = await run_in_threadpool(ctx.finetune.start, tenant, req, idempotency_key=idempotency_key)
+    if isinstance(result, DryRun):
+        response.status_code = status.HTTP_200_OK
+    return result
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    ctx: Ctx,
+    tenant: Tenant,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+    status: JobStatus | None = None,
+) -> JobPage:
+    items, next_cursor = ctx.finetune.list_page(tenant, limit=limit, cursor=cursor, status=status)
+    return JobPage(items=items, next_cursor=next_cursor)
+
+
+@router.post("/reconcile", response_model=ReconcileSummary, tags=["admin"])
+async def reconcile(ctx: Ctx, tenant: Tenant) -> ReconcileSummary:
+    """Sync every non-terminal job with its backend now (the background loop does this periodically)."""
+    report = await run_in_threadpool(ctx.reconciler.run_once)
+    return ReconcileSummary(**report.__dict__)
+
+
+@router.get("/{job_id}", response_model=FineTuneJob)
+def get_job(job_id: str, ctx: Ctx, tenant: Tenant) -> FineTuneJob:
+    return ctx.finetune.get(tenant, job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=FineTuneJob)
+async def cancel_job(job_id: str, ctx: Ctx, tenant: Tenant) -> FineTuneJob:
+    return await run_in_threadpool(ctx.finetune.cancel, tenant, job_id)
+
+
+@router.get("/{job_id}/events", response_model=list[JobEvent])
+def job_events(job_id: str, ctx: Ctx, tenant: Tenant, after: int = 0) -> list[JobEvent]:
+    return ctx.finetune.events(tenant, job_id, after)
+
+
+@router.get("/{job_id}/logs", response_model=list[str])
+async def job_logs(
+    job_id: str, ctx: Ctx, tenant: Tenant, tail: Annotated[int, Query(ge=1, le=10_000)] = 200
+) -> list[str]:
+    return await run_in_threadpool(ctx.finetune.logs, tenant, job_id, tail)
+
+
+@router.get(
+    "/{job_id}/metrics",
+    response_model=list[MetricPoint],
+    responses={200: {"content": {"text/event-stream": {}}, "description": "with follow=true: SSE"}},
+)
+def job_metrics(
+    job_id: str, request: Request, ctx: Ctx, tenant: Tenant, after: int = 0, follow: bool = False
+) -> list[MetricPoint] | EventSourceResponse:
+    """Metric points after step ``after``; with ``follow=true`` (or ``Accept: text/event-stream``) a
+    Server-Sent Events stream of ``metric`` and ``status`` events that ends when the job does."""
+    points = ctx.finetune.metrics(tenant, job_id, after)
+    if not (follow or "text/event-stream" in request.headers.get("accept", "")):
+        return points
+    return EventSourceResponse(_follow(request, ctx, tenant, job_id, after))
+
+
+async def _follow(
+    request: Request, ctx: Ctx, tenant: str, job_id: str, after: int
+) -> AsyncIterator[dict[str, str]]:
+    last_status: str | None = None
+    while True:
+        points = await run_in_threadpool(ctx.finetune.metrics, tenant, job_id, after)
+        for point in points:
+            after = point.step
+            yield {"event": "metric", "id": str(point.step), "data": point.model_dump_json()}
+        job = await run_in_threadpool(ctx.finetune.get, tenant, job_id)
+        if job.status.value != last_status:
+            last_status = job.status.value
+            yield {
+                "event": "status",
+                "data": json.dumps({"status": last_status, "adapter_id": job.adapter_id}),
+            }
+        if job.status.terminal or await request.is_disconnected():
+            return
+        await asyncio.sleep(FOLLOW_POLL_SECONDS)

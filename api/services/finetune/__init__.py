@@ -1,0 +1,1 @@
+"""Fine-tune orchestration: preflight, launch, reconcile, cancel, adapters."""

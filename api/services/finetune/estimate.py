@@ -1,0 +1,127 @@
+"""Preflight estimates: parameter count, GPU memory, runtime and cost. Estimates, not promises.
+
+The parameter count is read from the model's ``config.json`` (a local folder) or a small table of
+well-known models; it is computed with the standard decoder formula (embeddings, attention with
+grouped KV heads, gated MLP, untied head), which is within a few percent for Llama-style models.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from api.domain.finetune import CostEstimate
+from api.domain.instances import SPOT_PRICE_FACTOR, InstanceType
+
+KNOWN_MODELS: Final[dict[str, int]] = {
+    "HuggingFaceTB/SmolLM2-135M": 134_515_008,
+    "HuggingFaceTB/SmolLM2-135M-Instruct": 134_515_008,
+    "HuggingFaceTB/SmolLM2-360M-Instruct": 361_821_120,
+    "HuggingFaceTB/SmolLM2-1.7B-Instruct": 1_711_376_384,
+    "Qwen/Qwen2.5-0.5B-Instruct": 494_032_768,
+    "Qwen/Qwen2.5-1.5B-Instruct": 1_543_714_304,
+    "Qwen/Qwen2.5-7B-Instruct": 7_615_616_512,
+    "meta-llama/Llama-3.2-1B-Instruct": 1_235_814_400,
+    "meta-llama/Llama-3.2-3B-Instruct": 3_212_749_824,
+    "meta-llama/Llama-3.1-8B-Instruct": 8_030_261_248,
+    "mistralai/Mistral-7B-Instruct-v0.3": 7_248_023_552,
+    "google/gemma-2-2b-it": 2_614_341_888,
+    "microsoft/Phi-3.5-mini-instruct": 3_821_079_552,
+}
+
+# Fraction of peak FLOP/s a LoRA fine-tune typically reaches, and FLOPs per token per parameter
+# (forward 2N, backward through activations 2N; frozen weights need no weight gradients).
+MFU: Final = 0.3
+FLOPS_PER_TOKEN_PER_PARAM: Final = 4.0
+OVERHEAD_GB: Final = 1.5
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    n_params: int
+    hidden: int | None = None
+    layers: int | None = None
+
+
+def params_from_config(cfg: dict[str, Any]) -> ModelFacts | None:
+    try:
+        vocab = int(cfg["vocab_size"])
+        hidden = int(cfg.get("hidden_size") or cfg["n_embd"])
+        layers = int(cfg.get("num_hidden_layers") or cfg["n_layer"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    heads = int(cfg.get("num_attention_heads") or cfg.get("n_head") or 1)
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or hidden // max(heads, 1))
+    inter = int(cfg.get("intermediate_size") or cfg.get("n_inner") or 4 * hidden)
+    attn = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
+    mlp = 3 * hidden * inter
+    per_layer = attn + mlp + 2 * hidden
+    embed = vocab * hidden
+    head = 0 if cfg.get("tie_word_embeddings", True) else vocab * hidden
+    return ModelFacts(embed + head + layers * per_layer + hidden, hidden, layers)
+
+
+def model_facts(base_model: str) -> ModelFacts | None:
+    path = Path(base_model).expanduser()
+    if (path / "config.json").is_file():
+        try:
+            return params_from_config(json.loads((path / "config.json").read_text()))
+        except (OSError, ValueError):
+            return None
+    n = KNOWN_MODELS.get(base_model)
+    return ModelFacts(n) if n else None
+
+
+def gpu_memory_gb(n_params: int, method: str) -> float:
+    """Frozen weights (bf16, or ~4.5 bits for QLoRA) + adapter/optimizer/activations headroom."""
+    bytes_per_param = 0.56 if method == "qlora" else 2.0
+    weights = n_params * bytes_per_param / 1e9
+    return round(weights * 1.2 + OVERHEAD_GB, 1)
+
+
+def estimate(
+    *,
+    instance: InstanceType,
+    instance_count: int,
+    spot: bool,
+    method: str,
+    facts: ModelFacts | None,
+    train_tokens: int | None,
+    epochs: float | None,
+) -> CostEstimate:
+    notes: list[str] = []
+    hourly = instance.hourly_usd * instance_count * (SPOT_PRICE_FACTOR if spot else 1.0)
+    if spot:
+        notes.append(f"spot priced at {SPOT_PRICE_FACTOR:.0%} of on-demand (typical; varies)")
+    n_params = facts.n_params if facts else None
+    runtime: int | None = None
+    need: float | None = None
+    if n_params is None:
+        notes.append("unknown model size: no memory or runtime estimate")
+    else:
+        need = gpu_memory_gb(n_params, method) if instance.has_gpu else None
+        if train_tokens:
+            passes = epochs if epochs is not None else 3.0
+            devices = max(instance.gpus, 1) * instance_count
+            per_s = instance.peak_tflops * 1e12 * MFU * devices / (FLOPS_PER_TOKEN_PER_PARAM * n_params)
+            runtime = math.ceil(train_tokens * passes / per_s) + (0 if instance.name == "local" else 300)
+            if instance.name != "local":
+                notes.append("runtime includes ~5 minutes of instance start-up")
+    cost = round(hourly * runtime / 3600, 4) if runtime is not None else None
+    return CostEstimate(
+        instance_type=instance.name,
+        instance_count=instance_count,
+        spot=spot,
+        hourly_usd=round(hourly, 4),
+        n_params=n_params,
+        train_tokens=train_tokens,
+        expected_runtime_seconds=runtime,
+        estimated_cost_usd=cost,
+        gpu_memory_needed_gb=need,
+        gpu_memory_available_gb=instance.gpu_memory_gb if instance.has_gpu else None,
+        notes=notes,
+    )

@@ -1,0 +1,237 @@
+"""The reconciler: brings every non-terminal job in line with its backend.
+
+For each job it describes the backend job, records transitions (compare-and-set on the row, so
+several reconcilers may run at once), ingests new metrics and, when training has completed,
+registers the adapter before the job is marked completed. Safe to run at any time, any number
+of times.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from api.backends.base import ComputeBackend, TrainingStatus
+from api.db import models
+from api.db.repositories import jobs as repo
+from api.db.session import Database
+from api.domain.enums import JobStatus
+from api.domain.metrics import parse_metric_records
+from api.logging import get_logger, job_id_var
+from api.settings import Settings
+from api.storage.base import ObjectStore, upload_dir
+
+log = get_logger("reconciler")
+LAUNCH_GRACE = timedelta(minutes=10)
+
+
+@dataclass
+class ReconcileReport:
+    checked: int = 0
+    transitions: list[str] = field(default_factory=list)
+    metrics_ingested: int = 0
+    adapters_registered: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def adapter_id_for(job_id: str) -> str:
+    """One adapter per job, with an id derived from it: concurrent reconcilers agree on it."""
+    return "adp_" + job_id.split("_", 1)[1]
+
+
+def adapter_prefix(tenant_id: str, adapter_id: str) -> str:
+    return f"{tenant_id}/adapters/{adapter_id}"
+
+
+class Reconciler:
+    def __init__(self, db: Database, store: ObjectStore, backend: ComputeBackend, settings: Settings) -> None:
+        self.db = db
+        self.store = store
+        self.backend = backend
+        self.settings = settings
+
+    def run_once(self) -> ReconcileReport:
+        report = ReconcileReport()
+        with self.db.session() as session:
+            targets = repo.active_ids(session)
+        for tenant_id, job_id in targets:
+            token = job_id_var.set(job_id)
+            try:
+                self._reconcile(tenant_id, job_id, report)
+            except Exception as exc:  # one broken job must not stop the others
+                log.exception("reconcile failed")
+                report.errors.append(f"{job_id}: {type(exc).__name__}: {exc}")
+            finally:
+                job_id_var.reset(token)
+            report.checked += 1
+        return report
+
+    def _reconcile(self, tenant_id: str, job_id: str, report: ReconcileReport) -> None:
+        with self.db.session() as session:
+            job = repo.get(session, tenant_id, job_id)
+            if job is None or JobStatus(job.status).terminal:
+                return
+            name, state = job.backend_job_name, dict(job.backend_state)
+            if not state or name is None:
+                self._expire_unlaunched(session, job, report)
+                return
+            after = repo.last_metric_step(session, job_id)
+        observed = self.backend.describe_training(name, state)
+        report.metrics_ingested += self._ingest(
+            tenant_id, job_id, self.backend.read_metrics(name, state, after)
+        )
+        if observed.status == JobStatus.COMPLETED:
+            self._complete(tenant_id, job_id, name, state, observed, report)
+            return
+        with self.db.session() as session:
+            job = repo.get(session, tenant_id, job_id)
+            if job is None:
+                return
+            self._apply(session, job, observed, report)
+
+    def _apply(
+        self, session: Any, job: models.FineTuneJobRow, observed: TrainingStatus, report: ReconcileReport
+    ) -> None:
+        current = JobStatus(job.status)
+        target = observed.status
+        if current == JobStatus.CANCELLING and not target.terminal:
+            target = JobStatus.CANCELLING  # the stop was asked for; wait for the backend to finish
+        values: dict[str, Any] = {}
+        if observed.secondary_status != job.secondary_status:
+            values["secondary_status"] = observed.secondary_status
+        if observed.started_at and job.started_at is None:
+            values["started_at"] = observed.started_at
+        if target != current:
+            values["status"] = target.value
+            if target.terminal:
+                values["ended_at"] = observed.ended_at or datetime.now(UTC)
+                values["billable_seconds"] = observed.billable_seconds
+                if target == JobStatus.FAILED:
+                    values["failure_reason"] = observed.failure_reason or "the backend reported a failure"
+        if values and repo.compare_and_set(session, job, **values) and "status" in values:
+            message = f"{current.value} → {target.value}"
+            repo.add_event(
+                session, job.tenant_id, job.id, "status", message,
+                secondary=observed.secondary_status, reason=observed.failure_reason,
+            )  # fmt: skip
+            report.transitions.append(f"{job.id}: {message}")
+            log.info("job transition", extra={"from": current.value, "to": target.value})
+
+    def _expire_unlaunched(self, session: Any, job: models.FineTuneJobRow, report: ReconcileReport) -> None:
+        if job.status != JobStatus.QUEUED.value or datetime.now(UTC) - job.created_at <= LAUNCH_GRACE:
+            return
+        if repo.compare_and_set(
+            session, job, status=JobStatus.FAILED.value, failure_reason="the launch never completed",
+            ended_at=datetime.now(UTC),
+        ):  # fmt: skip
+            repo.add_event(session, job.tenant_id, job.id, "status", "queued → failed", reason="launch lost")
+            report.transitions.append(f"{job.id}: queued → failed")
+
+    def _ingest(self, tenant_id: str, job_id: str, records: list[dict[str, float]]) -> int:
+        if not records:
+            return 0
+        try:
+            with self.db.session() as session:
+                last = repo.last_metric_step(session, job_id)
+                fresh = {int(r["step"]): r for r in records if int(r["step"]) > last}
+                for step, rec in sorted(fresh.items()):
+                    values = {k: v for k, v in rec.items() if k != "step"}
+                    session.add(
+                        models.MetricRow(tenant_id=tenant_id, job_id=job_id, step=step, values=values)
+                    )
+                return len(fresh)
+        except IntegrityError:  # another reconciler ingested the same steps first
+            return 0
+
+    def _complete(
+        self,
+        tenant_id: str,
+        job_id: str,
+        name: str,
+        state: dict[str, Any],
+        observed: TrainingStatus,
+        report: ReconcileReport,
+    ) -> None:
+        adapter_id = adapter_id_for(job_id)
+        prefix = adapter_prefix(tenant_id, adapter_id)
+        work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=_mkdir(self.settings.work_dir)))
+        try:
+            self.backend.fetch_model(name, state, work)
+            if not (work / "adapter_config.json").is_file():
+                raise ValueError("the job's output holds no adapter_config.json")
+            eval_metrics = _read_json(work / "eval.json")
+            config = _read_json(work / "fastuner_config.json")
+            final_metrics = _read_jsonl(work / "metrics.jsonl")
+            try:
+                upload_dir(self.store, work, prefix)
+            except Exception:
+                self.store.delete_prefix(prefix + "/")
+                raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        report.metrics_ingested += self._ingest(tenant_id, job_id, final_metrics)
+        try:
+            with self.db.session() as session:
+                job = repo.get(session, tenant_id, job_id)
+                if job is None or JobStatus(job.status).terminal:
+                    return
+                dataset = session.get(models.DatasetRow, job.dataset_id)
+                session.add(
+                    models.AdapterRow(
+                        id=adapter_id,
+                        tenant_id=tenant_id,
+                        job_id=job_id,
+                        dataset_id=job.dataset_id,
+                        dataset_sha256=dataset.content_sha256 if dataset else "",
+                        base_model=job.base_model,
+                        uri=self.store.uri(prefix),
+                        eval_metrics=eval_metrics,
+                        config=config,
+                    )
+                )
+                before = job.status
+                ok = repo.compare_and_set(
+                    session, job, status=JobStatus.COMPLETED.value, adapter_id=adapter_id,
+                    secondary_status=observed.secondary_status, ended_at=observed.ended_at or datetime.now(UTC),
+                    billable_seconds=observed.billable_seconds, started_at=job.started_at or observed.started_at,
+                )  # fmt: skip
+                if not ok:
+                    raise IntegrityError("job changed concurrently", None, ValueError())
+                repo.add_event(
+                    session, tenant_id, job_id, "status", f"{before} → completed", adapter_id=adapter_id
+                )
+                repo.add_event(
+                    session, tenant_id, job_id, "adapter", f"adapter {adapter_id} registered", **eval_metrics
+                )
+        except IntegrityError:
+            log.info("adapter already registered by another reconciler")
+            return
+        report.adapters_registered.append(adapter_id)
+        report.transitions.append(f"{job_id}: → completed")
+        log.info("adapter registered", extra={"adapter_id": adapter_id})
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return data if isinstance(data, dict) else {}
+
+
+def _read_jsonl(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        return parse_metric_records(fh)
