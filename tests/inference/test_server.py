@@ -60,9 +60,14 @@ def test_failed_base_model_keeps_ping_503(tmp_path: Path) -> None:
     from loraserve.app import create_app
     from loraserve.config import ServerConfig
 
-    app = create_app(ServerConfig(base_model=str(tmp_path / "nothing-here"), cache_dir=tmp_path))
+    stopped = threading.Event()
+    app = create_app(
+        ServerConfig(base_model=str(tmp_path / "nothing-here"), cache_dir=tmp_path),
+        on_load_failure=stopped.set,
+    )
     with TestClient(app) as client:
         app.state.loader.join(30)
+        assert stopped.is_set()
         r = client.get("/ping")
         assert r.status_code == 503 and r.json()["status"] == "failed" and r.json()["error"]
         assert invoke(client, PROMPT).json()["code"] == "model_loading"

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,15 +29,14 @@ def _error(status: int, code: str, message: str, request_id: str | None = None) 
     return JSONResponse(status_code=status, content={"code": code, "message": message}, headers=headers)
 
 
-def load_engine(engine: Engine, *, exit_on_failure: bool = False) -> None:
-    """Load the base model, then preload adapters. On failure /ping stays 503 (or the process stops)."""
+def load_engine(engine: Engine, on_failure: Callable[[], None] | None = None) -> None:
+    """Load the base model, then preload adapters. On failure /ping stays 503 and ``on_failure`` runs."""
     try:
         engine.load()
     except Exception as exc:
         log_event("base_model_load_failed", logging.ERROR, exc_info=True, error=str(exc))
-        if exit_on_failure:
-            # Let uvicorn shut down cleanly; the entry point then exits non-zero.
-            os.kill(os.getpid(), signal.SIGTERM)
+        if on_failure is not None:
+            on_failure()
         return
     engine.preload()
 
@@ -48,7 +45,7 @@ def create_app(
     config: ServerConfig | None = None,
     engine: Engine | None = None,
     *,
-    exit_on_load_failure: bool = False,
+    on_load_failure: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The app. The base model loads in a background thread at start-up unless ``engine`` is ready."""
     if engine is None:
@@ -59,8 +56,7 @@ def create_app(
         if engine.state == "loading" and not engine.load_started:
             thread = threading.Thread(
                 target=load_engine,
-                args=(engine,),
-                kwargs={"exit_on_failure": exit_on_load_failure},
+                args=(engine, on_load_failure),
                 name="loraserve-load",
                 daemon=True,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -29,12 +30,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # Imports after argument parsing, so that --help is instant.
-    import uvicorn
-
-    from loraserve.app import create_app
+    # Light imports first: a bad configuration fails in well under a second, before torch loads.
     from loraserve.config import ServerConfig, resolve_host, resolve_port
-    from loraserve.engine import Engine
     from loraserve.logs import configure_logging, log_event
 
     level = (args.log_level or os.environ.get("FASTUNER_LOG_LEVEL") or "INFO").upper()
@@ -43,11 +40,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = ServerConfig.from_env()
         host, port = resolve_host(os.environ, args.host), resolve_port(os.environ, args.port)
     except ValueError as exc:
-        log_event("config_invalid", 40, error=str(exc))
+        log_event("config_invalid", logging.ERROR, error=str(exc))
         print(f"fastuner-serve: {exc}", file=sys.stderr)
         return 2
+
+    import uvicorn
+
+    from loraserve.app import create_app
+    from loraserve.engine import Engine
+
     engine = Engine(config)
-    app = create_app(engine=engine, exit_on_load_failure=True)
+    server: uvicorn.Server | None = None
+
+    def stop_server() -> None:
+        # The base model could not be loaded: stop serving so the container exits non-zero.
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(engine=engine, on_load_failure=stop_server)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            log_level=level.lower(),
+            access_log=False,
+            timeout_keep_alive=75,  # longer than the SageMaker/ALB idle timeout (60 s)
+        )
+    )
     log_event(
         "server_starting",
         host=host,
@@ -55,16 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_model=config.base_model,
         adapter_source=engine.source.description,
         max_adapters=config.max_adapters,
+        device=str(engine.device),
     )
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        log_level=level.lower(),
-        access_log=False,
-        timeout_keep_alive=75,  # longer than the SageMaker/ALB idle timeout (60 s)
-    )
+    server.run()
     return 1 if engine.state == "failed" else 0
 
 
