@@ -1,8 +1,8 @@
 """Seeded, reproducible train/validation/test assignment with exact counts.
 
-* Counts: largest-remainder rounding of ``n * ratio`` (ties go to the earlier split); then a
-  split with ratio > 0 and no rows takes one row from the largest split that can spare one
-  (train keeps at least one), when there are enough rows.
+* Counts: largest-remainder rounding of ``n * ratio`` (ties go to the earlier split); train
+  always gets at least one row; then a split with ratio > 0 and no rows takes one row from
+  the largest split that can spare one (train keeps at least one), when there are enough.
 * ``classification``: stratified by label. Each label's rows are divided in proportion, with
   the per-label counts rounded so that every label's counts sum to its size and every split's
   counts sum to the exact totals above (controlled rounding, largest remainders first).
@@ -36,6 +36,10 @@ def split_counts(n: int, ratios: SplitRatios) -> Counts:
     """Exact per-split row counts for ``n`` rows (they sum to ``n``)."""
     r = ratios.as_tuple()
     counts = _largest_remainder(n, [n * x for x in r])
+    if n and counts[0] == 0:  # train always gets a row
+        donor = max((1, 2), key=lambda j: (counts[j], -j))
+        counts[donor] -= 1
+        counts[0] += 1
     for i in (1, 2):
         if r[i] > 0 and counts[i] == 0:
             donors = [j for j in range(3) if j != i and counts[j] >= 2]

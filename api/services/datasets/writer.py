@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Final
 
@@ -33,15 +35,15 @@ class _Sink:
         self.rows = 0
         self.bytes = 0
 
-    def write(self, lines: list[bytes]) -> None:
+    def write(self, lines: Sequence[bytes]) -> None:
         if not lines:
             return
-        lines.append(b"")
         data = b"\n".join(lines)
-        self.f.write(data)
-        self.hash.update(data)
-        self.rows += len(lines) - 1
-        self.bytes += len(data)
+        for piece in (data, b"\n"):
+            self.f.write(piece)
+            self.hash.update(piece)
+        self.rows += len(lines)
+        self.bytes += len(data) + 1
 
 
 def write_splits(
@@ -70,17 +72,16 @@ def write_splits(
                     continue
                 carry = data[cut + 1 :]
                 lines = data[:cut].split(b"\n")
-                block = codes[pos : pos + len(lines)].tolist()
-                if len(block) != len(lines):
+                block = codes[pos : pos + len(lines)]
+                if block.shape[0] != len(lines):
                     raise RuntimeError("spool holds more lines than scanned rows")
                 pos += len(lines)
-                parts: list[list[bytes]] = [[] for _ in names]
-                parts.append([])  # index 3: unused; DROPPED rows are skipped below
-                for line, code in zip(lines, block, strict=True):
-                    if code != DROPPED:
-                        parts[code].append(line)
                 for i, sink in sinks.items():
-                    sink.write(parts[i])
+                    picked = np.flatnonzero(block == i).tolist()
+                    if len(picked) > 1:
+                        sink.write(itemgetter(*picked)(lines))
+                    elif picked:
+                        sink.write([lines[picked[0]]])
         if carry or pos != codes.shape[0]:
             raise RuntimeError(f"spool has {pos} complete lines, expected {codes.shape[0]}")
         out: dict[str, WrittenFile] = {}
