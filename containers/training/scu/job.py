@@ -114,6 +114,7 @@ def _run(paths: ContractPaths, cfg: TrainConfig, info: DistInfo, device: torch.d
     val_examples, val_stats = data_mod.build_examples(enc_val, rcfg.block_size, train_on_inputs=False)
     rcfg = rcfg.model_copy(update={"train_tokens": n_tokens})
 
+    torch.manual_seed(rcfg.seed)  # the LoRA init draws from the global RNG: same seed, same run
     model = load_base_model(base, rcfg.precision, rcfg.method, device, rcfg.gradient_checkpointing)
     model, targets = apply_lora(model, rcfg.lora_r, rcfg.lora_alpha, rcfg.lora_dropout, rcfg.target_modules)
     rcfg = rcfg.model_copy(update={"target_modules": targets})

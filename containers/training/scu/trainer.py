@@ -231,7 +231,8 @@ def train(
                 controller.update(s)
             pos.global_step += 1
             pos.batch_idx += len(window)
-            if pos.batch_idx >= len(batches):
+            epoch_done = pos.batch_idx >= len(batches)
+            if epoch_done:
                 pos.epoch, pos.batch_idx = pos.epoch + 1, 0
             if step_sleep:
                 time.sleep(step_sleep)
@@ -260,8 +261,11 @@ def train(
                 window_stats = {"loss": 0.0, "data_bpt": 0.0, "n": 0, "tokens": 0.0}
                 window_start = time.perf_counter()
             stop_now = any_rank(stop.is_set, info, device)
-            if stop_now or pos.global_step % cfg.checkpoint_every == 0:
-                save(pos)
+            done = pos.global_step >= total_steps
+            if stop_now or done or pos.global_step % cfg.checkpoint_every == 0:
+                save(pos)  # the final step too: a restart after completion only re-runs eval
             if stop_now and pos.global_step < total_steps:
                 return TrainResult("interrupted", pos.global_step, total_steps, last)
+            if epoch_done:
+                break  # next epoch: a new order
     return TrainResult("completed", pos.global_step, total_steps, last)

@@ -1,0 +1,83 @@
+"""SIGTERM mid-training saves a checkpoint and exits 143; a restart resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from scu.paths import EXIT_INTERRUPTED
+
+from tests.training.support import entry_env, run_entry
+
+pytestmark = pytest.mark.slow
+
+HP = {
+    "epochs": 3,
+    "batch_size": 4,
+    "grad_accum": 1,
+    "log_every": 1,
+    "checkpoint_every": 100,
+    "lora_dropout": 0.1,
+}
+
+
+def _metrics(root: Path) -> list[dict[str, float]]:
+    path = root / "output" / "data" / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_sigterm_then_resume_matches_uninterrupted_run(make_root: Callable[..., Path]) -> None:
+    ref = make_root("reference", n_train=40, **HP)
+    done = run_entry(ref)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ref_metrics = _metrics(ref)
+    assert ref_metrics[-1]["step"] == 30  # 40 rows / 4 per batch * 3 epochs
+
+    root = make_root("interrupted", n_train=40, **HP)
+    log = root / "first-run.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "scu.entry", "train"],
+            env=entry_env(root, {"FASTUNER_SCU_TEST_STEP_SLEEP": "0.2"}),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(m["step"] >= 12 for m in _metrics(root)):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert time.monotonic() - sent < 10
+    assert proc.returncode == EXIT_INTERRUPTED, log.read_text()[-3000:]
+    status = json.loads((root / "output" / "data" / "status.json").read_text())
+    stopped_at = status["step"]
+    assert status["status"] == "interrupted" and 12 <= stopped_at < 30
+    assert (root / "checkpoints" / f"step-{stopped_at:07d}").is_dir()
+    assert not (root / "model" / "adapter_model.safetensors").exists()
+
+    resumed = run_entry(root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from step-{stopped_at:07d} at step {stopped_at}" in resumed.stdout
+    metrics = _metrics(root)
+    assert [m["step"] for m in metrics] == list(range(1, 31))  # no gap, no duplicate, same final step
+    for mine, theirs in zip(metrics, ref_metrics, strict=True):
+        assert mine["data_bpt"] == pytest.approx(theirs["data_bpt"], rel=1e-5, abs=1e-6)
+        assert mine["lambda"] == pytest.approx(theirs["lambda"], rel=1e-5)
+        assert mine["epoch"] == pytest.approx(theirs["epoch"])
+    a = load_file(str(ref / "model" / "adapter_model.safetensors"))
+    b = load_file(str(root / "model" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
