@@ -10,6 +10,7 @@ into ``train/validation/test.jsonl`` without parsing JSON again.
 from __future__ import annotations
 
 import uuid
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,23 +75,22 @@ def _finish(
     unique_idx = np.flatnonzero(first)
     n_unique = int(unique_idx.size)
     if n_unique < n_valid:
-        lines = np.frombuffer(result.lines, dtype=np.uint32)
-        dup_lines = lines[~first][: options.limits.max_errors_shown].tolist()
-        result.warnings.add_many(issues.DUPLICATE, n_valid - n_unique, dup_lines)
+        dup_rows = np.flatnonzero(~first)[: options.limits.max_errors_shown]
+        result.warnings.add_many(issues.DUPLICATE, n_valid - n_unique, result.line_numbers(dup_rows))
     if n_unique < options.limits.min_unique_rows:
         result.errors.add(
             issues.TOO_FEW_ROWS, None, f"{n_unique} unique valid rows, need {options.limits.min_unique_rows}"
         )
     ok = not result.errors
     digests = np.frombuffer(result.digests, dtype=np.uint8).reshape(-1, DIGEST_BYTES)
-    chars = np.frombuffer(result.char_lengths, dtype=np.uint32)[unique_idx]
-    tokens = np.frombuffer(result.token_lengths, dtype=np.uint32)[unique_idx]
+    chars = _as_numpy(result.char_lengths)[unique_idx]
+    tokens = _as_numpy(result.token_lengths)[unique_idx]
 
     split_counts: dict[str, int] = {}
     label_distribution: dict[str, dict[str, int]] | None = None
     codes: npt.NDArray[np.uint8] | None = None
     if ok:
-        labels = np.frombuffer(result.labels, dtype=np.uint32)[unique_idx]
+        labels = result.label_ids()[unique_idx]
         stratify = options.task_type is TaskType.CLASSIFICATION and not bool((labels == NO_LABEL).any())
         groups = labels.astype(np.intp) if stratify else None
         codes, totals = assign_splits(n_unique, options.split, options.seed, groups)
@@ -123,6 +123,12 @@ def _finish(
             for name, w in written.items()
         }
     return PipelineResult(report=report, splits=splits)
+
+
+def _as_numpy(values: array[int]) -> npt.NDArray[np.uint64] | npt.NDArray[np.uint32]:
+    if values.itemsize == 8:
+        return np.frombuffer(values, dtype=np.uint64)
+    return np.frombuffer(values, dtype=np.uint32)
 
 
 def _label_distribution(

@@ -10,40 +10,39 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Iterator
-from enum import Enum
 from pathlib import Path
 from typing import Final
 
 BLOCK_BYTES: Final = 1 << 22
 
-
-class LineFault(Enum):
-    INVALID_UTF8 = "invalid_utf8"
-    TOO_LONG = "too_long"
-
-
-Line = str | LineFault
+# Placeholders for lines that could not be read. A real line never contains "\n" (lines are
+# cut at it), so these cannot collide with data, and they are whitespace, which lets the
+# scanner test for them only inside its blank-line branch.
+INVALID_UTF8_LINE: Final = "\n"
+TOO_LONG_LINE: Final = "\n\n"
 
 
-def _decode(body: bytes) -> list[Line]:
+def _decode(body: bytes) -> list[str]:
     try:
-        return list(body.decode("utf-8").split("\n"))
+        return body.decode("utf-8").split("\n")
     except UnicodeDecodeError:
         pass
-    out: list[Line] = []
+    out: list[str] = []
     for raw in body.split(b"\n"):
         try:
             out.append(raw.decode("utf-8"))
         except UnicodeDecodeError:
-            out.append(LineFault.INVALID_UTF8)
+            out.append(INVALID_UTF8_LINE)
     return out
 
 
 def iter_line_blocks(
     path: Path, max_line_bytes: int, block_bytes: int = BLOCK_BYTES
-) -> Iterator[tuple[int, list[Line]]]:
+) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(number of the first line, lines)``; line numbers start at 1.
 
+    An undecodable line comes as :data:`INVALID_UTF8_LINE`, a skipped overlong one as
+    :data:`TOO_LONG_LINE`.
     Lines keep a trailing ``\\r`` if the file has CRLF endings (JSON treats it as
     whitespace). A final newline does not start an extra empty line.
     """
@@ -64,7 +63,7 @@ def iter_line_blocks(
                 cut = chunk.find(b"\n")
                 if cut < 0:
                     continue
-                yield lineno, [LineFault.TOO_LONG]
+                yield lineno, [TOO_LONG_LINE]
                 lineno += 1
                 skipping = False
                 chunk = chunk[cut + 1 :]
@@ -83,6 +82,6 @@ def iter_line_blocks(
             if len(carry) > max_line_bytes:
                 skipping, carry = True, b""
     if skipping:
-        yield lineno, [LineFault.TOO_LONG]
+        yield lineno, [TOO_LONG_LINE]
     elif carry:
         yield lineno, _decode(carry)

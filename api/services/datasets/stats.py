@@ -8,7 +8,7 @@ import numpy.typing as npt
 from api.domain.datasets import LengthStats
 
 
-def length_stats(values: npt.NDArray[np.uint32]) -> LengthStats | None:
+def length_stats(values: npt.NDArray[np.uint32] | npt.NDArray[np.uint64]) -> LengthStats | None:
     """min/max/mean and nearest-rank p50/p95 (exact: computed over every row's length)."""
     n = int(values.shape[0])
     if n == 0:

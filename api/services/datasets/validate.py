@@ -1,8 +1,9 @@
 """Pass 1: stream the file once, validate and normalise every line, record small per-row facts.
 
-For each valid row the scan keeps only fixed-size facts (16-byte digest, line number, label
-id, character and estimated token length: 32 bytes a row) in compact arrays; dedup, stats
-and the split are computed from them afterwards. When given a spool stream it also writes
+For each valid row the scan keeps only fixed-size facts (16-byte digest, character and
+estimated token length, and a label id when the file has labels: 24-28 bytes a row) in
+compact arrays; line numbers are rebuilt from the few lines that were not rows. Dedup, stats
+and the split are computed from these afterwards. When given a spool stream it also writes
 each valid row's canonical record line there, so pass 2 never parses JSON again.
 """
 
@@ -16,12 +17,15 @@ from json.scanner import make_scanner
 from pathlib import Path
 from typing import IO, Any, Final, cast
 
+import numpy as np
+import numpy.typing as npt
+
 from api.domain.datasets import DatasetOptions
 from api.domain.enums import DatasetFormat, TaskType
 from api.services.datasets import issues
 from api.services.datasets.formats import NORMALISERS, Normaliser, RowError, detect_format
 from api.services.datasets.issues import IssueCollector
-from api.services.datasets.reader import LineFault, iter_line_blocks
+from api.services.datasets.reader import INVALID_UTF8_LINE, TOO_LONG_LINE, iter_line_blocks
 from api.services.datasets.records import (
     DIGEST_BYTES,
     RAW_LABEL_NULL_TAIL,
@@ -33,7 +37,6 @@ from api.services.datasets.records import (
 )
 
 NO_LABEL: Final = 0xFFFFFFFF
-_U32_MAX: Final = 0xFFFFFFFF
 # A JSON string escape takes at most 6 bytes per character (\uXXXX); field names, other
 # fields and whitespace get a generous allowance on top.
 _LINE_OVERHEAD_BYTES: Final = 1 << 16
@@ -51,16 +54,31 @@ class ScanResult:
     total_lines: int
     errors: IssueCollector
     warnings: IssueCollector
+    rows: int = 0  # valid rows (duplicates included)
     digests: bytearray = field(default_factory=bytearray)  # DIGEST_BYTES per valid row
-    lines: array[int] = field(default_factory=lambda: array("I"))
-    labels: array[int] = field(default_factory=lambda: array("I"))  # NO_LABEL when none
+    # Lengths: uint32, or uint64 when the limits allow longer rows.
     char_lengths: array[int] = field(default_factory=lambda: array("I"))
     token_lengths: array[int] = field(default_factory=lambda: array("I"))
+    # Label id per valid row (NO_LABEL when none); empty while no row has had a label.
+    labels: array[int] = field(default_factory=lambda: array("I"))
     label_names: list[str] = field(default_factory=list)
+    # For each line that was not a valid row: how many valid rows came before it.
+    gaps: array[int] = field(default_factory=lambda: array("Q"))
 
     @property
     def valid_rows(self) -> int:
-        return len(self.lines)
+        return self.rows
+
+    def line_numbers(self, row_indices: npt.NDArray[np.intp]) -> list[int]:
+        """1-based file line numbers of the given valid rows."""
+        gaps = np.frombuffer(self.gaps, dtype=np.uint64)
+        shift = np.searchsorted(gaps, row_indices.astype(np.uint64), side="right")
+        return [int(x) for x in row_indices + 1 + shift]
+
+    def label_ids(self) -> npt.NDArray[np.uint32]:
+        if not self.labels:
+            return np.full(self.rows, NO_LABEL, dtype=np.uint32)
+        return np.frombuffer(self.labels, dtype=np.uint32)
 
 
 def max_line_bytes(options: DatasetOptions) -> int:
@@ -101,6 +119,8 @@ def scan(source: Path, options: DatasetOptions, spool: IO[bytes] | None = None) 
     errors = IssueCollector(limits.max_errors_shown)
     warnings = IssueCollector(limits.max_errors_shown)
     res = ScanResult(format=options.format, total_lines=0, errors=errors, warnings=warnings)
+    if max_in + max_tgt >= 1 << 32:  # a row's length may not fit in uint32
+        res.char_lengths, res.token_lengths = array("Q"), array("Q")
 
     fmt = options.format
     normalise: Normaliser | None = NORMALISERS[fmt] if fmt is not None else None
@@ -111,14 +131,15 @@ def scan(source: Path, options: DatasetOptions, spool: IO[bytes] | None = None) 
     scan_once = make_scanner(cast(make_scanner, json.JSONDecoder()))
     sha256 = hashlib.sha256
     digests = res.digests
-    add_line = res.lines.append
-    add_label = res.labels.append
     add_chars = res.char_lengths.append
     add_tokens = res.token_lengths.append
+    labels = res.labels
     label_ids: dict[str, int] = {}
     label_names = res.label_names
+    add_gap = res.gaps.append
     add_error = errors.add
     lineno = 0
+    rows = 0
     text: str
     target: str
 
@@ -127,14 +148,14 @@ def scan(source: Path, options: DatasetOptions, spool: IO[bytes] | None = None) 
         out: list[bytes] = []
         for line in block:
             lineno += 1
-            if type(line) is not str:
-                if line is LineFault.INVALID_UTF8:
-                    add_error(issues.INVALID_UTF8, lineno, "bytes are not valid UTF-8")
-                else:
-                    add_error(issues.LINE_TOO_LONG, lineno)
-                continue
             if not line or line.isspace():
-                warnings.add(issues.BLANK_LINE, lineno)
+                if line == INVALID_UTF8_LINE:
+                    add_error(issues.INVALID_UTF8, lineno, "bytes are not valid UTF-8")
+                elif line == TOO_LONG_LINE:
+                    add_error(issues.LINE_TOO_LONG, lineno)
+                else:
+                    warnings.add(issues.BLANK_LINE, lineno)
+                add_gap(rows)
                 continue
             try:
                 try:
@@ -183,52 +204,55 @@ def scan(source: Path, options: DatasetOptions, spool: IO[bytes] | None = None) 
                 tgt_len = len(target)
                 if messages is None:
                     in_len = len(text)
-                    tokens = ((in_len + 3) >> 2 if text.isascii() else estimate_tokens(text)) + (
-                        (tgt_len + 3) >> 2 if target.isascii() else estimate_tokens(target)
-                    )
-                    if "\\" in line:
-                        line_str = encode_record([("user", text), ("assistant", target)], label)
-                    elif label is None:  # inlined encode_pair_unescaped
-                        line_str = f"{RAW_PAIR_HEAD}{text}{RAW_PAIR_MID}{target}{RAW_LABEL_NULL_TAIL}"
+                    if text.isascii() and target.isascii():
+                        tokens = ((in_len + 3) >> 2) + ((tgt_len + 3) >> 2)
                     else:
-                        line_str = (
-                            f'{RAW_PAIR_HEAD}{text}{RAW_PAIR_MID}{target}{RAW_LABEL_TAIL_PREFIX}{label}"}}'
-                        )
+                        tokens = estimate_tokens(text) + estimate_tokens(target)
                 else:
                     in_len = tokens = 0
                     for _, part in messages:
                         in_len += len(part)
                         tokens += estimate_tokens(part)
                     in_len -= tgt_len
+                if in_len >= near_in or tgt_len >= near_tgt:
+                    if in_len > max_in or tgt_len > max_tgt:
+                        if in_len > max_in:
+                            add_error(issues.INPUT_TOO_LONG, lineno, f"{in_len} > {max_in} characters")
+                        if tgt_len > max_tgt:
+                            add_error(issues.TARGET_TOO_LONG, lineno, f"{tgt_len} > {max_tgt} characters")
+                        add_gap(rows)
+                        continue
+                    warnings.add(issues.NEAR_LIMIT, lineno)
+                if messages is not None:
                     line_str = encode_record(messages, label)
-                if in_len > max_in or tgt_len > max_tgt:
-                    if in_len > max_in:
-                        add_error(issues.INPUT_TOO_LONG, lineno, f"{in_len} > {max_in} characters")
-                    if tgt_len > max_tgt:
-                        add_error(issues.TARGET_TOO_LONG, lineno, f"{tgt_len} > {max_tgt} characters")
-                    continue
+                elif "\\" in line:
+                    line_str = encode_record([("user", text), ("assistant", target)], label)
+                elif label is None:  # inlined records.encode_pair_unescaped
+                    line_str = f"{RAW_PAIR_HEAD}{text}{RAW_PAIR_MID}{target}{RAW_LABEL_NULL_TAIL}"
+                else:
+                    line_str = f'{RAW_PAIR_HEAD}{text}{RAW_PAIR_MID}{target}{RAW_LABEL_TAIL_PREFIX}{label}"}}'
                 try:
                     record = line_str.encode()
                 except UnicodeEncodeError:
                     raise RowError(issues.INVALID_UTF8, "text holds a lone surrogate escape") from None
             except RowError as exc:
                 add_error(exc.code, lineno, exc.detail)
+                add_gap(rows)
                 continue
-            if in_len >= near_in or tgt_len >= near_tgt:
-                warnings.add(issues.NEAR_LIMIT, lineno)
             digests += sha256(record).digest()[:DIGEST_BYTES]
-            add_line(lineno)
-            if label is None:
-                add_label(NO_LABEL)
-            else:
+            add_chars(in_len + tgt_len)
+            add_tokens(tokens)
+            if label is not None:
                 lid = label_ids.get(label)
                 if lid is None:
                     lid = label_ids[label] = len(label_names)
                     label_names.append(label)
-                add_label(lid)
-            total_len = in_len + tgt_len
-            add_chars(total_len if total_len < _U32_MAX else _U32_MAX)
-            add_tokens(tokens if tokens < _U32_MAX else _U32_MAX)
+                if len(labels) < rows:
+                    labels.extend([NO_LABEL] * (rows - len(labels)))
+                labels.append(lid)
+            elif labels:
+                labels.append(NO_LABEL)
+            rows += 1
             if spool is not None:
                 out.append(record)
         if spool is not None:
@@ -238,4 +262,5 @@ def scan(source: Path, options: DatasetOptions, spool: IO[bytes] | None = None) 
                 out.append(b"")
                 spool.write(b"\n".join(out))
     res.total_lines = lineno
+    res.rows = rows
     return res
