@@ -1,0 +1,518 @@
+"""The ``sagemaker`` backend: the training container as an Amazon SageMaker training job.
+
+Everything goes through boto3 (``sagemaker`` and CloudWatch ``logs`` clients) built with botocore's
+``standard`` retry mode, so throttling and transient errors are retried with backoff by botocore;
+what still fails surfaces as :class:`~api.domain.errors.BackendError` with
+``details = {"aws_error": <code>, "transient": <bool>}`` so the caller can tell "try again later"
+from "this job cannot start".
+
+Contract with the service (see ``docs`` in the method docstrings):
+
+* ``start_training`` returns the state to keep: ``{"training_job_arn", "output_s3"}`` where
+  ``output_s3`` is ``store.uri(spec.output_prefix)`` (the job's ``S3OutputPath``). Later calls only
+  read ``output_s3`` (for the model archive); a missing key falls back to ``DescribeTrainingJob``.
+* SageMaker writes the model directory as ``{output_prefix}/{job_name}/output/model.tar.gz`` with
+  the files of ``/opt/ml/model`` at the archive's top level (``adapter_config.json``,
+  ``adapter_model.safetensors``, ``eval.json`` …); ``fetch_model`` unpacks exactly that.
+* Input channels: one ``S3Prefix`` channel per split whose prefix is the full key of the split
+  object. An S3 prefix also matches longer keys (``train.jsonl`` matches ``train.jsonl.bak``), and
+  the engine reads every ``*.jsonl`` under a channel directory. In our layout a dataset folder
+  ``{tenant}/datasets/{ds}/`` is written once by the dataset service and holds only the fixed
+  names ``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` and ``manifest.json`` — none is a
+  prefix of another — so the prefix selects exactly one object. Rather than trust that silently,
+  ``start_training`` lists each prefix and refuses to launch unless it matches exactly the one split
+  object (a manifest file would also work, but costs an extra object per job for no gain here).
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from scu.metrics_format import METRIC_DEFINITIONS, parse_line
+
+from api.backends.base import TrainingSpec, TrainingStatus
+from api.domain.enums import JobStatus
+from api.domain.errors import BackendError, Conflict
+from api.logging import get_logger
+from api.storage.s3 import S3Store
+
+if TYPE_CHECKING:
+    from mypy_boto3_sagemaker import SageMakerClient
+
+log = get_logger("backend.sagemaker")
+
+MAX_ATTEMPTS = 10
+RETRY_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS}, connect_timeout=10, read_timeout=60
+)
+
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+LOG_PAGE_SIZE = 10_000  # the most FilterLogEvents / GetLogEvents return per call
+LOG_STREAMS_PER_FILTER = 100  # FilterLogEvents accepts at most 100 stream names
+CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
+CHANNEL_CONTENT_TYPE = "application/jsonlines"
+MODEL_ARCHIVE = "model.tar.gz"
+
+_JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+
+# SecondaryStatus while TrainingJobStatus is InProgress.
+PROVISIONING_SECONDARY = frozenset(
+    {
+        "Starting",
+        "Pending",
+        "LaunchingMLInstances",
+        "PreparingTrainingStack",
+        "Downloading",
+        "DownloadingTrainingImage",
+    }
+)
+RUNNING_SECONDARY = frozenset({"Training", "Uploading", "Restarting", "Interrupted", "Updating"})
+# SecondaryStatus of a job SageMaker stopped because it hit a StoppingCondition: a failure, not a cancel.
+LIMIT_SECONDARY: dict[str, str] = {
+    "MaxRuntimeExceeded": "the job exceeded its maximum runtime (StoppingCondition.MaxRuntimeInSeconds = {runtime})",
+    "MaxWaitTimeExceeded": "the spot job exceeded its maximum wait time (StoppingCondition.MaxWaitTimeInSeconds = {wait}); "
+    "spot capacity was not available long enough",
+}
+
+
+class SageMakerBackend:
+    """:class:`~api.backends.base.ComputeBackend` on Amazon SageMaker training jobs."""
+
+    name = "sagemaker"
+
+    def __init__(
+        self,
+        store: S3Store,
+        *,
+        image_uri: str,
+        role_arn: str,
+        region: str | None,
+        sagemaker_client: SageMakerClient | None = None,
+        logs_client: Any = None,
+    ) -> None:
+        if not image_uri:
+            raise ValueError(
+                "the sagemaker backend needs the training image URI (FASTUNER_TRAINING_IMAGE_URI)"
+            )
+        if not role_arn:
+            raise ValueError("the sagemaker backend needs an execution role (FASTUNER_SAGEMAKER_ROLE_ARN)")
+        self.store = store
+        self.image_uri = image_uri
+        self.role_arn = role_arn
+        self.region = region
+        self.sagemaker: SageMakerClient = sagemaker_client or boto3.client(
+            "sagemaker", region_name=region, config=RETRY_CONFIG
+        )
+        # No boto3 stubs for CloudWatch Logs in the dev extra; the calls used are few and plain.
+        self.logs: Any = logs_client or boto3.client("logs", region_name=region, config=RETRY_CONFIG)
+        self.log_page_size = LOG_PAGE_SIZE
+
+    # -- launch -------------------------------------------------------------------------------
+    def build_request(self, spec: TrainingSpec) -> dict[str, Any]:
+        """The exact ``CreateTrainingJob`` request for ``spec`` (validated, no I/O)."""
+        if not _JOB_NAME.match(spec.job_name):
+            raise ValueError(f"invalid SageMaker training job name: {spec.job_name!r}")
+        bad = {k: type(v).__name__ for k, v in spec.hyperparameters.items() if not isinstance(v, str)}
+        if bad:
+            raise ValueError(f"hyperparameters must be strings; got {bad}")
+        if not spec.channels:
+            raise ValueError("a training job needs at least one input channel")
+        if spec.instance_count < 1:
+            raise ValueError("instance_count must be >= 1")
+        stopping: dict[str, int] = {"MaxRuntimeInSeconds": spec.max_runtime_seconds}
+        if spec.spot:
+            wait = (
+                spec.max_wait_seconds if spec.max_wait_seconds is not None else 2 * spec.max_runtime_seconds
+            )
+            if wait < spec.max_runtime_seconds:
+                raise ValueError(
+                    f"max_wait_seconds ({wait}) must be >= max_runtime_seconds ({spec.max_runtime_seconds})"
+                )
+            stopping["MaxWaitTimeInSeconds"] = wait
+        return {
+            "TrainingJobName": spec.job_name,
+            "AlgorithmSpecification": {
+                "TrainingImage": self.image_uri,
+                "TrainingInputMode": "File",
+                "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS],
+            },
+            "RoleArn": self.role_arn,
+            "HyperParameters": dict(spec.hyperparameters),
+            "InputDataConfig": [
+                {
+                    "ChannelName": channel,
+                    "DataSource": {
+                        "S3DataSource": {
+                            "S3DataType": "S3Prefix",
+                            "S3Uri": self.store.uri(key),
+                            "S3DataDistributionType": "FullyReplicated",
+                        }
+                    },
+                    "ContentType": CHANNEL_CONTENT_TYPE,
+                    "CompressionType": "None",
+                    "InputMode": "File",
+                }
+                for channel, key in spec.channels.items()
+            ],
+            "OutputDataConfig": {"S3OutputPath": self.store.uri(spec.output_prefix.rstrip("/"))},
+            "ResourceConfig": {
+                "InstanceType": spec.instance_type,
+                "InstanceCount": spec.instance_count,
+                "VolumeSizeInGB": spec.volume_gb,
+            },
+            "StoppingCondition": stopping,
+            "EnableManagedSpotTraining": spec.spot,
+            "CheckpointConfig": {
+                "S3Uri": self.store.uri(spec.checkpoint_prefix.rstrip("/")),
+                "LocalPath": CHECKPOINT_LOCAL_PATH,
+            },
+            "Tags": [{"Key": k, "Value": v} for k, v in spec.tags.items()],
+        }
+
+    def start_training(self, spec: TrainingSpec) -> dict[str, Any]:
+        """Create the training job; idempotent for the same ``spec.job_name``.
+
+        An existing job of that name is accepted when it is the same job (same output path and
+        hyperparameters) and raises :class:`Conflict` otherwise; nothing is created twice.
+        """
+        request = self.build_request(spec)
+        output_s3 = request["OutputDataConfig"]["S3OutputPath"]
+        existing = self._describe(spec.job_name)
+        if existing is None:
+            self._check_channels(spec)
+            try:
+                created = self.sagemaker.create_training_job(**request)
+            except ClientError as exc:
+                if not _already_exists(exc):
+                    raise _backend_error(f"could not create training job {spec.job_name}", exc) from exc
+                existing = self._describe(spec.job_name)  # lost a race with another start
+                if existing is None:
+                    raise _backend_error(f"could not create training job {spec.job_name}", exc) from exc
+            else:
+                log.info("created training job %s", spec.job_name)
+                return {"training_job_arn": created["TrainingJobArn"], "output_s3": output_s3}
+        self._check_same_job(request, existing)
+        log.info("training job %s already exists; reusing it", spec.job_name)
+        return {"training_job_arn": existing["TrainingJobArn"], "output_s3": output_s3}
+
+    def _check_channels(self, spec: TrainingSpec) -> None:
+        for channel, key in spec.channels.items():
+            keys = sorted(info.key for info in self.store.list(key))
+            if keys == [key]:
+                continue
+            if key not in keys:
+                raise BackendError(f"input channel {channel!r}: {self.store.uri(key)} does not exist")
+            raise BackendError(
+                f"input channel {channel!r}: the S3 prefix {self.store.uri(key)} matches {len(keys)} objects "
+                f"({', '.join(keys[:5])}); it must match exactly the split file"
+            )
+
+    def _check_same_job(self, request: Mapping[str, Any], existing: Mapping[str, Any]) -> None:
+        name = request["TrainingJobName"]
+        theirs_out = str(existing.get("OutputDataConfig", {}).get("S3OutputPath", "")).rstrip("/")
+        theirs_hp = existing.get("HyperParameters") or {}
+        if (
+            theirs_out != request["OutputDataConfig"]["S3OutputPath"]
+            or theirs_hp != request["HyperParameters"]
+        ):
+            raise Conflict(
+                f"a SageMaker training job named {name} already exists with a different configuration",
+                details={"training_job_arn": existing.get("TrainingJobArn")},
+            )
+
+    # -- status -------------------------------------------------------------------------------
+    def describe_training(self, job_name: str, state: dict[str, Any]) -> TrainingStatus:
+        desc = self._describe(job_name)
+        if desc is None:
+            raise BackendError(f"SageMaker training job {job_name} does not exist")
+        return status_from_description(desc)
+
+    def _describe(self, job_name: str) -> dict[str, Any] | None:
+        """``DescribeTrainingJob``, or None when no job has that name."""
+        try:
+            return dict(self.sagemaker.describe_training_job(TrainingJobName=job_name))
+        except ClientError as exc:
+            if _not_found(exc):
+                return None
+            raise _backend_error(f"could not describe training job {job_name}", exc) from exc
+
+    # -- stop ---------------------------------------------------------------------------------
+    def stop_training(self, job_name: str, state: dict[str, Any]) -> None:
+        """Ask SageMaker to stop the job (SIGTERM; the engine checkpoints). No-op unless in progress."""
+        desc = self._describe(job_name)
+        if desc is None:
+            log.warning("stop: training job %s does not exist; nothing to stop", job_name)
+            return
+        if desc.get("TrainingJobStatus") != "InProgress":
+            return  # finished, or already stopping
+        try:
+            self._call_stop(job_name)
+        except ClientError as exc:
+            if _error_code(exc) == "ValidationException" and "status" in _error_message(exc).lower():
+                return  # finished between the describe and the stop
+            raise _backend_error(f"could not stop training job {job_name}", exc) from exc
+        log.info("asked training job %s to stop", job_name)
+
+    def _call_stop(self, job_name: str) -> None:
+        """The one ``StopTrainingJob`` call (a seam: moto does not implement it)."""
+        self.sagemaker.stop_training_job(TrainingJobName=job_name)
+
+    # -- logs and metrics ---------------------------------------------------------------------
+    def read_metrics(self, job_name: str, state: dict[str, Any], after_step: int) -> list[dict[str, float]]:
+        """Training metric records parsed from the job's CloudWatch log, ``step > after_step``, by step.
+
+        Only ``[scu]`` step lines count; the final ``[scu-eval]`` line carries no step and is left
+        out (the held-out evaluation reaches the service as ``eval.json`` in the model archive).
+        When a step appears more than once (a spot restart resumes from the last checkpoint and
+        replays the steps after it; every host of a multi-node job may print), the latest line wins.
+        """
+        by_step: dict[int, dict[str, float]] = {}
+        for _, message in self._filter_events(job_name):
+            for line in message.splitlines():
+                record = parse_line(line)
+                if record is None or "step" not in record:
+                    continue
+                step = int(record["step"])
+                if step > after_step:
+                    by_step[step] = record
+        return [by_step[step] for step in sorted(by_step)]
+
+    def read_logs(self, job_name: str, state: dict[str, Any], tail: int) -> list[str]:
+        """The last ``tail`` lines of the job's log (all hosts, interleaved by time)."""
+        if tail <= 0:
+            return []
+        events: list[tuple[int, str]] = []
+        for stream in self._log_streams(job_name):
+            events.extend(self._stream_tail(stream, tail))
+        events.sort(key=lambda event: event[0])  # stable: keeps each stream's own order
+        lines = [line for _, message in events for line in message.rstrip("\n").split("\n")]
+        return lines[-tail:]
+
+    def _log_streams(self, job_name: str) -> list[str]:
+        """The job's log streams (``{job_name}/algo-N-…``); none before the instances start."""
+        names: list[str] = []
+        kwargs: dict[str, Any] = {"logGroupName": LOG_GROUP, "logStreamNamePrefix": f"{job_name}/"}
+        try:
+            while True:
+                page = self.logs.describe_log_streams(**kwargs)
+                names.extend(s["logStreamName"] for s in page.get("logStreams", []))
+                token = page.get("nextToken")
+                if not token or token == kwargs.get("nextToken"):
+                    break
+                kwargs["nextToken"] = token
+        except ClientError as exc:
+            if _error_code(exc) == "ResourceNotFoundException":
+                return []
+            raise _backend_error(f"could not list the log streams of {job_name}", exc) from exc
+        return sorted(names)
+
+    def _filter_events(self, job_name: str) -> Iterator[tuple[int, str]]:
+        """Every event of the job's streams as ``(timestamp, message)``, in time order."""
+        streams = self._log_streams(job_name)
+        events: list[tuple[int, str]] = []
+        for start in range(0, len(streams), LOG_STREAMS_PER_FILTER):
+            kwargs: dict[str, Any] = {
+                "logGroupName": LOG_GROUP,
+                "logStreamNames": streams[start : start + LOG_STREAMS_PER_FILTER],
+                "limit": self.log_page_size,
+            }
+            try:
+                while True:
+                    page = self.logs.filter_log_events(**kwargs)
+                    events.extend(
+                        (int(e.get("timestamp", 0)), str(e.get("message", ""))) for e in page["events"]
+                    )
+                    token = page.get("nextToken")
+                    if not token or token == kwargs.get("nextToken"):
+                        break
+                    kwargs["nextToken"] = token
+            except ClientError as exc:
+                if _error_code(exc) == "ResourceNotFoundException":
+                    continue
+                raise _backend_error(f"could not read the log of {job_name}", exc) from exc
+        events.sort(key=lambda event: event[0])
+        yield from events
+
+    def _stream_tail(self, stream: str, tail: int) -> list[tuple[int, str]]:
+        """The last ``tail`` events of one stream, oldest first (pages backwards)."""
+        out: list[tuple[int, str]] = []
+        kwargs: dict[str, Any] = {
+            "logGroupName": LOG_GROUP,
+            "logStreamName": stream,
+            "startFromHead": False,
+            "limit": min(tail, self.log_page_size),
+        }
+        try:
+            while len(out) < tail:
+                page = self.logs.get_log_events(**kwargs)
+                events = [(int(e.get("timestamp", 0)), str(e.get("message", ""))) for e in page["events"]]
+                if not events:
+                    break
+                out = events + out
+                token = page.get("nextBackwardToken")
+                if not token or token == kwargs.get("nextToken"):
+                    break
+                kwargs["nextToken"] = token
+        except ClientError as exc:
+            if _error_code(exc) == "ResourceNotFoundException":
+                return []
+            raise _backend_error(f"could not read log stream {stream}", exc) from exc
+        return out[-tail:]
+
+    # -- model --------------------------------------------------------------------------------
+    def model_key(self, job_name: str, state: Mapping[str, Any]) -> str:
+        """Store key of the job's ``model.tar.gz``: ``{output_prefix}/{job_name}/output/model.tar.gz``."""
+        output_s3 = state.get("output_s3")
+        if output_s3:
+            prefix = self.store.key_from_uri(str(output_s3).rstrip("/"))
+            return f"{prefix}/{job_name}/output/{MODEL_ARCHIVE}"
+        desc = self._describe(job_name)
+        artifact = ((desc or {}).get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+        if not artifact:
+            raise BackendError(f"training job {job_name} has no model artifact")
+        return self.store.key_from_uri(str(artifact))
+
+    def fetch_model(self, job_name: str, state: dict[str, Any], dest: Path) -> None:
+        """Download the job's ``model.tar.gz`` and unpack it safely into ``dest``."""
+        key = self.model_key(job_name, state)
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="fastuner-model-") as tmp:
+            archive = Path(tmp) / MODEL_ARCHIVE
+            try:
+                self.store.download_file(key, archive)
+            except FileNotFoundError as exc:
+                raise BackendError(f"training job {job_name} left no model at {self.store.uri(key)}") from exc
+            safe_extract(archive, dest)
+        if not (dest / "adapter_config.json").is_file():
+            raise BackendError(f"the model archive of {job_name} holds no adapter_config.json")
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def status_from_description(desc: Mapping[str, Any]) -> TrainingStatus:
+    """Map a ``DescribeTrainingJob`` response onto our job status."""
+    primary = str(desc.get("TrainingJobStatus", ""))
+    secondary = desc.get("SecondaryStatus")
+    secondary = str(secondary) if secondary else None
+    failure: str | None = None
+    if primary == "InProgress":
+        if secondary in PROVISIONING_SECONDARY:
+            status = JobStatus.PROVISIONING
+        elif secondary in RUNNING_SECONDARY:
+            status = JobStatus.RUNNING
+        else:  # a secondary status we do not know yet: training has begun once a start time exists
+            status = JobStatus.RUNNING if desc.get("TrainingStartTime") else JobStatus.PROVISIONING
+    elif primary == "Stopping":
+        # SageMaker stopping a job at a StoppingCondition is not a user cancel: it ends as failed.
+        status = JobStatus.RUNNING if secondary in LIMIT_SECONDARY else JobStatus.CANCELLING
+    elif primary == "Stopped":
+        if secondary in LIMIT_SECONDARY:
+            status, failure = JobStatus.FAILED, _limit_reason(secondary, desc)
+        else:
+            status = JobStatus.CANCELLED
+    elif primary == "Failed":
+        status = JobStatus.FAILED
+        reason = desc.get("FailureReason")
+        if reason:
+            failure = str(reason)
+        elif secondary in LIMIT_SECONDARY:
+            failure = _limit_reason(secondary, desc)
+        else:
+            failure = "the SageMaker training job failed without a reason"
+    elif primary == "Completed":
+        status = JobStatus.COMPLETED
+    else:
+        raise BackendError(f"unknown SageMaker TrainingJobStatus {primary!r}")
+    billable = desc.get("BillableTimeInSeconds")
+    return TrainingStatus(
+        status=status,
+        secondary_status=secondary,
+        failure_reason=failure,
+        started_at=_as_datetime(desc.get("TrainingStartTime")),
+        ended_at=_as_datetime(desc.get("TrainingEndTime")),
+        billable_seconds=int(billable) if billable is not None else None,
+    )
+
+
+def _limit_reason(secondary: str, desc: Mapping[str, Any]) -> str:
+    cond = desc.get("StoppingCondition") or {}
+    runtime = cond.get("MaxRuntimeInSeconds", "?")
+    wait = cond.get("MaxWaitTimeInSeconds", "?")
+    return LIMIT_SECONDARY[secondary].format(runtime=f"{runtime} s", wait=f"{wait} s")
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    return value if isinstance(value, datetime) else None
+
+
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Unpack a tar archive into ``dest``, refusing anything but plain files and folders inside it.
+
+    Every member is checked before anything is written (absolute names, ``..``, links, devices),
+    and ``tarfile``'s ``data`` filter checks again while extracting.
+    """
+    root = dest.resolve()
+    with tarfile.open(archive, "r:*") as tar:
+        members = tar.getmembers()
+        for member in members:
+            name = PurePosixPath(member.name)
+            if name.is_absolute() or ".." in name.parts or "\\" in member.name:
+                raise BackendError(f"unsafe path in model archive: {member.name!r}")
+            if not (member.isfile() or member.isdir()):
+                raise BackendError(f"model archive member {member.name!r} is not a plain file or folder")
+            target = (root / name).resolve()
+            if target != root and root not in target.parents:
+                raise BackendError(f"model archive member {member.name!r} escapes the destination")
+        try:
+            tar.extractall(root, members=members, filter="data")
+        except tarfile.FilterError as exc:
+            raise BackendError(f"unsafe model archive: {exc}") from exc
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _error_message(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Message", ""))
+
+
+def _not_found(exc: ClientError) -> bool:
+    code, message = _error_code(exc), _error_message(exc).lower()
+    if code in ("ResourceNotFound", "ResourceNotFoundException"):
+        return True
+    return code == "ValidationException" and ("not found" in message or "could not find" in message)
+
+
+def _already_exists(exc: ClientError) -> bool:
+    code, message = _error_code(exc), _error_message(exc).lower()
+    return code in ("ValidationException", "ResourceInUse") and "already exists" in message
+
+
+_TRANSIENT = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ServiceUnavailable",
+        "InternalFailure",
+        "InternalServerError",
+    }
+)
+
+
+def _backend_error(what: str, exc: ClientError) -> BackendError:
+    code = _error_code(exc)
+    return BackendError(
+        f"{what}: {code}: {_error_message(exc)}",
+        details={"aws_error": code, "transient": code in _TRANSIENT},
+    )
