@@ -29,7 +29,10 @@ from __future__ import annotations
 import re
 import tarfile
 import tempfile
-from collections.abc import Iterator, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -57,7 +60,8 @@ RETRY_CONFIG = Config(
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 LOG_PAGE_SIZE = 10_000  # the most FilterLogEvents / GetLogEvents return per call
-LOG_STREAMS_PER_FILTER = 100  # FilterLogEvents accepts at most 100 stream names
+LOG_REREAD_MS = 5 * 60 * 1000  # incremental metric reads look back this far for late events
+METRICS_CACHE_JOBS = 512  # jobs whose metric cursor this process keeps
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 CHANNEL_CONTENT_TYPE = "application/jsonlines"
 MODEL_ARCHIVE = "model.tar.gz"
@@ -82,6 +86,13 @@ LIMIT_SECONDARY: dict[str, str] = {
     "MaxWaitTimeExceeded": "the spot job exceeded its maximum wait time (StoppingCondition.MaxWaitTimeInSeconds = {wait}); "
     "spot capacity was not available long enough",
 }
+
+
+@dataclass
+class _MetricsCursor:
+    floor: int  # the after_step of the read that left this cursor
+    newest_ms: int | None = None  # timestamp of the newest event read so far
+    records: dict[int, dict[str, float]] = field(default_factory=dict)  # step > floor
 
 
 class SageMakerBackend:
@@ -115,6 +126,8 @@ class SageMakerBackend:
         # No boto3 stubs for CloudWatch Logs in the dev extra; the calls used are few and plain.
         self.logs: Any = logs_client or boto3.client("logs", region_name=region, config=RETRY_CONFIG)
         self.log_page_size = LOG_PAGE_SIZE
+        self._metrics: OrderedDict[str, _MetricsCursor] = OrderedDict()
+        self._metrics_lock = threading.Lock()
 
     # -- launch -------------------------------------------------------------------------------
     def build_request(self, spec: TrainingSpec) -> dict[str, Any]:
@@ -274,9 +287,21 @@ class SageMakerBackend:
         out (the held-out evaluation reaches the service as ``eval.json`` in the model archive).
         When a step appears more than once (a spot restart resumes from the last checkpoint and
         replays the steps after it; every host of a multi-node job may print), the latest line wins.
+
+        Reading is incremental within this process: the records above ``after_step`` and the time
+        of the newest event are cached per job, and the next call only asks CloudWatch for events
+        from ``LOG_REREAD_MS`` before that time (late-arriving events are picked up). The cache is
+        an optimisation only: a new process, or an ``after_step`` below the last one, re-reads all.
         """
-        by_step: dict[int, dict[str, float]] = {}
-        for _, message in self._filter_events(job_name):
+        with self._metrics_lock:
+            cursor = self._metrics.pop(job_name, None)
+        if cursor is None or after_step < cursor.floor:
+            cursor = _MetricsCursor(floor=after_step)
+        start = cursor.newest_ms - LOG_REREAD_MS if cursor.newest_ms is not None else None
+        by_step = {step: rec for step, rec in cursor.records.items() if step > after_step}
+        newest = cursor.newest_ms
+        for timestamp, message in self._filter_events(job_name, start_ms=start):
+            newest = timestamp if newest is None else max(newest, timestamp)
             for line in message.splitlines():
                 record = parse_line(line)
                 if record is None or "step" not in record:
@@ -284,6 +309,10 @@ class SageMakerBackend:
                 step = int(record["step"])
                 if step > after_step:
                     by_step[step] = record
+        with self._metrics_lock:
+            self._metrics[job_name] = _MetricsCursor(floor=after_step, newest_ms=newest, records=by_step)
+            while len(self._metrics) > METRICS_CACHE_JOBS:
+                self._metrics.popitem(last=False)
         return [by_step[step] for step in sorted(by_step)]
 
     def read_logs(self, job_name: str, state: dict[str, Any], tail: int) -> list[str]:
@@ -315,32 +344,40 @@ class SageMakerBackend:
             raise _backend_error(f"could not list the log streams of {job_name}", exc) from exc
         return sorted(names)
 
-    def _filter_events(self, job_name: str) -> Iterator[tuple[int, str]]:
-        """Every event of the job's streams as ``(timestamp, message)``, in time order."""
-        streams = self._log_streams(job_name)
+    def _filter_events(self, job_name: str, *, start_ms: int | None = None) -> list[tuple[int, str]]:
+        """The job's events (``(timestamp, message)``, time order), from ``start_ms`` when given.
+
+        One ``FilterLogEvents`` query by stream-name prefix (plus its pages), not one per stream:
+        the API allows only a few calls per second per account. Streams are checked again here
+        because a prefix query is all CloudWatch does, and some emulators ignore the prefix.
+        """
+        own = f"{job_name}/"
+        kwargs: dict[str, Any] = {
+            "logGroupName": LOG_GROUP,
+            "logStreamNamePrefix": own,
+            "limit": self.log_page_size,
+        }
+        if start_ms is not None:
+            kwargs["startTime"] = max(0, start_ms)
         events: list[tuple[int, str]] = []
-        for start in range(0, len(streams), LOG_STREAMS_PER_FILTER):
-            kwargs: dict[str, Any] = {
-                "logGroupName": LOG_GROUP,
-                "logStreamNames": streams[start : start + LOG_STREAMS_PER_FILTER],
-                "limit": self.log_page_size,
-            }
-            try:
-                while True:
-                    page = self.logs.filter_log_events(**kwargs)
-                    events.extend(
-                        (int(e.get("timestamp", 0)), str(e.get("message", ""))) for e in page["events"]
-                    )
-                    token = page.get("nextToken")
-                    if not token or token == kwargs.get("nextToken"):
-                        break
-                    kwargs["nextToken"] = token
-            except ClientError as exc:
-                if _error_code(exc) == "ResourceNotFoundException":
-                    continue
-                raise _backend_error(f"could not read the log of {job_name}", exc) from exc
-        events.sort(key=lambda event: event[0])
-        yield from events
+        try:
+            while True:
+                page = self.logs.filter_log_events(**kwargs)
+                events.extend(
+                    (int(e.get("timestamp", 0)), str(e.get("message", "")))
+                    for e in page.get("events", [])
+                    if str(e.get("logStreamName", "")).startswith(own)
+                )
+                token = page.get("nextToken")
+                if not token or token == kwargs.get("nextToken"):
+                    break
+                kwargs["nextToken"] = token
+        except ClientError as exc:
+            if _error_code(exc) == "ResourceNotFoundException":
+                return []
+            raise _backend_error(f"could not read the log of {job_name}", exc) from exc
+        events.sort(key=lambda event: event[0])  # stable: keeps each stream's own order
+        return events
 
     def _stream_tail(self, stream: str, tail: int) -> list[tuple[int, str]]:
         """The last ``tail`` events of one stream, oldest first (pages backwards)."""

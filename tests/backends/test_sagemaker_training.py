@@ -663,8 +663,9 @@ def train_record(step: int, loss: float) -> dict[str, float]:
     }
 
 
-def put_log(logs: Any, stream: str, lines: list[tuple[int, str]]) -> None:
-    logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
+def put_log(logs: Any, stream: str, lines: list[tuple[int, str]], *, create: bool = True) -> None:
+    if create:
+        logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
     logs.put_log_events(
         logGroupName=LOG_GROUP,
         logStreamName=stream,
@@ -740,6 +741,33 @@ def test_read_logs(backend: SageMakerBackend, job_log: dict[str, list[str]], pag
     assert backend.read_logs(JOB_NAME, {}, tail=7) == lines[-7:]
     assert backend.read_logs(JOB_NAME, {}, tail=1000) == lines
     assert backend.read_logs(JOB_NAME, {}, tail=0) == []
+
+
+def test_metrics_are_read_incrementally(backend: SageMakerBackend, job_log: dict[str, list[str]]) -> None:
+    queries: list[dict[str, Any]] = []
+    hook(
+        backend.logs,
+        "before-parameter-build.logs.FilterLogEvents",
+        lambda params, **_: queries.append(dict(params)),
+    )
+
+    assert [r["step"] for r in backend.read_metrics(JOB_NAME, {}, after_step=0)] == [10, 20, 30, 40]
+    assert "startTime" not in queries[-1]
+    assert queries[-1]["logStreamNamePrefix"] == f"{JOB_NAME}/"
+
+    # New lines arrive, one of them late (older than the newest event already read).
+    stream = f"{JOB_NAME}/algo-1-1763900100"
+    put_log(backend.logs, stream, [(T0 + 99, format_train_line(train_record(35, 2.15)))], create=False)
+    put_log(backend.logs, stream, [(T0 + 200, format_train_line(train_record(50, 2.0)))], create=False)
+    records = backend.read_metrics(JOB_NAME, {}, after_step=40)
+    assert queries[-1]["startTime"] == T0 + 104 - 5 * 60 * 1000
+    assert records == [expected_record(50, 2.0)]
+
+    # Asked again from further back (the service lost rows): everything is read again.
+    records = backend.read_metrics(JOB_NAME, {}, after_step=0)
+    assert "startTime" not in queries[-1]
+    assert [r["step"] for r in records] == [10, 20, 30, 35, 40, 50]
+    assert len(queries) == 3
 
 
 def test_no_log_yet(backend: SageMakerBackend) -> None:
