@@ -11,6 +11,7 @@ import httpx
 from pydantic import BaseModel
 
 from api.domain.datasets import Dataset, Manifest, ValidationReport
+from api.domain.finetune import Adapter, DryRun, FineTuneJob, FineTuneRequest, JobEvent, MetricPoint
 
 T = TypeVar("T", bound=BaseModel)
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=600.0)
@@ -115,6 +116,73 @@ class FastunerClient:
 
     def delete_dataset(self, dataset_id: str) -> None:
         self._request("DELETE", f"/v0/datasets/{dataset_id}")
+
+    # -- fine-tune ----------------------------------------------------------------------------
+    def start_finetune(
+        self, req: FineTuneRequest, *, idempotency_key: str | None = None
+    ) -> FineTuneJob | DryRun:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = req.model_dump(mode="json", exclude_defaults=True)
+        data = self._request("POST", "/v0/finetune", json=body, headers=headers).json()
+        return DryRun.model_validate(data) if data.get("dry_run") else FineTuneJob.model_validate(data)
+
+    def list_jobs(
+        self, *, limit: int = 50, cursor: str | None = None, status: str | None = None
+    ) -> tuple[list[FineTuneJob], str | None]:
+        params = {k: v for k, v in {"limit": limit, "cursor": cursor, "status": status}.items() if v}
+        data = self._request("GET", "/v0/finetune", params=params).json()
+        return [FineTuneJob.model_validate(d) for d in data["items"]], data["next_cursor"]
+
+    def get_job(self, job_id: str) -> FineTuneJob:
+        return self._model(FineTuneJob, "GET", f"/v0/finetune/{job_id}")
+
+    def cancel_job(self, job_id: str) -> FineTuneJob:
+        return self._model(FineTuneJob, "POST", f"/v0/finetune/{job_id}/cancel")
+
+    def job_events(self, job_id: str, *, after: int = 0) -> list[JobEvent]:
+        data = self._request("GET", f"/v0/finetune/{job_id}/events", params={"after": after}).json()
+        return [JobEvent.model_validate(d) for d in data]
+
+    def job_metrics(self, job_id: str, *, after: int = 0) -> list[MetricPoint]:
+        data = self._request("GET", f"/v0/finetune/{job_id}/metrics", params={"after": after}).json()
+        return [MetricPoint.model_validate(d) for d in data]
+
+    def job_logs(self, job_id: str, *, tail: int = 200) -> list[str]:
+        lines: list[str] = self._request("GET", f"/v0/finetune/{job_id}/logs", params={"tail": tail}).json()
+        return lines
+
+    def reconcile(self) -> dict[str, Any]:
+        data: dict[str, Any] = self._request("POST", "/v0/finetune/reconcile").json()
+        return data
+
+    # -- adapters -----------------------------------------------------------------------------
+    def list_adapters(
+        self, *, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[Adapter], str | None]:
+        params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        data = self._request("GET", "/v0/adapters", params=params).json()
+        return [Adapter.model_validate(d) for d in data["items"]], data["next_cursor"]
+
+    def get_adapter(self, adapter_id: str) -> Adapter:
+        return self._model(Adapter, "GET", f"/v0/adapters/{adapter_id}")
+
+    def download_adapter(self, adapter_id: str, dest: Path) -> Path:
+        """Download and unpack the adapter folder into ``dest`` (loadable with PeftModel.from_pretrained)."""
+        import tarfile
+        import tempfile
+
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile() as spool:
+            with self.http.stream("GET", f"/v0/adapters/{adapter_id}/download") as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _api_error(resp)
+                for chunk in resp.iter_bytes():
+                    spool.write(chunk)
+            spool.seek(0)
+            with tarfile.open(fileobj=spool, mode="r:gz") as tar:
+                tar.extractall(dest, filter="data")
+        return dest
 
 
 def _api_error(resp: httpx.Response) -> ApiError:

@@ -86,9 +86,12 @@ def server(host: str, port: int) -> None:
 
 
 def _register() -> None:
-    from cli.commands import datasets
+    from cli.commands import adapters, datasets, finetune, jobs
 
     cli.add_command(datasets.datasets)
+    cli.add_command(finetune.finetune)
+    cli.add_command(adapters.adapters)
+    cli.add_command(jobs.jobs)
 
 
 _register()

@@ -37,6 +37,8 @@ KNOWN_MODELS: Final[dict[str, int]] = {
 MFU: Final = 0.3
 FLOPS_PER_TOKEN_PER_PARAM: Final = 4.0
 OVERHEAD_GB: Final = 1.5
+LOCAL_STARTUP_S: Final = 30
+SAGEMAKER_STARTUP_S: Final = 300
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,9 @@ def estimate(
             passes = epochs if epochs is not None else 3.0
             devices = max(instance.gpus, 1) * instance_count
             per_s = instance.peak_tflops * 1e12 * MFU * devices / (FLOPS_PER_TOKEN_PER_PARAM * n_params)
-            runtime = math.ceil(train_tokens * passes / per_s) + (0 if instance.name == "local" else 300)
-            if instance.name != "local":
-                notes.append("runtime includes ~5 minutes of instance start-up")
+            startup = LOCAL_STARTUP_S if instance.name == "local" else SAGEMAKER_STARTUP_S
+            runtime = math.ceil(train_tokens * passes / per_s) + startup
+            notes.append(f"runtime includes ~{startup} s of start-up (process/instance, model load)")
     cost = round(hourly * runtime / 3600, 4) if runtime is not None else None
     return CostEstimate(
         instance_type=instance.name,

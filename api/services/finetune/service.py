@@ -233,7 +233,7 @@ class FineTuneService:
             billable_seconds=row.billable_seconds,
             cost_estimate_usd=row.cost_estimate_usd,
             adapter_id=row.adapter_id,
-            latest_metrics=dict(latest.values) if latest else None,
+            latest_metrics={"step": float(latest.step), **latest.values} if latest else None,
             created_at=row.created_at,
             started_at=row.started_at,
             ended_at=row.ended_at,

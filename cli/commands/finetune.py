@@ -1,0 +1,313 @@
+"""``fastuner finetune``: start (with a live view under --wait), list, get, cancel, logs, metrics."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Group
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+from api.domain.enums import TuneMethod
+from api.domain.finetune import DryRun, FineTuneJob, FineTuneRequest
+from cli.client import FastunerClient
+from cli.output import console, kv_table, print_json, table
+from cli.state import State, pass_state
+
+POLL_SECONDS = 2.0
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+@click.group()
+def finetune() -> None:
+    """Launch and follow fine-tuning jobs."""
+
+
+def _hyper(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--hp")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@finetune.command()
+@click.option("--dataset", "dataset_id", required=True, help="dataset id (ds_…)")
+@click.option("--model", "base_model", required=True, help="base model: allowed HF id or local folder")
+@click.option("--method", type=click.Choice(["lora", "qlora"]), default="lora", show_default=True)
+@click.option("--target-s", type=float, help="SCU target S (default: smart default)")
+@click.option("--epochs", type=float)
+@click.option("--max-steps", type=int)
+@click.option("--learning-rate", type=float)
+@click.option("--lora-r", type=int)
+@click.option("--hp", "hp", multiple=True, metavar="KEY=VALUE", help="any engine hyperparameter (repeatable)")
+@click.option("--instance-type", help="e.g. ml.g5.xlarge (SageMaker) or local")
+@click.option("--instance-count", type=int, default=1, show_default=True)
+@click.option("--spot", is_flag=True, help="managed spot training (checkpoints resume interruptions)")
+@click.option("--max-runtime", type=int, default=86400, show_default=True, help="seconds")
+@click.option("--dry-run", is_flag=True, help="resolve and estimate; launch nothing")
+@click.option("--wait", is_flag=True, help="follow the job live until it ends")
+@click.option("--idempotency-key", help="retrying with the same key never launches twice (default: random)")
+@pass_state
+def start(state: State, dataset_id: str, base_model: str, method: str, target_s: float | None,
+          epochs: float | None, max_steps: int | None, learning_rate: float | None, lora_r: int | None,
+          hp: tuple[str, ...], instance_type: str | None, instance_count: int, spot: bool, max_runtime: int,
+          dry_run: bool, wait: bool, idempotency_key: str | None) -> None:  # fmt: skip
+    """Start a fine-tune of MODEL on DATASET."""
+    req = FineTuneRequest(
+        dataset_id=dataset_id, base_model=base_model, method=TuneMethod(method),
+        hyperparameters=_hyper(hp), target_s=target_s, epochs=epochs, max_steps=max_steps,
+        learning_rate=learning_rate, lora_r=lora_r, instance_type=instance_type, instance_count=instance_count,
+        spot=spot, max_runtime_seconds=max_runtime, dry_run=dry_run,
+    )  # fmt: skip
+    client = state.client()
+    result = client.start_finetune(
+        req, idempotency_key=None if dry_run else idempotency_key or str(uuid.uuid4())
+    )
+    if isinstance(result, DryRun):
+        if state.json:
+            print_json(result)
+        else:
+            print_dry_run(result)
+        return
+    if not state.json:
+        console.print(f"[green]✓[/] job [bold]{result.id}[/] {result.status.value} on {result.backend}")
+        if result.estimate and result.estimate.estimated_cost_usd is not None:
+            console.print(f"  estimated cost ${result.estimate.estimated_cost_usd:.2f}")
+    if wait:
+        result = follow(client, result.id, quiet=state.json)
+    if state.json:
+        print_json(result)
+    else:
+        print_job(result)
+    if wait and result.status.value != "completed":
+        raise SystemExit(1)
+
+
+def follow(client: FastunerClient, job_id: str, *, quiet: bool = False) -> FineTuneJob:
+    """Poll until the job ends; a Rich live view of status, progress and the latest loss / S / λ."""
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[eta]}")
+    )
+    task = progress.add_task("training", total=1.0, eta="")
+    job = client.get_job(job_id)
+    with Live(console=console, refresh_per_second=4, transient=False, auto_refresh=not quiet) as live:
+        while True:
+            m = job.latest_metrics or {}
+            frac = _fraction(job, m)
+            eta = f"eta {int(m['eta_s'])}s" if "eta_s" in m and job.status.value == "running" else ""
+            progress.update(task, completed=frac, eta=eta)
+            if not quiet:
+                live.update(Group(_status_table(job, m), progress))
+            if job.status.value in TERMINAL:
+                break
+            time.sleep(POLL_SECONDS)
+            job = client.get_job(job_id)
+    if not quiet:
+        console.print()
+    return job
+
+
+def _fraction(job: FineTuneJob, m: dict[str, float]) -> float:
+    if job.status.value == "completed":
+        return 1.0
+    max_steps = job.hyperparameters.get("max_steps")
+    step = m.get("step", 0.0)
+    if max_steps and step:
+        return min(1.0, step / float(max_steps))
+    if "eta_s" in m and job.started_at:
+        elapsed = (datetime.now(UTC) - job.started_at).total_seconds()
+        return min(1.0, elapsed / max(elapsed + m["eta_s"], 1e-9))
+    return 0.0
+
+
+def _status_table(job: FineTuneJob, m: dict[str, float]) -> Any:
+    rows = [
+        ("job", job.id),
+        ("status", job.status.value + (f" ({job.secondary_status})" if job.secondary_status else "")),
+    ]
+    if m:
+        rows += [
+            ("loss", f"{m.get('loss', float('nan')):.4f}"),
+            ("S / λ", f"{m.get('s', float('nan')):.4g} / {m.get('lambda', float('nan')):.4g}"),
+            ("data BPT", f"{m.get('data_bpt', float('nan')):.4f}"),
+            ("tokens/s", f"{m.get('tokens_per_s', 0):.0f}"),
+        ]
+    if job.failure_reason:
+        rows.append(("failure", job.failure_reason))
+    return kv_table(None, rows)
+
+
+@finetune.command("list")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 200))
+@click.option(
+    "--status",
+    type=click.Choice(
+        ["queued", "provisioning", "running", "cancelling", "completed", "failed", "cancelled"]
+    ),
+)
+@click.option("--cursor")
+@pass_state
+def list_(state: State, limit: int, status: str | None, cursor: str | None) -> None:
+    """List fine-tune jobs, newest first."""
+    items, next_cursor = state.client().list_jobs(limit=limit, status=status, cursor=cursor)
+    if state.json:
+        print_json({"items": items, "next_cursor": next_cursor})
+        return
+    rows = [
+        (
+            j.id,
+            j.status.value,
+            j.base_model[-40:],
+            j.dataset_id,
+            j.adapter_id or "",
+            j.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+        for j in items
+    ]
+    console.print(table(None, ["id", "status", "model", "dataset", "adapter", "created"], rows))
+    if next_cursor:
+        console.print(f"[dim]more: --cursor '{next_cursor}'[/]")
+
+
+@finetune.command()
+@click.argument("job_id")
+@pass_state
+def get(state: State, job_id: str) -> None:
+    """Show a job: status, estimate, latest metrics, adapter."""
+    job = state.client().get_job(job_id)
+    if state.json:
+        print_json(job)
+    else:
+        print_job(job)
+
+
+@finetune.command()
+@click.argument("job_id")
+@pass_state
+def cancel(state: State, job_id: str) -> None:
+    """Stop a job (it checkpoints, then ends as cancelled)."""
+    job = state.client().cancel_job(job_id)
+    if state.json:
+        print_json(job)
+    else:
+        console.print(f"[yellow]■[/] {job.id} {job.status.value}")
+
+
+@finetune.command()
+@click.argument("job_id")
+@click.option("--tail", default=200, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--events", "show_events", is_flag=True, help="show lifecycle events instead of the log")
+@pass_state
+def logs(state: State, job_id: str, tail: int, show_events: bool) -> None:
+    """The training log (or the job's events)."""
+    client = state.client()
+    if show_events:
+        events = client.job_events(job_id)
+        if state.json:
+            print_json(events)
+            return
+        console.print(
+            table(
+                None,
+                ["at", "kind", "message"],
+                [(e.at.strftime("%H:%M:%S"), e.kind, e.message) for e in events],
+            )
+        )
+        return
+    lines = client.job_logs(job_id, tail=tail)
+    if state.json:
+        print_json(lines)
+        return
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+
+
+@finetune.command()
+@click.argument("job_id")
+@click.option(
+    "--plot", type=click.Path(dir_okay=False, path_type=Path), help="write a PNG of loss, S vs target and λ"
+)
+@pass_state
+def metrics(state: State, job_id: str, plot: Path | None) -> None:
+    """Metric series (step, loss, data/param BPT, S, λ, lr, tokens/s)."""
+    client = state.client()
+    points = client.job_metrics(job_id)
+    if plot is not None:
+        job = client.get_job(job_id)
+        target = _target_s(client, job)
+        from cli.plot import plot_metrics
+
+        plot_metrics(points, plot, target_s=target, title=f"{job.id} · {job.base_model}")
+        if not state.json:
+            console.print(f"[green]✓[/] wrote {plot}")
+    if state.json:
+        print_json(points)
+        return
+    keys = ["loss", "data_bpt", "param_bpt", "s", "lambda", "lr", "tokens_per_s"]
+    rows = [(p.step, *(_fmt(p.values.get(k)) for k in keys)) for p in points]
+    console.print(table(None, ["step", *keys], rows))
+
+
+def _target_s(client: FastunerClient, job: FineTuneJob) -> float | None:
+    if "target_s" in job.hyperparameters:
+        return float(job.hyperparameters["target_s"])
+    if job.adapter_id:
+        value = client.get_adapter(job.adapter_id).config.get("target_s")
+        return float(value) if value is not None else None
+    return None
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+def print_dry_run(dry: DryRun) -> None:
+    est = dry.estimate
+    console.print("[bold]dry run[/] — nothing launched")
+    console.print(kv_table(None, [
+        ("backend", dry.backend),
+        ("instance", f"{est.instance_count} × {est.instance_type}" + (" (spot)" if est.spot else "")),
+        ("model params", f"{est.n_params:,}" if est.n_params else "unknown"),
+        ("train tokens≈", f"{est.train_tokens:,}" if est.train_tokens else "unknown"),
+        ("GPU memory", f"{est.gpu_memory_needed_gb} GB needed / {est.gpu_memory_available_gb} GB"
+         if est.gpu_memory_needed_gb is not None else "n/a"),
+        ("runtime≈", f"{est.expected_runtime_seconds} s" if est.expected_runtime_seconds is not None else "unknown"),
+        ("cost≈", f"${est.estimated_cost_usd:.2f} (${est.hourly_usd}/h)" if est.estimated_cost_usd is not None else "unknown"),
+        ("hyperparameters", ", ".join(f"{k}={v}" for k, v in dry.hyperparameters.items())),
+    ]))  # fmt: skip
+    for note in [*est.notes, *dry.warnings]:
+        console.print(f"[dim]· {note}[/]")
+
+
+def print_job(job: FineTuneJob) -> None:
+    m = job.latest_metrics or {}
+    rows: list[tuple[str, Any]] = [
+        ("id", job.id),
+        ("status", job.status.value + (f" ({job.secondary_status})" if job.secondary_status else "")),
+        ("model", job.base_model),
+        ("dataset", job.dataset_id),
+        ("method", job.method.value),
+        (
+            "backend",
+            f"{job.backend} · {job.instance_count} × {job.instance_type}" + (" spot" if job.spot else ""),
+        ),
+        ("backend job", job.backend_job_name),
+    ]
+    if m:
+        rows.append(("latest", ", ".join(f"{k}={v:.4g}" for k, v in m.items())))
+    if job.failure_reason:
+        rows.append(("failure", job.failure_reason))
+    if job.billable_seconds is not None:
+        rows.append(("billable", f"{job.billable_seconds} s"))
+    if job.cost_estimate_usd is not None:
+        rows.append(("estimate", f"${job.cost_estimate_usd:.2f}"))
+    rows.append(("adapter", job.adapter_id or "—"))
+    console.print(kv_table(None, rows))
