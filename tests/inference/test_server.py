@@ -204,6 +204,14 @@ def test_malformed_bodies_are_400(make_client: ClientFactory) -> None:
         assert invoke(client, PROMPT).status_code == 200
 
 
+def test_unknown_routes_use_the_error_shape(make_client: ClientFactory) -> None:
+    with make_client() as client:
+        r = client.get("/nope")
+        assert r.status_code == 404 and r.json() == {"code": "not_found", "message": "Not Found"}
+        r = client.get("/invocations")
+        assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+
+
 def test_too_many_inputs_is_400(make_client: ClientFactory) -> None:
     with make_client(max_batch_inputs=2) as client:
         r = invoke(client, ["a", "b", "c"])

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraserve import __version__
 from loraserve.config import ServerConfig
@@ -66,6 +67,11 @@ def create_app(
 
     app = FastAPI(title="Fastuner LoRA server", version=__version__, lifespan=lifespan)
     app.state.engine = engine
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error(exc.status_code, codes.get(exc.status_code, f"http_{exc.status_code}"), str(exc.detail))
 
     @app.get("/ping")
     def ping() -> JSONResponse:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import logging
 import threading
 import time
 import warnings
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+import transformers
+from packaging.version import Version
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -37,6 +40,9 @@ from loraserve.store import AdapterSource, make_source, resolve_base_model
 
 if TYPE_CHECKING:
     from peft import PeftModel
+
+# transformers 4.56 renamed from_pretrained's ``torch_dtype`` to ``dtype`` (5.x warns on the old name).
+_DTYPE_KWARG = "dtype" if Version(transformers.__version__).release >= (4, 56) else "torch_dtype"
 
 State = Literal["loading", "ready", "failed"]
 FinishReason = Literal["stop", "length"]
@@ -131,8 +137,12 @@ class Engine:
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
             tokenizer.padding_side = "left"
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, **common)
-            model.to(self.device)
+            if self.device.type == "cuda":
+                common["device_map"] = str(self.device)  # load straight onto the GPU (accelerate)
+            common[_DTYPE_KWARG] = self.dtype
+            model: Any = AutoModelForCausalLM.from_pretrained(path, **common)
+            if self.device.type != "cuda":
+                model.to(self.device)
             model.eval()
             gen = model.generation_config
             eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
@@ -164,7 +174,13 @@ class Engine:
                 with self._lock:
                     self._ensure_adapter(adapter_id, path)
             except ServeError as exc:
-                log_event("adapter_preload_failed", adapter=adapter_id, code=exc.code, error=exc.message)
+                log_event(
+                    "adapter_preload_failed",
+                    logging.WARNING,
+                    adapter=adapter_id,
+                    code=exc.code,
+                    error=exc.message,
+                )
 
     # --------------------------------------------------------------- adapters
     def loaded_adapters(self) -> list[str]:

@@ -48,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from loraserve.app import create_app
     from loraserve.engine import Engine
+    from loraserve.logs import quiet_transformers
+
+    quiet_transformers()
 
     engine = Engine(config)
     server: uvicorn.Server | None = None

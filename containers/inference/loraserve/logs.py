@@ -49,3 +49,15 @@ def configure_logging(level: str | int = "INFO") -> None:
         uv = logging.getLogger(name)
         uv.handlers.clear()
         uv.propagate = True
+    logging.captureWarnings(True)  # Python warnings become JSON lines too (logger "py.warnings")
+
+
+def quiet_transformers() -> None:
+    """Route transformers' own logger through ours and drop its progress bars (not JSON)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a hard dependency of the engine
+        return
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
