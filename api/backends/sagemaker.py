@@ -6,7 +6,7 @@ what still fails surfaces as :class:`~api.domain.errors.BackendError` with
 ``details = {"aws_error": <code>, "transient": <bool>}`` so the caller can tell "try again later"
 from "this job cannot start".
 
-Contract with the service (see ``docs`` in the method docstrings):
+Contract with the service:
 
 * ``start_training`` returns the state to keep: ``{"training_job_arn", "output_s3"}`` where
   ``output_s3`` is ``store.uri(spec.output_prefix)`` (the job's ``S3OutputPath``). Later calls only
@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from scu.metrics_format import METRIC_DEFINITIONS, parse_line
 
 from api.backends.base import TrainingSpec, TrainingStatus
@@ -204,6 +205,8 @@ class SageMakerBackend:
             self._check_channels(spec)
             try:
                 created = self.sagemaker.create_training_job(**request)
+            except BotoCoreError as exc:
+                raise _backend_error(f"could not create training job {spec.job_name}", exc) from exc
             except ClientError as exc:
                 if not _already_exists(exc):
                     raise _backend_error(f"could not create training job {spec.job_name}", exc) from exc
@@ -253,8 +256,8 @@ class SageMakerBackend:
         """``DescribeTrainingJob``, or None when no job has that name."""
         try:
             return dict(self.sagemaker.describe_training_job(TrainingJobName=job_name))
-        except ClientError as exc:
-            if _not_found(exc):
+        except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and _not_found(exc):
                 return None
             raise _backend_error(f"could not describe training job {job_name}", exc) from exc
 
@@ -269,7 +272,7 @@ class SageMakerBackend:
             return  # finished, or already stopping
         try:
             self._call_stop(job_name)
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             if _error_code(exc) == "ValidationException" and "status" in _error_message(exc).lower():
                 return  # finished between the describe and the stop
             raise _backend_error(f"could not stop training job {job_name}", exc) from exc
@@ -338,7 +341,7 @@ class SageMakerBackend:
                 if not token or token == kwargs.get("nextToken"):
                     break
                 kwargs["nextToken"] = token
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             if _error_code(exc) == "ResourceNotFoundException":
                 return []
             raise _backend_error(f"could not list the log streams of {job_name}", exc) from exc
@@ -372,7 +375,7 @@ class SageMakerBackend:
                 if not token or token == kwargs.get("nextToken"):
                     break
                 kwargs["nextToken"] = token
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             if _error_code(exc) == "ResourceNotFoundException":
                 return []
             raise _backend_error(f"could not read the log of {job_name}", exc) from exc
@@ -399,7 +402,7 @@ class SageMakerBackend:
                 if not token or token == kwargs.get("nextToken"):
                     break
                 kwargs["nextToken"] = token
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
             if _error_code(exc) == "ResourceNotFoundException":
                 return []
             raise _backend_error(f"could not read log stream {stream}", exc) from exc
@@ -514,12 +517,16 @@ def safe_extract(archive: Path, dest: Path) -> None:
             raise BackendError(f"unsafe model archive: {exc}") from exc
 
 
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
+def _error_code(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return type(exc).__name__
 
 
-def _error_message(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Message", ""))
+def _error_message(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Message", ""))
+    return str(exc)
 
 
 def _not_found(exc: ClientError) -> bool:
@@ -547,9 +554,10 @@ _TRANSIENT = frozenset(
 )
 
 
-def _backend_error(what: str, exc: ClientError) -> BackendError:
+def _backend_error(what: str, exc: Exception) -> BackendError:
+    """A failed AWS call (after botocore's retries). ``transient``: worth trying again later."""
     code = _error_code(exc)
+    transient = code in _TRANSIENT or isinstance(exc, BotoConnectionError | HTTPClientError)
     return BackendError(
-        f"{what}: {code}: {_error_message(exc)}",
-        details={"aws_error": code, "transient": code in _TRANSIENT},
+        f"{what}: {code}: {_error_message(exc)}", details={"aws_error": code, "transient": transient}
     )

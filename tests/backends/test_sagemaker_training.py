@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.retries.standard import ExponentialBackoff
 from moto import mock_aws
 from moto.backends import get_backend
@@ -30,6 +30,7 @@ from scu.metrics_format import (
 from api.backends.base import ComputeBackend, TrainingSpec
 from api.backends.sagemaker import (
     LOG_GROUP,
+    LOG_REREAD_MS,
     MAX_ATTEMPTS,
     RETRY_CONFIG,
     SageMakerBackend,
@@ -209,7 +210,7 @@ def inject(client: Any, operation: str, responses: list[Callable[..., AWSRespons
             return response
         return None
 
-    service = client.meta.service_model.endpoint_prefix
+    service = client.meta.service_model.service_id.hyphenize()
     hook(client, f"before-send.{service}.{operation}", handler, first=True)
     return seen
 
@@ -461,6 +462,30 @@ def test_throttling_that_never_ends_fails_as_transient(
     # botocore's ``max_attempts`` counts retries: the first try plus MAX_ATTEMPTS retries.
     assert creates["attempts"] == MAX_ATTEMPTS + 1
     assert moto_jobs() == {}
+
+
+def test_connection_errors_are_retried_then_reported_as_transient(
+    backend: SageMakerBackend, make_spec: Callable[..., TrainingSpec], no_backoff: list[int]
+) -> None:
+    state = backend.start_training(make_spec())
+
+    def unreachable(request: Any) -> AWSResponse:
+        raise EndpointConnectionError(endpoint_url=request.url)
+
+    describes = inject(backend.sagemaker, "DescribeTrainingJob", [unreachable] * 50)
+    with pytest.raises(BackendError, match="EndpointConnectionError") as info:
+        backend.describe_training(JOB_NAME, state)
+    assert info.value.details == {"aws_error": "EndpointConnectionError", "transient": True}
+    assert describes["attempts"] == MAX_ATTEMPTS + 1
+
+
+def test_log_reads_are_retried_too(
+    backend: SageMakerBackend, job_log: dict[str, list[str]], no_backoff: list[int]
+) -> None:
+    throttled = aws_error(400, "ThrottlingException", "Rate exceeded")
+    filters = inject(backend.logs, "FilterLogEvents", [throttled, throttled])
+    assert [r["step"] for r in backend.read_metrics(JOB_NAME, {}, after_step=0)] == [10, 20, 30, 40]
+    assert filters["attempts"] == 3
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -760,7 +785,7 @@ def test_metrics_are_read_incrementally(backend: SageMakerBackend, job_log: dict
     put_log(backend.logs, stream, [(T0 + 99, format_train_line(train_record(35, 2.15)))], create=False)
     put_log(backend.logs, stream, [(T0 + 200, format_train_line(train_record(50, 2.0)))], create=False)
     records = backend.read_metrics(JOB_NAME, {}, after_step=40)
-    assert queries[-1]["startTime"] == T0 + 104 - 5 * 60 * 1000
+    assert queries[-1]["startTime"] == T0 + 104 - LOG_REREAD_MS
     assert records == [expected_record(50, 2.0)]
 
     # Asked again from further back (the service lost rows): everything is read again.
