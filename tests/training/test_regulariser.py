@@ -64,6 +64,7 @@ def test_lambda_changes_lora_gradients(tiny_model: Path) -> None:
     assert min(diffs) > 0, "ParamBPT is detached: lambda does not reach some LoRA weights"
 
 
+@pytest.mark.slow
 def test_gradient_difference_matches_analytic(tiny_model: Path) -> None:
     g0, g5 = _grads(tiny_model, 0.0), _grads(tiny_model, 5.0)
     torch.manual_seed(0)

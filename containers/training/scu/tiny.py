@@ -50,16 +50,24 @@ def _train_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     return fast
 
 
-def build_tiny_model(path: str | Path, seed: int = 0, vocab_size: int = 1024) -> Path:
-    """Write a tiny random Llama (about 1M parameters) and its tokenizer to ``path``."""
+def build_tiny_model(
+    path: str | Path,
+    seed: int = 0,
+    vocab_size: int = 1024,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    intermediate_size: int = 384,
+) -> Path:
+    """Write a tiny random Llama (about 1M parameters with the defaults) and its tokenizer to
+    ``path``. The size knobs exist for benchmarks; tests use the defaults."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer(vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,

@@ -1,0 +1,304 @@
+"""SCU overhead benchmark: tokens/s of the SCU engine with the regulariser on vs off (same loop),
+and vs a Hugging Face ``Trainer`` + PEFT run on the same model, data and LoRA settings; plus how
+well the controller holds S near its target (fraction of post-warm-up steps inside the deadband).
+
+    python benchmarks/scu_overhead.py                  # small CPU defaults, a few minutes
+    python benchmarks/scu_overhead.py --hidden 512 --layers 8 --steps 400 --repeats 3
+
+Every run is a separate subprocess with the same thread count; SCU on/off runs are interleaved
+and the median over repeats is reported. Throughput = non-padding tokens per second, median over
+the post-warm-up steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+ENGINE = REPO / "containers" / "training"
+
+
+def _env(threads: int, root: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ENGINE), str(REPO), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["MKL_NUM_THREADS"] = str(threads)
+    env["HF_HUB_OFFLINE"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    if root is not None:
+        env["OPT_ML_ROOT"] = str(root)
+    return env
+
+
+def synthetic_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    words = [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "model",
+        "adapter",
+        "token",
+        "gradient",
+        "prior",
+        "bits",
+        "lambda",
+        "control",
+        "unit",
+    ]
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(0, 999), rng.randint(0, 999)
+        filler = " ".join(rng.choice(words) for _ in range(rng.randint(3, 30)))
+        rows.append(
+            {
+                "messages": [
+                    {"role": "system", "content": "You are a careful calculator."},
+                    {"role": "user", "content": f"{filler}. What is {a} plus {b}?"},
+                    {"role": "assistant", "content": f"{a} plus {b} is {a + b}. {filler}"},
+                ],
+                "label": None,
+            }
+        )
+    return rows
+
+
+def write_root(root: Path, rows: list[dict[str, Any]], hp: dict[str, Any]) -> None:
+    (root / "input" / "data" / "train").mkdir(parents=True)
+    (root / "input" / "data" / "validation").mkdir(parents=True)
+    (root / "input" / "config").mkdir(parents=True)
+    split = max(1, len(rows) // 20)
+    (root / "input" / "data" / "train" / "train.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows[split:])
+    )
+    (root / "input" / "data" / "validation" / "val.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows[:split])
+    )
+    (root / "input" / "config" / "hyperparameters.json").write_text(
+        json.dumps({k: str(v) for k, v in hp.items()})
+    )
+
+
+def run_engine(
+    work: Path, name: str, rows: list[dict[str, Any]], hp: dict[str, Any], threads: int
+) -> dict[str, Any]:
+    root = work / name
+    write_root(root, rows, hp)
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "scu.entry", "train"], env=_env(threads, root), capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-4000:]}")
+    metrics = [json.loads(x) for x in (root / "model" / "metrics.jsonl").read_text().splitlines()]
+    cfg = json.loads((root / "model" / "fastuner_config.json").read_text())
+    return {"metrics": metrics, "config": cfg, "wall_s": time.perf_counter() - t0}
+
+
+def post_warmup(values: list[float], warmup_frac: float) -> list[float]:
+    return values[int(len(values) * warmup_frac) :] or values
+
+
+def hf_worker(args: argparse.Namespace) -> None:
+    """Runs in a subprocess: HF Trainer + PEFT with the engine's resolved LoRA settings."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from scu.data import build_examples, collate, encode_rows, read_channel
+    from scu.modeling import load_tokenizer
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    cfg = json.loads(Path(args.hf_config).read_text())
+    root = Path(args.hf_root)
+    tok = load_tokenizer(cfg["base_model"])
+    rows = read_channel(root / "input" / "data" / "train")
+    examples, _ = build_examples(encode_rows(tok, rows), cfg["block_size"], cfg["train_on_inputs"])
+    dataset = [{"input_ids": ex.input_ids, "labels": ex.labels} for ex in examples]
+
+    class Items(torch.utils.data.Dataset[dict[str, Any]]):
+        def __len__(self) -> int:
+            return len(dataset)
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            return dataset[i]
+
+    def collator(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        from scu.data import Example
+
+        return collate([Example(b["input_ids"], b["labels"]) for b in batch], tok.pad_token_id)
+
+    torch.manual_seed(cfg["seed"])
+    model = AutoModelForCausalLM.from_pretrained(cfg["base_model"], dtype=torch.float32)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=cfg["lora_r"],
+            lora_alpha=cfg["lora_alpha"],
+            lora_dropout=cfg["lora_dropout"],
+            target_modules=cfg["target_modules"],
+            task_type="CAUSAL_LM",
+        ),
+    )
+    step_tokens: list[int] = []
+    step_times: list[float] = []
+
+    class Counting(Trainer):
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            step_tokens.append(int(inputs["attention_mask"].sum()))
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            step_times.append(time.perf_counter())
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            step_times.append(time.perf_counter())
+
+    targs = TrainingArguments(
+        output_dir=str(root / "hf_out"),
+        per_device_train_batch_size=cfg["batch_size"],
+        gradient_accumulation_steps=cfg["grad_accum"],
+        max_steps=args.steps,
+        learning_rate=cfg["learning_rate"],
+        lr_scheduler_type=cfg["lr_scheduler"],
+        warmup_ratio=cfg["warmup_ratio"],
+        weight_decay=cfg["weight_decay"],
+        max_grad_norm=cfg["max_grad_norm"],
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        seed=cfg["seed"],
+    )
+    trainer = Counting(model=model, args=targs, train_dataset=Items(), data_collator=collator)
+    trainer.train()
+    # per optimizer step: tokens / (end - begin); grad_accum micro-steps share one window
+    per_step = []
+    accum = cfg["grad_accum"]
+    for i in range(len(step_times) // 2):
+        dt = step_times[2 * i + 1] - step_times[2 * i]
+        toks = sum(step_tokens[i * accum : (i + 1) * accum])
+        per_step.append(toks / max(dt, 1e-9))
+    print(json.dumps({"tokens_per_s": per_step}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="model folder (default: build a small random Llama)")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--rows", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup-frac", type=float, default=0.2, help="fraction of steps treated as warm-up")
+    p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--hf-config", help=argparse.SUPPRESS)
+    p.add_argument("--hf-root", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    sys.path.insert(0, str(ENGINE))
+    if args.hf_config:
+        hf_worker(args)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="scu-overhead-") as tmp:
+        work = Path(tmp)
+        if args.model:
+            model = args.model
+        else:
+            from scu.tiny import build_tiny_model
+
+            model = str(
+                build_tiny_model(
+                    work / "model",
+                    hidden_size=args.hidden,
+                    num_layers=args.layers,
+                    intermediate_size=3 * args.hidden,
+                )
+            )
+        rows = synthetic_rows(args.rows)
+        base_hp = {
+            "base_model": model,
+            "max_steps": args.steps,
+            "batch_size": args.batch,
+            "grad_accum": 1,
+            "log_every": 1,
+            "checkpoint_every": 10**9,
+        }
+        tps: dict[str, list[float]] = {"on": [], "off": []}
+        runs: dict[str, dict[str, Any]] = {}
+        for rep in range(args.repeats):
+            for mode in ("on", "off") if rep % 2 == 0 else ("off", "on"):
+                run = run_engine(work, f"{mode}-{rep}", rows, {**base_hp, "scu": mode}, args.threads)
+                series = [m["tokens_per_s"] for m in run["metrics"]]
+                tps[mode].append(statistics.median(post_warmup(series, args.warmup_frac)))
+                runs[mode] = run
+                print(f"  scu={mode:3s} repeat {rep}: {tps[mode][-1]:9.1f} tokens/s", flush=True)
+        on, off = statistics.median(tps["on"]), statistics.median(tps["off"])
+
+        hf = None
+        if not args.skip_hf:
+            cfg_path = work / "resolved.json"
+            cfg_path.write_text(json.dumps(runs["on"]["config"]))
+            hf_vals = []
+            for rep in range(args.repeats):
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--hf-config",
+                        str(cfg_path),
+                        "--hf-root",
+                        str(work / "on-0"),
+                        "--steps",
+                        str(args.steps),
+                    ],
+                    env=_env(args.threads),
+                    capture_output=True,
+                    text=True,
+                )
+                if proc.returncode != 0:
+                    raise SystemExit(f"HF baseline failed:\n{proc.stderr[-4000:]}")
+                series = json.loads(proc.stdout.strip().splitlines()[-1])["tokens_per_s"]
+                hf_vals.append(statistics.median(post_warmup(series, args.warmup_frac)))
+                print(f"  HF Trainer repeat {rep}: {hf_vals[-1]:9.1f} tokens/s", flush=True)
+            hf = statistics.median(hf_vals)
+
+        cfg = runs["on"]["config"]
+        steps = runs["on"]["metrics"]
+        settled = post_warmup(steps, args.warmup_frac)
+        inside = sum(abs(m["s"] - cfg["target_s"]) <= cfg["deadband"] for m in settled)
+        print()
+        print(
+            f"model: {cfg['n_params']:,} params, LoRA r={cfg['lora_r']}, batch {cfg['batch_size']}, "
+            f"block {cfg['block_size']}, {args.steps} steps, {args.threads} thread(s), N={cfg['train_tokens']}"
+        )
+        print(f"{'run':28s} {'tokens/s':>10s} {'ratio':>8s} {'target':>8s}")
+        print(f"{'SCU off (lambda=0)':28s} {off:10.1f} {'':>8s}")
+        print(f"{'SCU on':28s} {on:10.1f} {on / off:8.3f} {'>=0.97':>8s}  (on / off)")
+        if hf:
+            print(f"{'HF Trainer + PEFT':28s} {hf:10.1f} {on / hf:8.3f} {'>=1.00':>8s}  (SCU on / HF)")
+        last = steps[-1]
+        print(
+            f"controller: target S*={cfg['target_s']:.4g} deadband={cfg['deadband']:g}; "
+            f"{inside}/{len(settled)} post-warm-up steps inside the deadband ({inside / len(settled):.1%}); "
+            f"first S={steps[0]['s']:.4g}, final S={last['s']:.4g}, final lambda={last['lambda']:.4g}"
+        )
+
+
+if __name__ == "__main__":
+    main()
