@@ -1,16 +1,21 @@
 """The main job on the embedded default, end to end: ``python -m cli.demo`` (``make demo``).
 
 Runs the real ``fastuner`` commands in-process against ``$FASTUNER_HOME`` (default ``~/.fastuner``):
-upload a sample dataset (validate, dedup, split, store), then inspect it.
+upload a sample dataset (validate, dedup, split, store), fine-tune a small offline model on it with
+the SCU LoRA engine on the local backend, and inspect the registered adapter. No network needed:
+the model is the tiny random Llama the engine builds locally (``fastuner-train make-tiny-model``),
+so the point is the pipeline, not the quality of the result.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from rich.console import Console
 
+from api.settings import get_settings
 from cli.client import connect
 from cli.main import cli
 
@@ -27,15 +32,32 @@ def run(*args: str) -> None:
             raise
 
 
+def offline_model() -> Path:
+    path = Path(os.environ.get("FASTUNER_DEMO_MODEL", get_settings().home / "models" / "tiny-llama")).expanduser()
+    if not (path / "config.json").is_file():
+        from scu.tiny import build_tiny_model
+
+        console.print(f"building the tiny offline model in {path}")
+        build_tiny_model(path)
+    return path
+
+
 def main() -> None:
     if not SAMPLE.is_file():
         sys.exit(f"sample dataset not found: {SAMPLE}")
+    model = offline_model()
     run("datasets", "upload", str(SAMPLE), "--name", "uppercase-demo", "--seed", "7")
     with connect(None) as client:
         dataset_id = client.list_datasets(limit=1)[0][0].id
-    run("datasets", "get", dataset_id)
-    run("datasets", "preview", dataset_id, "--limit", "3")
-    run("datasets", "list", "--limit", "5")
+    run("datasets", "preview", dataset_id, "--limit", "2")
+    run("finetune", "start", "--dataset", dataset_id, "--model", str(model), "--max-steps", "40",
+        "--hp", "log_every=5", "--wait")  # fmt: skip
+    with connect(None) as client:
+        job = client.list_jobs(limit=1)[0][0]
+    if job.adapter_id is None:
+        sys.exit(f"the fine-tune ended {job.status.value}: {job.failure_reason}")
+    run("finetune", "metrics", job.id)
+    run("adapters", "get", job.adapter_id)
 
 
 if __name__ == "__main__":
