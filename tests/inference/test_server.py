@@ -56,6 +56,14 @@ def test_ping_is_503_while_loading_then_200(store: Store, tmp_path: Path) -> Non
         assert invoke(client, PROMPT).status_code == 200
 
 
+def test_ping_and_adapters_never_wait_for_the_model_lock(make_client: ClientFactory) -> None:
+    with make_client() as client:
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        with engine._lock:  # as if a long generation were running
+            assert client.get("/ping").status_code == 200
+            assert client.get("/adapters").json()["loaded"] == []
+
+
 def test_failed_base_model_keeps_ping_503(tmp_path: Path) -> None:
     from loraserve.app import create_app
     from loraserve.config import ServerConfig

@@ -73,15 +73,17 @@ def create_app(
         codes = {404: "not_found", 405: "method_not_allowed"}
         return _error(exc.status_code, codes.get(exc.status_code, f"http_{exc.status_code}"), str(exc.detail))
 
+    # /ping and /adapters run on the event loop and never wait for the model lock, so health checks
+    # answer at once even while every worker thread is queued behind a long generation.
     @app.get("/ping")
-    def ping() -> JSONResponse:
+    async def ping() -> JSONResponse:
         body: dict[str, Any] = {"status": engine.state, "base_model": engine.config.base_model}
         if engine.state == "failed":
             body["error"] = engine.error
         return JSONResponse(status_code=200 if engine.ready else 503, content=body)
 
     @app.get("/adapters")
-    def adapters() -> dict[str, Any]:
+    async def adapters() -> dict[str, Any]:
         return {
             "loaded": engine.loaded_adapters(),
             "max_adapters": engine.config.max_adapters,

@@ -113,6 +113,7 @@ class Engine:
         self._peft: PeftModel | None = None
         self._tokenizer: Any = None
         self._lru: OrderedDict[str, None] = OrderedDict()
+        self._loaded: tuple[str, ...] = ()  # snapshot of the LRU order for readers without the lock
         self._context_limit: int | None = None
         self._eos_ids: set[int] = set()
         self.evictions = 0
@@ -184,9 +185,8 @@ class Engine:
 
     # --------------------------------------------------------------- adapters
     def loaded_adapters(self) -> list[str]:
-        """Loaded adapter ids, least recently used first."""
-        with self._lock:
-            return list(self._lru)
+        """Loaded adapter ids, least recently used first (a snapshot; never waits for the lock)."""
+        return list(self._loaded)
 
     def _drop_adapter(self, adapter_id: str) -> None:
         peft = self._peft
@@ -235,6 +235,7 @@ class Engine:
         """Make ``adapter_id`` loaded and most recently used; evict beyond ``max_adapters``. Under the lock."""
         if adapter_id in self._lru:
             self._lru.move_to_end(adapter_id)
+            self._loaded = tuple(self._lru)
             return
         started = time.perf_counter()
         self._load_adapter(adapter_id, path)
@@ -243,12 +244,15 @@ class Engine:
             "adapter_loaded", adapter=adapter_id, load_ms=round((time.perf_counter() - started) * 1000, 1)
         )
         # Evict after loading, so the PeftModel always keeps at least one adapter.
+        evicted = False
         while len(self._lru) > self.config.max_adapters:
             old, _ = self._lru.popitem(last=False)
             self._drop_adapter(old)
             self.evictions += 1
+            evicted = True
             log_event("adapter_evicted", adapter=old, loaded=len(self._lru))
-        if self.evictions and self.device.type == "cuda":
+        self._loaded = tuple(self._lru)
+        if evicted and self.device.type == "cuda":
             gc.collect()
             torch.cuda.empty_cache()
 
