@@ -143,7 +143,7 @@ def worker(kind: str, src: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     res = run_ours(src, out) if kind == "ours" else run_baseline(src, out)
     res["peak_rss_mb"] = _peak_rss_mb()
-    print("RESULT " + json.dumps(res))
+    print("RESULT " + json.dumps(res), flush=True)
 
 
 def measure(kind: str, src: Path, out: Path) -> dict[str, Any]:
@@ -184,7 +184,10 @@ def main() -> None:
         t0 = time.perf_counter()
         generate(src, args.rows)
         size_mb = src.stat().st_size / 1e6
-        print(f"generated {args.rows:,} rows ({size_mb:.1f} MB) in {time.perf_counter() - t0:.1f}s")
+        print(
+            f"generated {args.rows:,} rows ({size_mb:.1f} MB) in {time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
         runs: dict[str, list[dict[str, Any]]] = {"ours": [], "baseline": []}
         kinds = ["ours"] if args.skip_baseline else ["ours", "baseline"]
         for i in range(args.repeat):
@@ -193,7 +196,8 @@ def main() -> None:
                 runs[kind].append(res)
                 print(
                     f"  run {i + 1} {kind:8s} {res['seconds']:7.2f}s  {args.rows / res['seconds']:10,.0f} rows/s"
-                    f"  peak RSS {res['peak_rss_mb']:7.1f} MB  unique {res['unique_rows']:,}  {res['splits']}"
+                    f"  peak RSS {res['peak_rss_mb']:7.1f} MB  unique {res['unique_rows']:,}  {res['splits']}",
+                    flush=True,
                 )
         best: dict[str, dict[str, float]] = {}
         for kind in kinds:
@@ -205,7 +209,8 @@ def main() -> None:
             }
             print(
                 f"{kind:8s}: best {best[kind]['rps']:10,.0f} rows/s (median {best[kind]['median_rps']:,.0f})"
-                f"  peak RSS {best[kind]['rss']:.1f} MB (max over runs)"
+                f"  peak RSS {best[kind]['rss']:.1f} MB (max over runs)",
+                flush=True,
             )
         if args.skip_baseline:
             return
@@ -215,7 +220,8 @@ def main() -> None:
         print(
             f"ratio (ours/baseline rows/s): best {ratio:.2f}x, median {median_ratio:.2f}x;"
             f"  target >= {RATIO_TARGET:.0f}x: {'PASS' if ratio >= RATIO_TARGET else 'FAIL'};"
-            f"  ours peak RSS <= {RSS_TARGET_MB:.0f} MB: {'PASS' if rss_ok else 'FAIL'}"
+            f"  ours peak RSS <= {RSS_TARGET_MB:.0f} MB: {'PASS' if rss_ok else 'FAIL'}",
+            flush=True,
         )
 
 

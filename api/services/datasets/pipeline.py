@@ -20,6 +20,7 @@ import numpy.typing as npt
 from api.domain.datasets import SPLIT_NAMES, DatasetOptions, ValidationReport
 from api.domain.enums import TaskType
 from api.services.datasets import issues
+from api.services.datasets.bgio import BackgroundWriter
 from api.services.datasets.dedup import first_occurrences
 from api.services.datasets.records import DIGEST_BYTES, content_sha256
 from api.services.datasets.split import assign_splits
@@ -60,7 +61,11 @@ def process(source: Path, options: DatasetOptions, out_dir: Path | None = None) 
             result = scan(source, options)
         else:
             with spool.open("wb") as f:
-                result = scan(source, options, f)
+                io = BackgroundWriter()
+                try:
+                    result = scan(source, options, io.sink(f))
+                finally:
+                    io.close()
         return _finish(result, options, spool, out_dir)
     finally:
         if spool is not None:
@@ -117,7 +122,8 @@ def _finish(
     if ok and codes is not None and spool is not None and out_dir is not None:
         per_row = np.full(n_valid, DROPPED, dtype=np.uint8)
         per_row[unique_idx] = codes
-        written = write_splits(spool, per_row, out_dir, SPLIT_NAMES)
+        lengths = np.frombuffer(result.record_lengths, dtype=np.uint64)
+        written = write_splits(spool, per_row, lengths, out_dir, SPLIT_NAMES)
         splits = {
             name: SplitOutput(path=w.path, rows=w.rows, sha256=w.sha256, bytes=w.bytes)
             for name, w in written.items()

@@ -15,7 +15,7 @@ from array import array
 from dataclasses import dataclass, field
 from json.scanner import make_scanner
 from pathlib import Path
-from typing import IO, Any, Final, cast
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +23,7 @@ import numpy.typing as npt
 from api.domain.datasets import DatasetOptions
 from api.domain.enums import DatasetFormat, TaskType
 from api.services.datasets import issues
+from api.services.datasets.bgio import ByteSink
 from api.services.datasets.formats import NORMALISERS, Normaliser, RowError, detect_format
 from api.services.datasets.issues import IssueCollector
 from api.services.datasets.reader import INVALID_UTF8_LINE, TOO_LONG_LINE, iter_line_blocks
@@ -64,6 +65,8 @@ class ScanResult:
     label_names: list[str] = field(default_factory=list)
     # For each line that was not a valid row: how many valid rows came before it.
     gaps: array[int] = field(default_factory=lambda: array("Q"))
+    # Byte length of each spooled record line (without its newline); only when spooling.
+    record_lengths: array[int] = field(default_factory=lambda: array("Q"))
 
     @property
     def valid_rows(self) -> int:
@@ -108,7 +111,7 @@ def _label_of(row: dict[str, Any]) -> str | None:
     return label
 
 
-def scan(source: Path, options: DatasetOptions, spool: IO[bytes] | None = None) -> ScanResult:
+def scan(source: Path, options: DatasetOptions, spool: ByteSink | None = None) -> ScanResult:
     """Validate ``source`` line by line. Never raises for bad data (I/O errors do raise)."""
     limits = options.limits
     max_in = limits.max_input_chars
@@ -137,6 +140,7 @@ def scan(source: Path, options: DatasetOptions, spool: IO[bytes] | None = None) 
     label_ids: dict[str, int] = {}
     label_names = res.label_names
     add_gap = res.gaps.append
+    add_record_length = res.record_lengths.append
     add_error = errors.add
     lineno = 0
     rows = 0
@@ -255,6 +259,7 @@ def scan(source: Path, options: DatasetOptions, spool: IO[bytes] | None = None) 
             rows += 1
             if spool is not None:
                 out.append(record)
+                add_record_length(len(record))
         if spool is not None:
             if errors:
                 spool = None  # the file will not be usable; stop spooling
