@@ -187,6 +187,8 @@ def test_broken_adapter_is_422_and_base_stays_clean(
         ({"inputs": [[]]}, "empty conversation"),
         ({"inputs": PROMPT, "adapter": "../../etc"}, "adapter"),
         ({"inputs": PROMPT, "adapter": "adp.a"}, "adapter"),
+        ({"inputs": ""}, "empty"),
+        ({"inputs": [PROMPT, "brown fox " * 400]}, "context"),
     ],
 )
 def test_bad_requests_are_4xx_with_code_and_message(
@@ -320,3 +322,15 @@ def test_one_json_log_line_per_request(make_client: ClientFactory, caplog: pytes
     assert ok["event"] == "invocation" and ok["adapter"] == "adp_a" and ok["inputs"] == 2
     assert ok["completion_tokens"] >= 2 and ok["prompt_tokens"] > 0 and ok["latency_ms"] > 0
     assert failed["code"] == "adapter_not_found" and failed["status"] == 404
+
+
+def test_generation_is_capped_at_the_context(make_client: ClientFactory, reference: Reference) -> None:
+    prompt = "fox"
+    while len(reference.ids(prompt)) < 506:
+        prompt += " fox"
+    n_prompt = len(reference.ids(prompt))
+    assert n_prompt < 512  # the tiny model's max_position_embeddings
+    with make_client() as client:
+        out = invoke(client, prompt, max_new_tokens=64).json()["outputs"][0]
+    assert out["prompt_tokens"] == n_prompt
+    assert 1 <= out["completion_tokens"] <= 512 - n_prompt
