@@ -172,8 +172,13 @@ def test_overlong_line_is_skipped_without_parsing(tmp_path: Path) -> None:
 
 
 def test_trailing_data_and_whitespace(tmp_path: Path) -> None:
-    report = _report(tmp_path, ["  " + GOOD + "  ", GOOD.replace("question", "q2") + " x"])
-    assert _codes(report.errors) == {"invalid_json": [2]}
+    lines: list[str | bytes] = [
+        "  " + GOOD + " \t ",
+        GOOD.replace("question", "q2") + " x",
+        GOOD.replace("question", "q3") + "\x0b",  # not JSON whitespace
+    ]
+    report = _report(tmp_path, lines)
+    assert _codes(report.errors) == {"invalid_json": [2, 3]}
     assert report.valid_rows == 1
 
 

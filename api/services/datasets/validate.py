@@ -38,6 +38,7 @@ from api.services.datasets.records import (
 )
 
 NO_LABEL: Final = 0xFFFFFFFF
+_JSON_WHITESPACE: Final = " \t\r\n"
 # A JSON string escape takes at most 6 bytes per character (\uXXXX); field names, other
 # fields and whitespace get a generous allowance on top.
 _LINE_OVERHEAD_BYTES: Final = 1 << 16
@@ -164,7 +165,7 @@ def scan(source: Path, options: DatasetOptions, spool: ByteSink | None = None) -
             try:
                 try:
                     obj, end = scan_once(line, 0)
-                    if end != len(line) and not line[end:].isspace():
+                    if end != len(line) and line[end:].strip(_JSON_WHITESPACE):
                         obj = _parse_slow(line)
                 except (StopIteration, ValueError, RecursionError):
                     obj = _parse_slow(line)
