@@ -14,7 +14,7 @@ from api.context import AppContext
 from api.errors import install_error_handlers
 from api.logging import configure_logging
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from api.routes import adapters, datasets, finetune, health
+from api.routes import adapters, datasets, deployments, finetune, health
 from api.settings import Settings, get_settings
 from api.storage.base import ObjectStore
 
@@ -34,6 +34,8 @@ def create_app(
         background = Background()
         if settings.background_tasks:
             background.start(settings.reconcile_interval_seconds, "reconciler", ctx.reconciler.run_once)
+            background.start(settings.reconcile_interval_seconds, "deployments", ctx.deployments.sync_once)
+            background.start(settings.janitor_interval_seconds, "janitor", ctx.janitor.run_once)
         try:
             yield
         finally:
@@ -55,4 +57,7 @@ def create_app(
     app.include_router(datasets.router, prefix="/v0")
     app.include_router(finetune.router, prefix="/v0")
     app.include_router(adapters.router, prefix="/v0")
+    app.include_router(deployments.router, prefix="/v0")
+    app.include_router(deployments.inference_router, prefix="/v0")
+    app.include_router(deployments.ops_router, prefix="/v0")
     return app

@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from api.backends.base import ComputeBackend
+from api.backends.endpoint_factory import make_endpoint_backend
+from api.backends.endpoints import EndpointBackend
 from api.backends.factory import make_backend
 from api.db.session import Database
 from api.services.adapters import AdapterService
 from api.services.datasets.service import DatasetService
+from api.services.deployments import DeploymentService
 from api.services.finetune.reconciler import Reconciler
 from api.services.finetune.service import FineTuneService
+from api.services.janitor import Janitor
 from api.settings import Settings
 from api.storage.base import ObjectStore
 from api.storage.factory import make_store
@@ -26,15 +30,24 @@ class AppContext:
     finetune: FineTuneService
     reconciler: Reconciler
     adapters: AdapterService
+    endpoints: EndpointBackend
+    deployments: DeploymentService
+    janitor: Janitor
 
     @classmethod
     def build(
-        cls, settings: Settings, *, store: ObjectStore | None = None, backend: ComputeBackend | None = None
+        cls,
+        settings: Settings,
+        *,
+        store: ObjectStore | None = None,
+        backend: ComputeBackend | None = None,
+        endpoints: EndpointBackend | None = None,
     ) -> AppContext:
         db = Database(settings.resolved_database_url)
         db.migrate()
         store = store or make_store(settings)
         backend = backend or make_backend(settings, store)
+        endpoints = endpoints or make_endpoint_backend(settings, store)
         datasets = DatasetService(db, store, settings)
         return cls(
             settings=settings,
@@ -45,6 +58,9 @@ class AppContext:
             finetune=FineTuneService(db, datasets, backend, settings),
             reconciler=Reconciler(db, store, backend, settings),
             adapters=AdapterService(db, store),
+            endpoints=endpoints,
+            deployments=DeploymentService(db, endpoints, settings),
+            janitor=Janitor(db, endpoints, settings),
         )
 
     def close(self) -> None:

@@ -12,15 +12,14 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
-from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from api.backends.base import TrainingSpec, TrainingStatus
 from api.backends.local_runner import EXIT_FILE
+from api.backends.processes import alive, reap, spawn_detached, tail_file
 from api.domain.enums import JobStatus
 from api.domain.errors import BackendError
 from api.domain.metrics import parse_metric_records
@@ -34,8 +33,7 @@ STOP_FILE = "stop_requested"
 LAUNCH_FILE = "launch.json"
 LOG_FILE = "logs.txt"
 
-# Popen handles of jobs started by this process, so finished children are reaped (no zombies).
-_children: dict[int, subprocess.Popen[bytes]] = {}
+RUNNER_MARKER = b"api.backends.local_runner"
 
 
 class LocalBackend:
@@ -70,39 +68,25 @@ class LocalBackend:
             self.python, "-m", "api.backends.local_runner", str(root), "--",
             self.python, "-m", "scu.entry", "train",
         ]  # fmt: skip
-        with (root / LOG_FILE).open("ab") as logf:
-            try:
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=logf,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    env=dict(os.environ, OPT_ML_ROOT=str(root), PYTHONUNBUFFERED="1"),
-                    cwd=root,
-                )
-            except OSError as exc:
-                raise BackendError(f"could not start the training process: {exc}") from exc
-        _children[proc.pid] = proc
-        state = {"root": str(root), "pid": proc.pid, "started_at": datetime.now(UTC).isoformat()}
+        env = dict(os.environ, OPT_ML_ROOT=str(root), PYTHONUNBUFFERED="1")
+        pid = spawn_detached(cmd, log_path=root / LOG_FILE, env=env, cwd=root)
+        state = {"root": str(root), "pid": pid, "started_at": datetime.now(UTC).isoformat()}
         tmp = root / (LAUNCH_FILE + ".tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(launch)
-        log.info("local training started", extra={"job_name": spec.job_name, "pid": proc.pid})
+        log.info("local training started", extra={"job_name": spec.job_name, "pid": pid})
         return state
 
     # -- status -------------------------------------------------------------------------------
     def describe_training(self, job_name: str, state: dict[str, Any]) -> TrainingStatus:
         root = self._root(job_name, state)
         pid = int(state.get("pid", 0))
-        if pid in _children:
-            _children[pid].poll()
         started = _parse_time(state.get("started_at"))
         exit_file = root / EXIT_FILE
         if exit_file.is_file():
             code = int(exit_file.read_text().strip() or 1)
             ended = datetime.fromtimestamp(exit_file.stat().st_mtime, UTC)
-            _children.pop(pid, None)
+            reap(pid)
             billable = int((ended - started).total_seconds()) if started else None
             if code == 0:
                 return TrainingStatus(JobStatus.COMPLETED, "Completed", None, started, ended, billable)
@@ -111,7 +95,7 @@ class LocalBackend:
             return TrainingStatus(
                 JobStatus.FAILED, "Failed", self._failure_reason(root, code), started, ended, billable
             )
-        if not _alive(pid):
+        if not alive(pid, RUNNER_MARKER):
             return TrainingStatus(
                 JobStatus.FAILED,
                 "Failed",
@@ -142,7 +126,7 @@ class LocalBackend:
             return
         (root / STOP_FILE).touch()
         pid = int(state.get("pid", 0))
-        if _alive(pid):
+        if alive(pid, RUNNER_MARKER):
             os.kill(pid, signal.SIGTERM)  # the runner forwards it; the engine checkpoints and exits 143
 
     # -- outputs ------------------------------------------------------------------------------
@@ -154,11 +138,7 @@ class LocalBackend:
             return parse_metric_records(fh, after_step)
 
     def read_logs(self, job_name: str, state: dict[str, Any], tail: int) -> list[str]:
-        path = self._root(job_name, state) / LOG_FILE
-        if not path.is_file():
-            return []
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            return [line.rstrip("\n") for line in deque(fh, maxlen=tail)]
+        return tail_file(self._root(job_name, state) / LOG_FILE, tail)
 
     def fetch_model(self, job_name: str, state: dict[str, Any], dest: Path) -> None:
         model = self._root(job_name, state) / "model"
@@ -168,25 +148,6 @@ class LocalBackend:
 
     def _root(self, job_name: str, state: dict[str, Any]) -> Path:
         return Path(state["root"]) if "root" in state else self.jobs_dir / job_name
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if pid in _children:
-        return _children[pid].poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie or a recycled pid is not our runner.
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True
-    return b"api.backends.local_runner" in cmdline
 
 
 def _parse_time(value: Any) -> datetime | None:

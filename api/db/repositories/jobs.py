@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.db.models import AdapterRow, EventRow, FineTuneJobRow, MetricRow, utcnow
+from api.db.models import AdapterRow, EventRow, FineTuneJobRow, MetricRow
+from api.db.repositories.cas import compare_and_set as compare_and_set
 from api.db.repositories.paging import page
 from api.domain.enums import JobStatus
 
@@ -46,20 +47,6 @@ def active_ids(session: Session) -> list[tuple[str, str]]:
         .order_by(FineTuneJobRow.created_at)
     )
     return [(t, i) for t, i in rows]
-
-
-def compare_and_set(session: Session, job: FineTuneJobRow, **values: Any) -> bool:
-    """Update ``job`` only if nobody changed it since it was read (optimistic lock on ``version``)."""
-    result = session.execute(
-        update(FineTuneJobRow)
-        .where(FineTuneJobRow.id == job.id, FineTuneJobRow.version == job.version)
-        .values(version=job.version + 1, updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return False
-    session.refresh(job)
-    return True
 
 
 def add_event(

@@ -1,0 +1,59 @@
+"""Deployment rows; compare-and-set transitions and the last-used touch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from api.db.models import DeploymentRow, utcnow
+from api.db.repositories.cas import compare_and_set as compare_and_set
+from api.db.repositories.paging import page
+from api.domain.enums import DeploymentStatus
+
+LIVE = [DeploymentStatus.CREATING.value, DeploymentStatus.IN_SERVICE.value, DeploymentStatus.DELETING.value]
+
+
+def get(session: Session, tenant_id: str, deployment_id: str) -> DeploymentRow | None:
+    return session.scalar(
+        select(DeploymentRow).where(DeploymentRow.tenant_id == tenant_id, DeploymentRow.id == deployment_id)
+    )
+
+
+def list_page(
+    session: Session, tenant_id: str, *, limit: int, cursor: str | None, live_only: bool = False
+) -> tuple[list[DeploymentRow], str | None]:
+    query = select(DeploymentRow).where(DeploymentRow.tenant_id == tenant_id)
+    if live_only:
+        query = query.where(DeploymentRow.status.in_(LIVE))
+    return page(session, DeploymentRow, query, limit=limit, cursor=cursor)
+
+
+def live(session: Session) -> Sequence[DeploymentRow]:
+    """Every deployment that may hold resources, across tenants (janitor, sync)."""
+    return session.scalars(
+        select(DeploymentRow).where(DeploymentRow.status.in_(LIVE)).order_by(DeploymentRow.created_at)
+    ).all()
+
+
+def serving_adapter(session: Session, tenant_id: str, adapter_id: str) -> DeploymentRow | None:
+    rows = session.scalars(
+        select(DeploymentRow)
+        .where(
+            DeploymentRow.tenant_id == tenant_id, DeploymentRow.status == DeploymentStatus.IN_SERVICE.value
+        )
+        .order_by(DeploymentRow.created_at.desc())
+    )
+    return next((r for r in rows if adapter_id in r.adapter_ids), None)
+
+
+def touch(session: Session, deployment_id: str, at: datetime) -> None:
+    """Record a use. Bumping ``version`` makes a janitor that read the row before this lose its CAS."""
+    session.execute(
+        update(DeploymentRow)
+        .where(DeploymentRow.id == deployment_id, DeploymentRow.status == DeploymentStatus.IN_SERVICE.value)
+        .values(last_used_at=at, version=DeploymentRow.version + 1, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )

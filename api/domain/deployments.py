@@ -1,0 +1,112 @@
+"""Deployments (inference endpoints serving adapters), inference requests and the janitor's report."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from api.domain.enums import DeploymentStatus
+
+MAX_TTL_SECONDS = 30 * 86400
+
+
+class DeploymentRequest(BaseModel):
+    """``POST /v0/deployments``: serve one or more adapters of the same base model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter_ids: Annotated[list[str], Field(min_length=1, max_length=64)]
+    instance_type: str | None = None
+    instance_count: Annotated[int, Field(ge=1, le=16)] = 1
+    ttl_seconds: Annotated[int | None, Field(ge=1, le=MAX_TTL_SECONDS)] = 3600
+    max_lifetime_seconds: Annotated[int | None, Field(ge=1, le=MAX_TTL_SECONDS)] = None
+
+    @model_validator(mode="after")
+    def _unique(self) -> DeploymentRequest:
+        if len(set(self.adapter_ids)) != len(self.adapter_ids):
+            raise ValueError("adapter_ids must not repeat")
+        return self
+
+
+class Deployment(BaseModel):
+    id: str
+    adapter_ids: list[str]
+    base_model: str
+    backend: str
+    endpoint_name: str | None
+    instance_type: str
+    instance_count: int
+    hourly_price_usd: float | None
+    status: DeploymentStatus
+    failure_reason: str | None
+    ttl_seconds: int | None
+    max_lifetime_seconds: int | None
+    created_at: datetime
+    in_service_at: datetime | None
+    last_used_at: datetime | None
+    deleted_at: datetime | None
+    deleted_reason: str | None
+    teardown_at: datetime | None = Field(None, description="when the janitor will delete it if left idle")
+
+
+class GenerationParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: Annotated[int, Field(ge=1, le=2048)] = 64
+    temperature: Annotated[float, Field(ge=0, le=5)] = 0.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    stop: Annotated[list[str], Field(max_length=16)] = []
+    seed: int | None = None
+
+
+ChatMessage = dict[str, str]
+Inputs = str | list[ChatMessage] | list[str] | list[list[ChatMessage]]
+
+
+class InferenceRequest(BaseModel):
+    """``POST /v0/inference``: name a deployment, or an adapter served by one of yours."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deployment_id: str | None = None
+    adapter_id: str | None = None
+    inputs: Inputs
+    parameters: GenerationParameters = GenerationParameters()
+
+    @model_validator(mode="after")
+    def _target(self) -> InferenceRequest:
+        if not self.deployment_id and not self.adapter_id:
+            raise ValueError("give deployment_id or adapter_id")
+        return self
+
+
+class GenerationOutput(BaseModel):
+    generated_text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"] | str
+
+
+class InferenceResponse(BaseModel):
+    deployment_id: str
+    adapter_id: str | None
+    outputs: list[GenerationOutput]
+    latency_ms: float
+
+
+class JanitorAction(BaseModel):
+    deployment_id: str | None
+    endpoint_name: str
+    reason: str
+    hourly_price_usd: float | None
+    done: bool
+    error: str | None = None
+
+
+class JanitorReport(BaseModel):
+    dry_run: bool
+    actions: list[JanitorAction]
+    hourly_savings_usd: float
+    details: dict[str, Any] = {}

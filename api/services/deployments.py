@@ -1,0 +1,315 @@
+"""Deployments: create (serve adapters), list, get, delete, sync status, and run inference."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from api.backends.endpoints import EndpointBackend, EndpointSpec, InvocationError
+from api.db import models
+from api.db.repositories import deployments as repo
+from api.db.repositories import jobs as jobs_repo
+from api.db.session import Database
+from api.domain.deployments import Deployment, DeploymentRequest, InferenceRequest, InferenceResponse
+from api.domain.enums import DeploymentStatus
+from api.domain.errors import BackendError, BadRequest, Conflict, FastunerError, NotFound
+from api.domain.ids import new_id
+from api.domain.instances import INSTANCE_TYPES, lookup
+from api.logging import get_logger
+from api.settings import Settings
+
+log = get_logger("deployments")
+
+
+def endpoint_name_for(deployment_id: str) -> str:
+    return "fastuner-" + deployment_id.replace("_", "-")
+
+
+class DeploymentService:
+    def __init__(self, db: Database, backend: EndpointBackend, settings: Settings) -> None:
+        self.db = db
+        self.backend = backend
+        self.settings = settings
+
+    # -- create -------------------------------------------------------------------------------
+    def create(self, tenant_id: str, req: DeploymentRequest) -> Deployment:
+        with self.db.session() as session:
+            adapters = []
+            for adapter_id in req.adapter_ids:
+                adapter = jobs_repo.adapter(session, tenant_id, adapter_id)
+                if adapter is None:
+                    raise NotFound(f"adapter {adapter_id} not found")
+                adapters.append(adapter)
+        bases = {a.base_model for a in adapters}
+        if len(bases) != 1:
+            raise BadRequest(
+                f"one deployment serves adapters of one base model; got {', '.join(sorted(bases))}"
+            )
+        base_model = bases.pop()
+        instance_name = self._instance(req)
+        price = lookup(instance_name)
+        deployment_id = new_id("dep")
+        row = models.DeploymentRow(
+            id=deployment_id,
+            tenant_id=tenant_id,
+            adapter_ids=list(req.adapter_ids),
+            base_model=base_model,
+            backend=self.backend.name,
+            endpoint_name=endpoint_name_for(deployment_id),
+            instance_type=instance_name,
+            instance_count=req.instance_count,
+            hourly_price_usd=price.hourly_usd * req.instance_count if price else None,
+            status=DeploymentStatus.CREATING.value,
+            ttl_seconds=req.ttl_seconds,
+            max_lifetime_seconds=req.max_lifetime_seconds,
+            backend_state={},
+        )
+        with self.db.session() as session:
+            session.add(row)
+            jobs_repo.add_event(session, tenant_id, deployment_id, "created", "deployment creating",
+                                adapters=req.adapter_ids, instance_type=instance_name)  # fmt: skip
+        assert row.endpoint_name is not None
+        spec = EndpointSpec(
+            deployment_id=deployment_id,
+            tenant_id=tenant_id,
+            endpoint_name=row.endpoint_name,
+            base_model=base_model,
+            adapter_prefix=f"{tenant_id}/adapters",
+            adapter_ids=list(req.adapter_ids),
+            instance_type=instance_name,
+            instance_count=req.instance_count,
+            tags={
+                "fastuner:managed": "true",
+                "fastuner:tenant": tenant_id,
+                "fastuner:deployment": deployment_id,
+            },
+        )
+        try:
+            state = self.backend.create_endpoint(spec)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, FastunerError) else f"{type(exc).__name__}: {exc}"
+            self._fail(tenant_id, deployment_id, f"create failed: {reason}")
+            raise BackendError(f"could not create deployment {deployment_id}: {reason}") from exc
+        with self.db.session() as session:
+            current = self._row(session, tenant_id, deployment_id)
+            repo.compare_and_set(session, current, backend_state=state)
+        log.info("deployment created", extra={"deployment_id": deployment_id, "backend": self.backend.name})
+        return self.get(tenant_id, deployment_id)
+
+    def _instance(self, req: DeploymentRequest) -> str:
+        if self.backend.name == "local":
+            if req.instance_type not in (None, "local") or req.instance_count != 1:
+                raise BadRequest(
+                    "the local backend serves one process on this machine: instance_type 'local'"
+                )
+            return "local"
+        name = req.instance_type or self.settings.default_inference_instance_type
+        if name not in INSTANCE_TYPES or name == "local":
+            raise BadRequest(f"unknown instance type {name!r}")
+        return name
+
+    def _fail(self, tenant_id: str, deployment_id: str, reason: str) -> None:
+        with self.db.session() as session:
+            row = self._row(session, tenant_id, deployment_id)
+            repo.compare_and_set(session, row, status=DeploymentStatus.FAILED.value, failure_reason=reason)
+            jobs_repo.add_event(
+                session, tenant_id, deployment_id, "status", "creating → failed", reason=reason
+            )
+
+    # -- read ---------------------------------------------------------------------------------
+    def get(self, tenant_id: str, deployment_id: str) -> Deployment:
+        with self.db.session() as session:
+            return to_model(self._row(session, tenant_id, deployment_id))
+
+    def list_page(
+        self, tenant_id: str, *, limit: int = 50, cursor: str | None = None, live_only: bool = False
+    ) -> tuple[list[Deployment], str | None]:
+        with self.db.session() as session:
+            rows, next_cursor = repo.list_page(
+                session, tenant_id, limit=limit, cursor=cursor, live_only=live_only
+            )
+            return [to_model(r) for r in rows], next_cursor
+
+    # -- delete -------------------------------------------------------------------------------
+    def delete(self, tenant_id: str, deployment_id: str, *, reason: str = "deleted by user") -> Deployment:
+        with self.db.session() as session:
+            row = self._row(session, tenant_id, deployment_id)
+            if row.status == DeploymentStatus.DELETED.value:
+                return to_model(row)
+        teardown(self.db, self.backend, row, reason)
+        return self.get(tenant_id, deployment_id)
+
+    # -- status -------------------------------------------------------------------------------
+    def sync_once(self) -> int:
+        """Move ``creating`` deployments to in_service/failed; the idle clock starts at in_service."""
+        changed = 0
+        with self.db.session() as session:
+            creating = [r for r in repo.live(session) if r.status == DeploymentStatus.CREATING.value]
+        for row in creating:
+            if not row.backend_state or row.endpoint_name is None:
+                continue
+            try:
+                observed = self.backend.describe_endpoint(row.endpoint_name, dict(row.backend_state))
+            except Exception:
+                log.exception("describe failed", extra={"deployment_id": row.id})
+                continue
+            if observed.status == DeploymentStatus.CREATING:
+                continue
+            with self.db.session() as session:
+                current = self._row(session, row.tenant_id, row.id)
+                now = datetime.now(UTC)
+                values: dict[str, Any] = {"status": observed.status.value}
+                if observed.status == DeploymentStatus.IN_SERVICE:
+                    values["in_service_at"] = now
+                elif observed.status == DeploymentStatus.FAILED:
+                    values["failure_reason"] = observed.failure_reason
+                if current.status == DeploymentStatus.CREATING.value and repo.compare_and_set(
+                    session, current, **values
+                ):
+                    jobs_repo.add_event(session, row.tenant_id, row.id, "status", f"creating → {observed.status.value}",
+                                        reason=observed.failure_reason)  # fmt: skip
+                    changed += 1
+        return changed
+
+    # -- inference ----------------------------------------------------------------------------
+    def infer(self, tenant_id: str, req: InferenceRequest) -> InferenceResponse:
+        with self.db.session() as session:
+            if req.deployment_id:
+                row = self._row(session, tenant_id, req.deployment_id)
+                if req.adapter_id and req.adapter_id not in row.adapter_ids:
+                    raise BadRequest(f"deployment {row.id} does not serve adapter {req.adapter_id}")
+            else:
+                assert req.adapter_id is not None
+                if jobs_repo.adapter(session, tenant_id, req.adapter_id) is None:
+                    raise NotFound(f"adapter {req.adapter_id} not found")
+                found = repo.serving_adapter(session, tenant_id, req.adapter_id)
+                if found is None:
+                    raise Conflict(
+                        f"no deployment in service serves adapter {req.adapter_id}; "
+                        "create one with POST /v0/deployments (fastuner deployments create)"
+                    )
+                row = found
+            if row.status != DeploymentStatus.IN_SERVICE.value:
+                raise Conflict(f"deployment {row.id} is {row.status}, not in service")
+            name, state = row.endpoint_name, dict(row.backend_state)
+        assert name is not None
+        payload = {
+            "inputs": req.inputs,
+            "adapter": req.adapter_id,
+            "parameters": req.parameters.model_dump(exclude_none=True),
+        }
+        started = time.perf_counter()
+        try:
+            result = self.backend.invoke(name, state, payload)
+        except InvocationError as exc:
+            if exc.status == 404:
+                raise NotFound(exc.message) from exc
+            if 400 <= exc.status < 500:
+                raise BadRequest(exc.message) from exc
+            raise BackendError(f"the endpoint failed: {exc.message}") from exc
+        latency = (time.perf_counter() - started) * 1000
+        with self.db.session() as session:
+            repo.touch(session, row.id, datetime.now(UTC))
+        return InferenceResponse(
+            deployment_id=row.id,
+            adapter_id=req.adapter_id,
+            outputs=result.get("outputs", []),
+            latency_ms=round(latency, 2),
+        )
+
+    def _row(self, session: Any, tenant_id: str, deployment_id: str) -> models.DeploymentRow:
+        row = repo.get(session, tenant_id, deployment_id)
+        if row is None:
+            raise NotFound(f"deployment {deployment_id} not found")
+        return row
+
+
+def teardown(
+    db: Database,
+    backend: EndpointBackend,
+    row: models.DeploymentRow,
+    reason: str,
+    *,
+    expected_version: int | None = None,
+) -> Deployment | None:
+    """Claim the row (CAS → deleting), delete the backend resources, mark it deleted.
+
+    With ``expected_version`` (the janitor's), returns None when the row changed since it was judged
+    (another janitor's teardown, or a fresh use). A failed delete leaves the row ``deleting`` so the
+    janitor's next pass retries it.
+    """
+    with db.session() as session:
+        current = repo.get(session, row.tenant_id, row.id)
+        if current is None or current.status == DeploymentStatus.DELETED.value:
+            return None
+        if expected_version is not None and current.version != expected_version:
+            return None
+        if current.status != DeploymentStatus.DELETING.value:
+            before = current.status
+            if not repo.compare_and_set(
+                session, current, status=DeploymentStatus.DELETING.value, deleted_reason=reason
+            ):
+                return None
+            jobs_repo.add_event(
+                session, row.tenant_id, row.id, "status", f"{before} → deleting", reason=reason
+            )
+        name, state = current.endpoint_name, dict(current.backend_state)
+        version = current.version
+    try:
+        if name is not None and state:
+            backend.delete_endpoint(name, state)
+    except Exception as exc:
+        with db.session() as session:
+            jobs_repo.add_event(
+                session, row.tenant_id, row.id, "delete_failed", f"delete failed, will retry: {exc}"
+            )
+        raise BackendError(f"deleting {row.id} failed (will be retried): {exc}") from exc
+    with db.session() as session:
+        current = repo.get(session, row.tenant_id, row.id)
+        assert current is not None
+        if current.version == version and repo.compare_and_set(
+            session,
+            current,
+            status=DeploymentStatus.DELETED.value,
+            deleted_at=datetime.now(UTC),
+            deleted_reason=reason,
+        ):
+            jobs_repo.add_event(session, row.tenant_id, row.id, "status", "deleting → deleted", reason=reason)
+        log.info("deployment deleted", extra={"deployment_id": row.id, "reason": reason})
+        return to_model(current)
+
+
+def teardown_at(row: models.DeploymentRow) -> datetime | None:
+    """When the janitor will tear this deployment down if nobody uses it again."""
+    if row.status not in (DeploymentStatus.CREATING.value, DeploymentStatus.IN_SERVICE.value):
+        return None
+    candidates = []
+    if row.ttl_seconds is not None and row.in_service_at is not None:
+        candidates.append((row.last_used_at or row.in_service_at) + timedelta(seconds=row.ttl_seconds))
+    if row.max_lifetime_seconds is not None:
+        candidates.append(row.created_at + timedelta(seconds=row.max_lifetime_seconds))
+    return min(candidates) if candidates else None
+
+
+def to_model(row: models.DeploymentRow) -> Deployment:
+    return Deployment(
+        id=row.id,
+        adapter_ids=list(row.adapter_ids),
+        base_model=row.base_model,
+        backend=row.backend,
+        endpoint_name=row.endpoint_name,
+        instance_type=row.instance_type,
+        instance_count=row.instance_count,
+        hourly_price_usd=row.hourly_price_usd,
+        status=DeploymentStatus(row.status),
+        failure_reason=row.failure_reason,
+        ttl_seconds=row.ttl_seconds,
+        max_lifetime_seconds=row.max_lifetime_seconds,
+        created_at=row.created_at,
+        in_service_at=row.in_service_at,
+        last_used_at=row.last_used_at,
+        deleted_at=row.deleted_at,
+        deleted_reason=row.deleted_reason,
+        teardown_at=teardown_at(row),
+    )

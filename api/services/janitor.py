@@ -1,0 +1,117 @@
+"""The TTL janitor: tears down idle, expired and orphaned endpoints so nobody pays for forgotten GPUs.
+
+A deployment is torn down when it has been idle longer than its TTL (the idle clock starts when it
+is in service, and every inference resets it), when it outlives ``max_lifetime``, or when a previous
+delete failed (retried every pass). Orphans — live backend endpoints tagged
+``fastuner:managed=true`` with no live row — are deleted after a grace period. Untagged endpoints
+are never looked at. Each teardown claims its row with compare-and-set, so janitors may run
+concurrently (API loop, CLI, Lambda) and a use racing the janitor wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from api.backends.endpoints import EndpointBackend
+from api.db import models
+from api.db.repositories import deployments as repo
+from api.db.repositories import jobs as jobs_repo
+from api.db.session import Database
+from api.domain.deployments import JanitorAction, JanitorReport
+from api.domain.enums import DeploymentStatus
+from api.logging import get_logger
+from api.services.deployments import teardown
+from api.settings import Settings
+
+log = get_logger("janitor")
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def expiry_reason(row: models.DeploymentRow, now: datetime) -> str | None:
+    if row.status == DeploymentStatus.DELETING.value:
+        return row.deleted_reason or "retrying a failed delete"
+    if row.max_lifetime_seconds is not None:
+        age = now - row.created_at
+        if age > timedelta(seconds=row.max_lifetime_seconds):
+            return f"max lifetime exceeded ({int(age.total_seconds())} s > {row.max_lifetime_seconds} s)"
+    if row.status == DeploymentStatus.IN_SERVICE.value and row.ttl_seconds is not None and row.in_service_at:
+        idle = now - (row.last_used_at or row.in_service_at)
+        if idle > timedelta(seconds=row.ttl_seconds):
+            return f"idle {int(idle.total_seconds())} s > ttl {row.ttl_seconds} s"
+    return None
+
+
+class Janitor:
+    def __init__(
+        self,
+        db: Database,
+        backend: EndpointBackend,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = now_utc,
+    ) -> None:
+        self.db = db
+        self.backend = backend
+        self.settings = settings
+        self.clock = clock
+
+    def run_once(self, *, dry_run: bool = False) -> JanitorReport:
+        now = self.clock()
+        actions: list[JanitorAction] = []
+        with self.db.session() as session:
+            rows = list(repo.live(session))
+        for row in rows:
+            reason = expiry_reason(row, now)
+            if reason is None or row.endpoint_name is None:
+                continue
+            action = JanitorAction(
+                deployment_id=row.id, endpoint_name=row.endpoint_name, reason=reason,
+                hourly_price_usd=row.hourly_price_usd, done=False,
+            )  # fmt: skip
+            if not dry_run:
+                try:
+                    action.done = (
+                        teardown(self.db, self.backend, row, reason, expected_version=row.version) is not None
+                    )
+                except Exception as exc:
+                    action.error = str(exc)
+                    log.warning("teardown failed; retried next pass", extra={"deployment_id": row.id})
+            actions.append(action)
+        actions.extend(self._orphans(now, dry_run))
+        saved = sum(a.hourly_price_usd or 0.0 for a in actions if a.done or (dry_run and a.error is None))
+        report = JanitorReport(dry_run=dry_run, actions=actions, hourly_savings_usd=round(saved, 4))
+        if actions:
+            log.info("janitor pass", extra={"actions": len(actions), "dry_run": dry_run})
+        return report
+
+    def _orphans(self, now: datetime, dry_run: bool) -> list[JanitorAction]:
+        grace = timedelta(seconds=self.settings.orphan_grace_seconds)
+        with self.db.session() as session:
+            live_names = {r.endpoint_name for r in repo.live(session)}
+        actions = []
+        for endpoint in self.backend.list_managed():
+            if endpoint.tags.get("fastuner:managed") != "true" or endpoint.name in live_names:
+                continue
+            if endpoint.created_at is not None and now - endpoint.created_at < grace:
+                continue  # maybe a deployment whose row is being written right now
+            action = JanitorAction(
+                deployment_id=endpoint.tags.get("fastuner:deployment"), endpoint_name=endpoint.name,
+                reason="orphan: managed endpoint without a live deployment", hourly_price_usd=None, done=False,
+            )  # fmt: skip
+            if not dry_run:
+                try:
+                    self.backend.delete_endpoint(endpoint.name, {})
+                    action.done = True
+                    tenant = endpoint.tags.get("fastuner:tenant")
+                    if tenant and action.deployment_id:
+                        with self.db.session() as session:
+                            jobs_repo.add_event(session, tenant, action.deployment_id, "orphan_deleted",
+                                                f"orphan endpoint {endpoint.name} deleted")  # fmt: skip
+                except Exception as exc:
+                    action.error = str(exc)
+            actions.append(action)
+        return actions
