@@ -11,6 +11,13 @@ import httpx
 from pydantic import BaseModel
 
 from api.domain.datasets import Dataset, Manifest, ValidationReport
+from api.domain.deployments import (
+    Deployment,
+    DeploymentRequest,
+    InferenceRequest,
+    InferenceResponse,
+    JanitorReport,
+)
 from api.domain.finetune import Adapter, DryRun, FineTuneJob, FineTuneRequest, JobEvent, MetricPoint
 
 T = TypeVar("T", bound=BaseModel)
@@ -183,6 +190,34 @@ class FastunerClient:
             with tarfile.open(fileobj=spool, mode="r:gz") as tar:
                 tar.extractall(dest, filter="data")
         return dest
+
+    # -- deployments and inference ------------------------------------------------------------
+    def create_deployment(self, req: DeploymentRequest) -> Deployment:
+        return self._model(Deployment, "POST", "/v0/deployments", json=req.model_dump(mode="json"))
+
+    def list_deployments(
+        self, *, limit: int = 50, cursor: str | None = None, live: bool = False
+    ) -> tuple[list[Deployment], str | None]:
+        params: dict[str, Any] = {"limit": limit, "live": live, **({"cursor": cursor} if cursor else {})}
+        data = self._request("GET", "/v0/deployments", params=params).json()
+        return [Deployment.model_validate(d) for d in data["items"]], data["next_cursor"]
+
+    def get_deployment(self, deployment_id: str) -> Deployment:
+        return self._model(Deployment, "GET", f"/v0/deployments/{deployment_id}")
+
+    def delete_deployment(self, deployment_id: str) -> Deployment:
+        return self._model(Deployment, "DELETE", f"/v0/deployments/{deployment_id}")
+
+    def infer(self, req: InferenceRequest) -> InferenceResponse:
+        body = req.model_dump(mode="json", exclude_none=True)
+        return self._model(InferenceResponse, "POST", "/v0/inference", json=body)
+
+    def costs(self) -> dict[str, Any]:
+        data: dict[str, Any] = self._request("GET", "/v0/costs").json()
+        return data
+
+    def run_janitor(self, *, dry_run: bool = False) -> JanitorReport:
+        return self._model(JanitorReport, "POST", "/v0/janitor/run", params={"dry_run": dry_run})
 
 
 def _api_error(resp: httpx.Response) -> ApiError:

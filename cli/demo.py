@@ -33,7 +33,9 @@ def run(*args: str) -> None:
 
 
 def offline_model() -> Path:
-    path = Path(os.environ.get("FASTUNER_DEMO_MODEL", get_settings().home / "models" / "tiny-llama")).expanduser()
+    path = Path(
+        os.environ.get("FASTUNER_DEMO_MODEL", get_settings().home / "models" / "tiny-llama")
+    ).expanduser()
     if not (path / "config.json").is_file():
         from scu.tiny import build_tiny_model
 

@@ -86,12 +86,16 @@ def server(host: str, port: int) -> None:
 
 
 def _register() -> None:
-    from cli.commands import adapters, datasets, finetune, jobs
+    from cli.commands import adapters, datasets, deployments, finetune, jobs
 
     cli.add_command(datasets.datasets)
     cli.add_command(finetune.finetune)
     cli.add_command(adapters.adapters)
     cli.add_command(jobs.jobs)
+    cli.add_command(deployments.deployments)
+    cli.add_command(deployments.inference)
+    cli.add_command(deployments.janitor)
+    cli.add_command(deployments.costs)
 
 
 _register()
