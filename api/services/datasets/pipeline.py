@@ -1,10 +1,21 @@
 """The dataset pipeline: validate + dedup + split (+ write), streamed, storage-free.
 
-Pass 1 (:mod:`validate`) parses each line once, normalises it to the training-record shape
-and keeps 32 bytes of facts per valid row; with an output directory it also spools the
-canonical record lines to ``out_dir``. Dedup (:mod:`dedup`), stats (:mod:`stats`) and the
-seeded split (:mod:`split`) work on those arrays. Pass 2 (:mod:`writer`) streams the spool
-into ``train/validation/test.jsonl`` without parsing JSON again.
+* Pass 1 (:mod:`validate`, reading through :mod:`reader`) parses each line once, checks it,
+  normalises it to the training record (:mod:`formats`, :mod:`records`) and keeps ~24-32
+  bytes of facts per valid row in flat arrays (16-byte SHA-256 prefix, lengths, label id).
+  With an output directory it also spools each record line to a hidden file in ``out_dir``
+  (written on a background thread, :mod:`bgio`).
+* Dedup (:mod:`dedup`, first occurrence wins), length stats (:mod:`stats`) and the seeded,
+  exact-count, optionally stratified split (:mod:`split`) work on those arrays only.
+* Pass 2 (:mod:`writer`) streams the spool into ``train/validation/test.jsonl`` in file
+  order without parsing JSON again, hashing each file as it goes.
+
+Output record (one compact JSON line)::
+
+    {"messages":[{"role":"user","content":"..."},{"role":"assistant","content":"..."}],"label":null}
+
+Memory: the per-row arrays (about 32 MB per million rows) plus fixed-size read/write
+buffers; no row text is kept. Issue codes are listed in :mod:`issues`.
 """
 
 from __future__ import annotations
