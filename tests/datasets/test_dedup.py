@@ -97,6 +97,26 @@ def test_fast_pair_encoding_matches_reference(user: str, assistant: str, label: 
 
 
 @settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), safe_text), min_size=1, max_size=4),
+    st.one_of(st.none(), safe_text),
+)
+def test_unescaped_encoding_matches_reference(messages: list[tuple[str, str]], label: str | None) -> None:
+    assert encode_record(messages, label, escape=False) == encode_record(messages, label)
+
+
+def test_escaped_and_raw_chat_are_the_same_record(tmp_path: Path) -> None:
+    src = tmp_path / "d.jsonl"
+    raw = '{"messages": [{"role": "user", "content": "Aé"}, {"role": "assistant", "content": "b"}]}'
+    esc = (
+        '{"messages": [{"role": "user", "content": "\\u0041\\u00e9"}, {"role": "assistant", "content": "b"}]}'
+    )
+    src.write_text(raw + "\n" + esc + "\n", encoding="utf-8")
+    report = process(src, _options()).report
+    assert report.unique_rows == 1 and report.duplicates_dropped == 1
+
+
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.text(max_size=6), min_size=1, max_size=4), st.one_of(st.none(), st.text(max_size=4)))
 def test_encoding_round_trips_as_json(parts: list[str], label: str | None) -> None:
     messages = [("user", p) for p in parts[:-1]] + [("assistant", parts[-1])]

@@ -35,17 +35,23 @@ RAW_LABEL_NULL_TAIL: Final = '"' + LABEL_NULL_TAIL
 RAW_LABEL_TAIL_PREFIX: Final = '"' + LABEL_TAIL_PREFIX + '"'
 
 
-def encode_record(messages: list[Message], label: str | None) -> str:
-    """The canonical compact JSON line (without the newline) for one normalised row."""
-    tail = "null}" if label is None else encode_basestring(label) + "}"
+def _quote(text: str) -> str:
+    return f'"{text}"'
+
+
+def encode_record(messages: list[Message], label: str | None, *, escape: bool = True) -> str:
+    """The canonical compact JSON line (without the newline) for one normalised row.
+
+    ``escape=False`` skips JSON string escaping: only for strings known to need none (no
+    ``"``, ``\\`` or control character), e.g. parsed from a line without a backslash.
+    """
+    enc = encode_basestring if escape else _quote
+    tail = "null}" if label is None else enc(label) + "}"
     if len(messages) == 2 and messages[0][0] == "user" and messages[1][0] == "assistant":
-        user, assistant = encode_basestring(messages[0][1]), encode_basestring(messages[1][1])
+        user, assistant = enc(messages[0][1]), enc(messages[1][1])
         return f"{PAIR_HEAD}{user}{PAIR_MID}{assistant}{LABEL_TAIL_PREFIX}{tail}"
-    parts = ",".join(
-        '{"role":' + encode_basestring(role) + ',"content":' + encode_basestring(content) + "}"
-        for role, content in messages
-    )
-    return _HEAD + parts + '],"label":' + tail
+    parts = ",".join(f'{{"role":{enc(role)},"content":{enc(content)}}}' for role, content in messages)
+    return f'{_HEAD}{parts}],"label":{tail}'
 
 
 def encode_pair_unescaped(user: str, assistant: str, label: str | None) -> str:

@@ -229,7 +229,9 @@ def scan(source: Path, options: DatasetOptions, spool: ByteSink | None = None) -
                         continue
                     warnings.add(issues.NEAR_LIMIT, lineno)
                 if messages is not None:
-                    line_str = encode_record(messages, label)
+                    # chat strings come straight from the line: no backslash, no escaping
+                    escape = fmt is not DatasetFormat.CHAT or "\\" in line
+                    line_str = encode_record(messages, label, escape=escape)
                 elif "\\" in line:
                     line_str = encode_record([("user", text), ("assistant", target)], label)
                 elif label is None:  # inlined records.encode_pair_unescaped
