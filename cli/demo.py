@@ -2,7 +2,8 @@
 
 Runs the real ``fastuner`` commands in-process against ``$FASTUNER_HOME`` (default ``~/.fastuner``):
 upload a sample dataset (validate, dedup, split, store), fine-tune a small offline model on it with
-the SCU LoRA engine on the local backend, and inspect the registered adapter. No network needed:
+the SCU LoRA engine on the local backend, inspect the registered adapter, deploy it on a local
+inference server, generate with it, and tear the deployment down. No network needed:
 the model is the tiny random Llama the engine builds locally (``fastuner-train make-tiny-model``),
 so the point is the pipeline, not the quality of the result.
 """
@@ -60,6 +61,12 @@ def main() -> None:
         sys.exit(f"the fine-tune ended {job.status.value}: {job.failure_reason}")
     run("finetune", "metrics", job.id)
     run("adapters", "get", job.adapter_id)
+    run("deployments", "create", job.adapter_id, "--ttl", "10m")
+    run("inference", "run", "--adapter", job.adapter_id, "--input", "Shout this: amber lotus", "--max-new-tokens", "12")
+    run("costs")
+    with connect(None) as client:
+        deployment = client.list_deployments(limit=1, live=True)[0][0]
+    run("deployments", "delete", deployment.id)
 
 
 if __name__ == "__main__":
