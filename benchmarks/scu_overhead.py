@@ -60,13 +60,13 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
     rows = []
     for _ in range(n):
         a, b = rng.randint(0, 999), rng.randint(0, 999)
-        filler = " ".join(rng.choice(words) for _ in range(rng.randint(3, 30)))
+        filler = " ".join(rng.choice(words) for _ in range(rng.randint(2, 8)))
         rows.append(
             {
                 "messages": [
                     {"role": "system", "content": "You are a careful calculator."},
                     {"role": "user", "content": f"{filler}. What is {a} plus {b}?"},
-                    {"role": "assistant", "content": f"{a} plus {b} is {a + b}. {filler}"},
+                    {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
                 ],
                 "label": None,
             }
@@ -201,7 +201,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--rows", type=int, default=1500)
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
