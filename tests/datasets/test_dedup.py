@@ -88,7 +88,7 @@ safe_text = st.text(
 ).filter(lambda s: all(ord(c) >= 0x20 for c in s))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(safe_text, safe_text, st.one_of(st.none(), safe_text))
 def test_fast_pair_encoding_matches_reference(user: str, assistant: str, label: str | None) -> None:
     assert encode_pair_unescaped(user, assistant, label) == encode_record(
@@ -96,7 +96,7 @@ def test_fast_pair_encoding_matches_reference(user: str, assistant: str, label: 
     )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), safe_text), min_size=1, max_size=4),
     st.one_of(st.none(), safe_text),

@@ -79,7 +79,7 @@ def test_exact_counts_largest_remainder() -> None:
     assert split_counts(5, SplitRatios(train=1.0, validation=0.0, test=0.0)) == (5, 0, 0)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(
     st.integers(0, 5000),
     st.floats(0.05, 1.0),
@@ -131,7 +131,7 @@ def test_stratified_uneven_labels_keep_exact_totals(tmp_path: Path) -> None:
             assert abs(r.label_distribution[s].get(label, 0) - total * n / 37) < 1.0 + 1e-9
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=8), st.integers(0, 2**32 - 1))
 def test_stratified_counts_margins(sizes: list[int], seed: int) -> None:
     totals = split_counts(sum(sizes), SplitRatios(train=0.7, validation=0.2, test=0.1))

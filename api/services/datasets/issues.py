@@ -63,7 +63,7 @@ class IssueCollector:
         self._max_shown = max_shown
         self._counts: dict[str, int] = {}
         self._lines: dict[str, list[int]] = {}
-        self._details: dict[str, str] = {}
+        self._details: dict[str, tuple[int | None, str]] = {}  # first detail and its line
 
     def add(self, code: str, line: int | None, detail: str | None = None) -> None:
         count = self._counts.get(code)
@@ -71,7 +71,7 @@ class IssueCollector:
             self._counts[code] = 1
             self._lines[code] = [] if line is None else [line]
             if detail:
-                self._details[code] = detail if line is None else f"line {line}: {detail}"
+                self._details[code] = (line, detail)
             return
         self._counts[code] = count + 1
         if line is not None and count < self._max_shown:
@@ -84,6 +84,15 @@ class IssueCollector:
         self._counts[code] = self._counts.get(code, 0) + count
         shown = self._lines.setdefault(code, [])
         shown.extend(lines[: max(0, self._max_shown - len(shown))])
+
+    def merge(self, later: IssueCollector, line_offset: int) -> None:
+        """Append the issues of a later part of the file whose line 1 is ``line_offset + 1``."""
+        for code, count in later._counts.items():
+            shifted = [n + line_offset for n in later._lines[code]]
+            self.add_many(code, count, shifted)
+            if code not in self._details and code in later._details:
+                line, detail = later._details[code]
+                self._details[code] = (None if line is None else line + line_offset, detail)
 
     def __contains__(self, code: object) -> bool:
         return code in self._counts
@@ -99,9 +108,14 @@ class IssueCollector:
         out: list[IssueGroup] = []
         for code in sorted(self._counts, key=lambda c: (order.get(c, len(order)), c)):
             message = MESSAGES.get(code, code)
-            detail = self._details.get(code)
-            if detail:
-                message = f"{message} (first: {detail})"
+            first = self._details.get(code)
+            if first is not None:
+                line, detail = first
+                message = (
+                    f"{message} (first: {detail})"
+                    if line is None
+                    else f"{message} (first: line {line}: {detail})"
+                )
             count, lines = self._counts[code], self._lines[code]
             out.append(IssueGroup(code=code, message=message, count=count, lines=lines))
         return out

@@ -31,12 +31,12 @@ import numpy.typing as npt
 from api.domain.datasets import SPLIT_NAMES, DatasetOptions, ValidationReport
 from api.domain.enums import TaskType
 from api.services.datasets import issues
-from api.services.datasets.bgio import BackgroundWriter
 from api.services.datasets.dedup import first_occurrences
+from api.services.datasets.parallel import PartJob, Runner, part_count, plan_ranges, scan_parallel, scan_part
 from api.services.datasets.records import DIGEST_BYTES, content_sha256
 from api.services.datasets.split import assign_splits
 from api.services.datasets.stats import length_stats
-from api.services.datasets.validate import NO_LABEL, ScanResult, scan
+from api.services.datasets.validate import NO_LABEL, ScanResult
 from api.services.datasets.writer import DROPPED, write_splits
 
 __all__ = ["PipelineResult", "SplitOutput", "process"]
@@ -62,29 +62,49 @@ def process(source: Path, options: DatasetOptions, out_dir: Path | None = None) 
     ``out_dir=None`` is a dry run: nothing is written. With ``out_dir``, the split files
     ``{train,validation,test}.jsonl`` (those with rows) are written only when the report is
     ok. Bad data never raises; it is described in the report. I/O errors do raise.
+    Large files are scanned in parts on several processes (:mod:`parallel`); the result is
+    the same as a sequential scan.
     """
-    spool: Path | None = None
+    return run(source, options, out_dir, parts=part_count(source.stat().st_size))
+
+
+def run(
+    source: Path,
+    options: DatasetOptions,
+    out_dir: Path | None,
+    *,
+    parts: int = 1,
+    run_rest: Runner | None = None,
+) -> PipelineResult:
+    """:func:`process` with the number of parts (and how to run parts 2..n) chosen."""
+    ranges: list[tuple[int, int | None]] = [(0, None)]
+    if parts > 1:
+        ranges = list(plan_ranges(source, parts))
+    spools: list[Path | None] = [None] * len(ranges)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        spool = out_dir / f".spool-{uuid.uuid4().hex}.jsonl"
+        tag = uuid.uuid4().hex
+        spools = [out_dir / f".spool-{tag}-{i}.jsonl" for i in range(len(ranges))]
     try:
-        if spool is None:
-            result = scan(source, options)
+        jobs = [
+            PartJob(source, options, start, end, spool)
+            for (start, end), spool in zip(ranges, spools, strict=True)
+        ]
+        if len(jobs) == 1:
+            result = scan_part(jobs[0])
+            part_rows = [result.rows]
         else:
-            with spool.open("wb") as f:
-                io = BackgroundWriter()
-                try:
-                    result = scan(source, options, io.sink(f))
-                finally:
-                    io.close()
-        return _finish(result, options, spool, out_dir)
+            result, part_rows = scan_parallel(jobs, run_rest)
+        spooled = [(p, n) for p, n in zip(spools, part_rows, strict=True) if p is not None]
+        return _finish(result, options, spooled, out_dir)
     finally:
-        if spool is not None:
-            spool.unlink(missing_ok=True)
+        for spool in spools:
+            if spool is not None:
+                spool.unlink(missing_ok=True)
 
 
 def _finish(
-    result: ScanResult, options: DatasetOptions, spool: Path | None, out_dir: Path | None
+    result: ScanResult, options: DatasetOptions, spools: list[tuple[Path, int]], out_dir: Path | None
 ) -> PipelineResult:
     n_valid = result.valid_rows
     first = first_occurrences(result.digests)
@@ -130,11 +150,11 @@ def _finish(
         content_sha256=content_sha256(digests[unique_idx].tobytes()) if n_unique else None,
     )
     splits: dict[str, SplitOutput] = {}
-    if ok and codes is not None and spool is not None and out_dir is not None:
+    if ok and codes is not None and spools and out_dir is not None:
         per_row = np.full(n_valid, DROPPED, dtype=np.uint8)
         per_row[unique_idx] = codes
         lengths = np.frombuffer(result.record_lengths, dtype=np.uint64)
-        written = write_splits(spool, per_row, lengths, out_dir, SPLIT_NAMES)
+        written = write_splits(spools, per_row, lengths, out_dir, SPLIT_NAMES)
         splits = {
             name: SplitOutput(path=w.path, rows=w.rows, sha256=w.sha256, bytes=w.bytes)
             for name, w in written.items()

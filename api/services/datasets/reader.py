@@ -37,9 +37,16 @@ def _decode(body: bytes) -> list[str]:
 
 
 def iter_line_blocks(
-    path: Path, max_line_bytes: int, block_bytes: int = BLOCK_BYTES
+    path: Path,
+    max_line_bytes: int,
+    block_bytes: int = BLOCK_BYTES,
+    start: int = 0,
+    end: int | None = None,
 ) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(number of the first line, lines)``; line numbers start at 1.
+
+    ``start``/``end``: read only that byte range (``start`` at a line start, ``end`` just
+    after a newline or at the end of the file); line numbers count from ``start``.
 
     An undecodable line comes as :data:`INVALID_UTF8_LINE`, a skipped overlong one as
     :data:`TOO_LONG_LINE`.
@@ -49,12 +56,16 @@ def iter_line_blocks(
     lineno = 1
     carry = b""
     skipping = False  # inside a line longer than max_line_bytes, discarding bytes
-    first = True
+    first = start == 0
+    left = -1 if end is None else end - start
     with path.open("rb") as f:
-        while True:
-            chunk = f.read(block_bytes)
+        f.seek(start)
+        while left != 0:
+            chunk = f.read(block_bytes if left < 0 else min(block_bytes, left))
             if not chunk:
                 break
+            if left > 0:
+                left -= len(chunk)
             if first:
                 first = False
                 if chunk.startswith(codecs.BOM_UTF8):

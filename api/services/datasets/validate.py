@@ -68,6 +68,8 @@ class ScanResult:
     gaps: array[int] = field(default_factory=lambda: array("Q"))
     # Byte length of each spooled record line (without its newline); only when spooling.
     record_lengths: array[int] = field(default_factory=lambda: array("Q"))
+    # Classification: whether rows carry a 'label' field (None until decided).
+    label_field_mode: bool | None = None
 
     @property
     def valid_rows(self) -> int:
@@ -112,8 +114,23 @@ def _label_of(row: dict[str, Any]) -> str | None:
     return label
 
 
-def scan(source: Path, options: DatasetOptions, spool: ByteSink | None = None) -> ScanResult:
-    """Validate ``source`` line by line. Never raises for bad data (I/O errors do raise)."""
+def scan(
+    source: Path,
+    options: DatasetOptions,
+    spool: ByteSink | None = None,
+    *,
+    start: int = 0,
+    end: int | None = None,
+    fmt: DatasetFormat | None = None,
+    label_field_mode: bool | None = None,
+) -> ScanResult:
+    """Validate ``source`` line by line. Never raises for bad data (I/O errors do raise).
+
+    ``start``/``end`` scan one line-aligned byte range (line numbers then count from it);
+    ``fmt`` (default ``options.format``) and ``label_field_mode`` fix what would otherwise be
+    decided by the first suitable row, so that parts of a file scanned separately agree
+    with a scan of the whole (see :mod:`parallel`).
+    """
     limits = options.limits
     max_in = limits.max_input_chars
     max_tgt = limits.max_target_chars
@@ -122,16 +139,16 @@ def scan(source: Path, options: DatasetOptions, spool: ByteSink | None = None) -
     classify = options.task_type is TaskType.CLASSIFICATION
     errors = IssueCollector(limits.max_errors_shown)
     warnings = IssueCollector(limits.max_errors_shown)
-    res = ScanResult(format=options.format, total_lines=0, errors=errors, warnings=warnings)
+    fmt = fmt or options.format
+    res = ScanResult(format=fmt, total_lines=0, errors=errors, warnings=warnings)
     if max_in + max_tgt >= 1 << 32:  # a row's length may not fit in uint32
         res.char_lengths, res.token_lengths = array("Q"), array("Q")
 
-    fmt = options.format
     normalise: Normaliser | None = NORMALISERS[fmt] if fmt is not None else None
     pair = PAIR_FIELDS.get(fmt) if fmt is not None else None
-    # Classification: label field if present; else, when the first valid row had no label
-    # field, the target text is the label; when it had one, a row without it is an error.
-    label_field_mode: bool | None = None
+    # Classification: label field if present; else, when the first row that normalised had
+    # no label field, the target text is the label; when it had one, a row without it is an
+    # error (missing_label).
     scan_once = make_scanner(cast(make_scanner, json.JSONDecoder()))
     sha256 = hashlib.sha256
     digests = res.digests
@@ -148,7 +165,8 @@ def scan(source: Path, options: DatasetOptions, spool: ByteSink | None = None) -
     text: str
     target: str
 
-    for first_lineno, block in iter_line_blocks(source, max_line_bytes(options)):
+    res.label_field_mode = label_field_mode
+    for first_lineno, block in iter_line_blocks(source, max_line_bytes(options), start=start, end=end):
         lineno = first_lineno - 1
         out: list[bytes] = []
         for line in block:
@@ -201,7 +219,7 @@ def scan(source: Path, options: DatasetOptions, spool: ByteSink | None = None) -
                 label = _label_of(obj) if "label" in obj else None
                 if classify:
                     if label_field_mode is None:
-                        label_field_mode = label is not None
+                        label_field_mode = res.label_field_mode = label is not None
                     if label is None:
                         if label_field_mode:
                             raise RowError(issues.MISSING_LABEL, "no 'label' field")
