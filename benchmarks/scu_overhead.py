@@ -7,7 +7,9 @@ well the controller holds S near its target (fraction of post-warm-up steps insi
 
 Every run is a separate subprocess with the same thread count; SCU on/off runs are interleaved
 and the median over repeats is reported. Throughput = non-padding tokens per second, median over
-the post-warm-up steps.
+the post-warm-up steps; by default per CPU-second of the training process (``--clock cpu``, with
+one thread) so that other load on a shared host does not skew the ratios; ``--clock wall`` for
+wall-clock.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 ENGINE = REPO / "containers" / "training"
 
 
-def _env(threads: int, root: Path | None = None) -> dict[str, str]:
+def _env(threads: int, root: Path | None = None, clock: str = "cpu") -> dict[str, str]:
     env = dict(os.environ)
+    if clock == "cpu":
+        env["FASTUNER_SCU_CLOCK"] = "process"
     env["PYTHONPATH"] = os.pathsep.join([str(ENGINE), str(REPO), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = str(threads)
     env["MKL_NUM_THREADS"] = str(threads)
@@ -91,13 +95,16 @@ def write_root(root: Path, rows: list[dict[str, Any]], hp: dict[str, Any]) -> No
 
 
 def run_engine(
-    work: Path, name: str, rows: list[dict[str, Any]], hp: dict[str, Any], threads: int
+    work: Path, name: str, rows: list[dict[str, Any]], hp: dict[str, Any], threads: int, clock: str
 ) -> dict[str, Any]:
     root = work / name
     write_root(root, rows, hp)
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "scu.entry", "train"], env=_env(threads, root), capture_output=True, text=True
+        [sys.executable, "-m", "scu.entry", "train"],
+        env=_env(threads, root, clock),
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stderr[-4000:]}")
@@ -157,12 +164,14 @@ def hf_worker(args: argparse.Namespace) -> None:
             step_tokens.append(int(inputs["attention_mask"].sum()))
             return super().training_step(model, inputs, num_items_in_batch)
 
+    clock = time.process_time if os.environ.get("FASTUNER_SCU_CLOCK") == "process" else time.perf_counter
+
     class Clock(TrainerCallback):
         def on_step_begin(self, *a: Any, **k: Any) -> None:
-            step_times.append(time.perf_counter())
+            step_times.append(clock())
 
         def on_step_end(self, *a: Any, **k: Any) -> None:
-            step_times.append(time.perf_counter())
+            step_times.append(clock())
 
     targs = TrainingArguments(
         output_dir=str(root / "hf_out"),
@@ -183,7 +192,9 @@ def hf_worker(args: argparse.Namespace) -> None:
         disable_tqdm=True,
         seed=cfg["seed"],
     )
-    trainer = Counting(model=model, args=targs, train_dataset=Items(), data_collator=collator)
+    trainer = Counting(
+        model=model, args=targs, train_dataset=Items(), data_collator=collator, callbacks=[Clock()]
+    )
     trainer.train()
     # per optimizer step: tokens / (end - begin); grad_accum micro-steps share one window
     per_step = []
@@ -206,6 +217,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup-frac", type=float, default=0.2, help="fraction of steps treated as warm-up")
+    p.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="cpu: tokens per CPU-second of the training process (robust on a shared host; pair with "
+        "--threads 1); wall: tokens per wall-clock second",
+    )
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--hf-config", help=argparse.SUPPRESS)
     p.add_argument("--hf-root", help=argparse.SUPPRESS)
@@ -243,7 +261,9 @@ def main() -> None:
         runs: dict[str, dict[str, Any]] = {}
         for rep in range(args.repeats):
             for mode in ("on", "off") if rep % 2 == 0 else ("off", "on"):
-                run = run_engine(work, f"{mode}-{rep}", rows, {**base_hp, "scu": mode}, args.threads)
+                run = run_engine(
+                    work, f"{mode}-{rep}", rows, {**base_hp, "scu": mode}, args.threads, args.clock
+                )
                 series = [m["tokens_per_s"] for m in run["metrics"]]
                 tps[mode].append(statistics.median(post_warmup(series, args.warmup_frac)))
                 runs[mode] = run
@@ -267,7 +287,7 @@ def main() -> None:
                         "--steps",
                         str(args.steps),
                     ],
-                    env=_env(args.threads),
+                    env=_env(args.threads, clock=args.clock),
                     capture_output=True,
                     text=True,
                 )
@@ -285,7 +305,8 @@ def main() -> None:
         print()
         print(
             f"model: {cfg['n_params']:,} params, LoRA r={cfg['lora_r']}, batch {cfg['batch_size']}, "
-            f"block {cfg['block_size']}, {args.steps} steps, {args.threads} thread(s), N={cfg['train_tokens']}"
+            f"block {cfg['block_size']}, {args.steps} steps, {args.threads} thread(s), {args.clock} clock, "
+            f"N={cfg['train_tokens']}"
         )
         print(f"{'run':28s} {'tokens/s':>10s} {'ratio':>8s} {'target':>8s}")
         print(f"{'SCU off (lambda=0)':28s} {off:10.1f} {'':>8s}")
