@@ -109,4 +109,5 @@ def test_plan_ranges_cover_the_file_at_line_starts(tmp_path: Path) -> None:
         for (_, end), (start, _) in pairwise(ranges):
             assert end == start and data[start - 1 : start] == b"\n"
     assert part_count(10) == 1
-    assert part_count(1 << 30, cpus=8) == 4 and part_count(1 << 30, cpus=1) == 1
+    assert part_count(1 << 30, cpus=8) == 4 and part_count(1 << 30, cpus=4) == 3
+    assert part_count(1 << 30, cpus=2) == 1 and part_count(10, cpus=8) == 1

@@ -36,6 +36,7 @@ PARALLEL_MIN_BYTES: Final = 48 << 20
 """Files smaller than this are scanned in one process (worker start-up would not pay)."""
 MIN_PART_BYTES: Final = 24 << 20
 MAX_PARTS: Final = 4
+MIN_CPUS: Final = 4
 _SEEK_CHUNK: Final = 1 << 16
 
 
@@ -58,11 +59,16 @@ def available_cpus() -> int:
 
 
 def part_count(size: int, cpus: int | None = None) -> int:
-    """How many parts to scan a file of ``size`` bytes in (1: sequential)."""
-    if size < PARALLEL_MIN_BYTES:
-        return 1
+    """How many parts to scan a file of ``size`` bytes in (1: sequential).
+
+    Parts need idle cores: a worker costs an interpreter start (~0.5 s CPU) and the merge,
+    and with fewer than 4 CPUs the main process's I/O thread already uses the second one,
+    so small machines scan sequentially. One core is left for the I/O threads.
+    """
     cpus = available_cpus() if cpus is None else cpus
-    return max(1, min(cpus, MAX_PARTS, size // MIN_PART_BYTES))
+    if size < PARALLEL_MIN_BYTES or cpus < MIN_CPUS:
+        return 1
+    return max(1, min(cpus - 1, MAX_PARTS, size // MIN_PART_BYTES))
 
 
 def plan_ranges(path: Path, parts: int) -> list[tuple[int, int]]:
