@@ -1,7 +1,7 @@
 """The dataset pipeline: validate + dedup + split (+ write), streamed, storage-free.
 
 * Pass 1 (:mod:`validate`, reading through :mod:`reader`) parses each line once, checks it,
-  normalises it to the training record (:mod:`formats`, :mod:`records`) and keeps ~24-32
+  normalises it to the training record (:mod:`formats`, :mod:`records`) and keeps 24-40
   bytes of facts per valid row in flat arrays (16-byte SHA-256 prefix, lengths, label id).
   With an output directory it also spools each record line to a hidden file in ``out_dir``
   (written on a background thread, :mod:`bgio`).
@@ -14,8 +14,8 @@ Output record (one compact JSON line)::
 
     {"messages":[{"role":"user","content":"..."},{"role":"assistant","content":"..."}],"label":null}
 
-Memory: the per-row arrays (about 32 MB per million rows) plus fixed-size read/write
-buffers; no row text is kept. Issue codes are listed in :mod:`issues`.
+Memory: the per-row arrays (24-40 MB per million rows; the stats are exact, computed from
+them) plus fixed-size read/write buffers; no row text is kept. Issue codes are listed in :mod:`issues`.
 """
 
 from __future__ import annotations
