@@ -1,10 +1,9 @@
 """Pass 1: stream the file once, validate and normalise every line, record small per-row facts.
 
-For each valid row the scan keeps only fixed-size facts (16-byte digest, character and
-estimated token length, a label id when the file has labels, the record length when
-spooling: 24-40 bytes a row) in
-compact arrays; line numbers are rebuilt from the few lines that were not rows. Dedup, stats
-and the split are computed from these afterwards. When given a spool stream it also writes
+For each valid row the scan keeps only fixed-size facts in compact arrays (16-byte digest,
+character and estimated token length, a label id when the file has labels, the record
+length when spooling: 24-40 bytes a row); line numbers are rebuilt from the few lines that
+were not rows. Dedup, stats and the split are computed from these afterwards. When given a spool stream it also writes
 each valid row's canonical record line there, so pass 2 never parses JSON again.
 """
 
