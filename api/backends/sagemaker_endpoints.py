@@ -296,13 +296,17 @@ class SageMakerEndpoints:
         return found
 
     def _tags(self, arn: str) -> dict[str, str] | None:
-        """The resource's tags; None when it vanished between the listing and this call."""
+        """The resource's tags; None when it vanished between the listing and this call, or when
+        we may not read them (IAM may scope ``ListTags`` to our own names: then it is not ours)."""
         tags: dict[str, str] = {}
         try:
             for page in self.sagemaker.get_paginator("list_tags").paginate(ResourceArn=arn):
                 tags.update({t["Key"]: t["Value"] for t in page.get("Tags", [])})
         except ClientError as exc:
             if _not_found(exc):
+                return None
+            if _error_code(exc) in ("AccessDeniedException", "AccessDenied"):
+                log.debug("no access to the tags of %s; not ours", arn)
                 return None
             raise
         return tags

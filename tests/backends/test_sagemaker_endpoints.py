@@ -600,6 +600,36 @@ def test_list_managed_skips_untagged_endpoints(backend: SageMakerEndpoints, clie
     assert {m.name for m in backend.list_managed()} == {"fastuner-dep-second"}
 
 
+def test_list_managed_skips_endpoints_whose_tags_it_may_not_read(
+    backend: SageMakerEndpoints, clients: dict[str, Any]
+) -> None:
+    """IAM may scope ListTags to our own names; someone else's endpoint is then simply not ours."""
+    backend.create_endpoint(make_spec())
+    sm = clients["sagemaker"]
+    sm.create_model(ModelName="theirs", PrimaryContainer={"Image": IMAGE_URI}, ExecutionRoleArn=ROLE_ARN)
+    sm.create_endpoint_config(
+        EndpointConfigName="theirs",
+        ProductionVariants=[
+            {"VariantName": "v", "ModelName": "theirs", "InstanceType": INSTANCE, "InitialInstanceCount": 1}
+        ],
+    )
+    sm.create_endpoint(EndpointName="theirs", EndpointConfigName="theirs")
+    denied = aws_error(400, "AccessDeniedException", "not authorized to perform: sagemaker:ListTags")
+    refused: list[bytes] = []
+
+    def list_tags(request: Any, **_: Any) -> AWSResponse | None:
+        if b"endpoint/theirs" not in (request.body or b""):
+            return None
+        refused.append(request.body)
+        response = denied(request)
+        request.url = "https://answered-by-test.invalid/"
+        return response
+
+    hook(sm, "before-send.sagemaker.ListTags", list_tags)
+    assert [m.name for m in backend.list_managed()] == [NAME]
+    assert len(refused) == 1
+
+
 def test_list_managed_pages(backend: SageMakerEndpoints, clients: dict[str, Any]) -> None:
     for i in range(3):
         backend.create_endpoint(make_spec(endpoint_name=f"fastuner-dep-{i}", deployment_id=f"dep_{i}"))
