@@ -407,6 +407,9 @@ def invocation_error(exc: ClientError) -> InvocationError | BackendError:
             raw_status = match.group(1)
         if raw_body is None and match:
             raw_body = match.group(2)
+        if raw_status is None and "timed out" in message.lower():
+            # SageMaker gives the container 60 s to answer.
+            return InvocationError(504, "invocation_timeout", message)
         try:
             status = int(str(raw_status))
         except ValueError:

@@ -530,6 +530,12 @@ def test_invoke_maps_a_non_json_server_error(backend: SageMakerEndpoints, client
         ),
         ("ValidationError", 400, "Request body too large", (400, "invalid_request")),
         ("ModelNotReadyException", 429, "Model not ready", (503, "model_loading")),
+        (
+            "ModelError",
+            424,
+            "Your invocation timed out while waiting for a response from container primary.",
+            (504, "invocation_timeout"),
+        ),
     ],
 )
 def test_invoke_maps_runtime_errors(
