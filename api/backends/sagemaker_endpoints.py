@@ -24,7 +24,11 @@ Contract with the service:
   the names alone (``state`` may be empty, e.g. for an orphan found by ``list_managed``).
 * ``invoke`` raises :class:`~api.backends.endpoints.InvocationError` with the container's own
   status and ``{code, message}`` when the server answered an error (SageMaker reports it as a
-  ``ModelError``); AWS-side failures (throttling, endpoint unavailable) are ``BackendError``.
+  ``ModelError``; e.g. 404 ``adapter_not_found``), 504 ``invocation_timeout`` when the container
+  did not answer within SageMaker's 60 s, 503 ``model_loading`` for ``ModelNotReadyException``,
+  404 ``endpoint_not_found`` / 400 ``invalid_request`` for SageMaker's own validation errors.
+  AWS-side failures (throttling, service unavailable, after botocore's retries) are
+  ``BackendError`` (``transient`` set), and so is a 200 answer that is not a JSON object.
 * ``list_managed`` returns only endpoints tagged ``fastuner:managed=true`` (never one we did not
   create), skipping those already ``Deleting``.
 
