@@ -4,16 +4,16 @@ Everything goes through HTTP (``TestClient``) plus ``POST /v0/finetune/reconcile
 plays SageMaker's part by moving moto's training job through its states, writing its CloudWatch
 log lines and uploading its ``model.tar.gz`` where SageMaker would. Covered: the exact
 ``CreateTrainingJob`` request (on-demand and spot), every status mapping as the API shows it,
-metrics from the log, adapter registration from the archive (and nothing half-registered without
-one), cancel through the stop seam, throttling and idempotent start, and preflight refusals
-before any compute.
+metrics from the log, adapter registration from the archive (nothing half-registered without a
+usable one; retried for a grace period, then the job fails), cancel through the stop seam,
+throttling and idempotent start, and preflight refusals before any compute.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 from botocore.retries.standard import ExponentialBackoff
 from scu.metrics_format import METRIC_DEFINITIONS, format_eval_line, format_train_line, parse_line
 
+from api.services.finetune.reconciler import REGISTER_GRACE
 from tests.e2e.sagemaker_support import (
     BUCKET,
     IMAGE_URI,
@@ -294,6 +295,39 @@ def test_completed_without_a_usable_model_registers_nothing(
     report = env.reconcile()
     assert report["errors"] == [] and len(report["adapters_registered"]) == 1
     assert env.job(ft)["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("archive", "error"),
+    [
+        (None, "left no model"),
+        ({"eval.json": b"{}", "adapter_model.safetensors": b"x"}, "adapter_config.json"),
+        ({**ADAPTER_FILES, "../escape.json": b"{}"}, "unsafe path"),
+    ],
+    ids=["no-archive", "no-adapter-config", "unsafe-archive"],
+)
+def test_a_model_that_stays_unusable_fails_the_job_after_a_grace_period(
+    env: SageMakerEnv, archive: dict[str, bytes] | None, error: str
+) -> None:
+    ds = env.upload_dataset()
+    ft = env.started(ds["id"])["id"]
+    if archive is not None:
+        env.put_model(ft, archive)
+    ended = datetime.now(UTC) - REGISTER_GRACE - timedelta(minutes=1)
+    env.set_state(ft, "Completed", "Completed", training_end_time=ended, billable_time_in_seconds=300)
+    before = env.keys()
+
+    report = env.reconcile()
+    assert report["transitions"] == [f"{ft}: provisioning → failed"] and report["errors"] == []
+    job = env.job(ft)
+    assert (job["status"], job["adapter_id"], job["billable_seconds"]) == ("failed", None, 300)
+    assert job["failure_reason"].startswith("training completed but its model could not be registered")
+    assert error in job["failure_reason"]
+    assert env.events(ft)[-1]["data"]["reason"] == job["failure_reason"]
+    assert env.keys() == before and env.keys(f"{TENANT}/adapters/") == []
+    assert env.client.get("/v0/adapters").json()["items"] == []
+    assert not any(env.settings.work_dir.iterdir())
+    assert env.reconcile()["checked"] == 0
 
 
 def test_failed_job_surfaces_the_reason(env: SageMakerEnv) -> None:

@@ -23,6 +23,7 @@ from api.db import models
 from api.db.repositories import jobs as repo
 from api.db.session import Database
 from api.domain.enums import JobStatus
+from api.domain.errors import FastunerError
 from api.domain.metrics import parse_metric_records
 from api.logging import get_logger, job_id_var
 from api.settings import Settings
@@ -30,6 +31,9 @@ from api.storage.base import ObjectStore, upload_dir
 
 log = get_logger("reconciler")
 LAUNCH_GRACE = timedelta(minutes=10)
+# How long after a backend reports completion a model that cannot be fetched or is unusable (no
+# archive, no adapter_config.json, an unsafe or corrupt archive) is retried before the job fails.
+REGISTER_GRACE = timedelta(minutes=15)
 
 
 @dataclass
@@ -163,12 +167,22 @@ class Reconciler:
         prefix = adapter_prefix(tenant_id, adapter_id)
         work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=_mkdir(self.settings.work_dir)))
         try:
-            self.backend.fetch_model(name, state, work)
-            if not (work / "adapter_config.json").is_file():
-                raise ValueError("the job's output holds no adapter_config.json")
-            eval_metrics = _read_json(work / "eval.json")
-            config = _read_json(work / "fastuner_config.json")
-            final_metrics = _read_jsonl(work / "metrics.jsonl")
+            try:
+                self.backend.fetch_model(name, state, work)
+                if not (work / "adapter_config.json").is_file():
+                    raise ValueError("the job's output holds no adapter_config.json")
+                eval_metrics = _read_json(work / "eval.json")
+                config = _read_json(work / "fastuner_config.json")
+                final_metrics = _read_jsonl(work / "metrics.jsonl")
+            except Exception as exc:
+                # Retried on every pass for a while (an upload may lag); then the job fails
+                # rather than staying "running" forever.
+                ended = observed.ended_at
+                if ended is None or datetime.now(UTC) - ended <= REGISTER_GRACE:
+                    raise
+                reason = exc.message if isinstance(exc, FastunerError) else f"{type(exc).__name__}: {exc}"
+                self._fail_registration(tenant_id, job_id, observed, reason, report)
+                return
             try:
                 upload_dir(self.store, work, prefix)
             except Exception:
@@ -216,6 +230,28 @@ class Reconciler:
         report.adapters_registered.append(adapter_id)
         report.transitions.append(f"{job_id}: → completed")
         log.info("adapter registered", extra={"adapter_id": adapter_id})
+
+
+    def _fail_registration(
+        self, tenant_id: str, job_id: str, observed: TrainingStatus, reason: str, report: ReconcileReport
+    ) -> None:
+        reason = f"training completed but its model could not be registered: {reason}"
+        with self.db.session() as session:
+            job = repo.get(session, tenant_id, job_id)
+            if job is None or JobStatus(job.status).terminal:
+                return
+            before = job.status
+            if repo.compare_and_set(
+                session, job, status=JobStatus.FAILED.value, failure_reason=reason,
+                secondary_status=observed.secondary_status, ended_at=observed.ended_at or datetime.now(UTC),
+                billable_seconds=observed.billable_seconds, started_at=job.started_at or observed.started_at,
+            ):  # fmt: skip
+                repo.add_event(
+                    session, tenant_id, job_id, "status", f"{before} → failed",
+                    secondary=observed.secondary_status, reason=reason,
+                )  # fmt: skip
+                report.transitions.append(f"{job_id}: {before} → failed")
+                log.warning("model not registrable; job failed", extra={"reason": reason})
 
 
 def _mkdir(path: Path) -> Path:
