@@ -248,10 +248,21 @@ def main() -> None:
             return
         ratio = best["ours"]["rps"] / best["baseline"]["rps"]
         median_ratio = best["ours"]["median_rps"] / best["baseline"]["median_rps"]
+        # Each ours run is followed by a baseline run: their ratio sees about the same load.
+        paired = statistics.median(
+            b["seconds"] / o["seconds"] for o, b in zip(runs["ours"], runs["baseline"], strict=True)
+        )
+        cpu_ratio = statistics.median(r["cpu_seconds"] for r in runs["baseline"]) / statistics.median(
+            r["cpu_seconds"] for r in runs["ours"]
+        )
         rss_ok = best["ours"]["rss"] <= RSS_TARGET_MB
         print(
-            f"ratio (ours/baseline rows/s): best {ratio:.2f}x, median {median_ratio:.2f}x;"
-            f"  target >= {RATIO_TARGET:.0f}x: {'PASS' if ratio >= RATIO_TARGET else 'FAIL'};"
+            f"ratio (ours/baseline rows/s): best {ratio:.2f}x, median {median_ratio:.2f}x,"
+            f" median of back-to-back pairs {paired:.2f}x; CPU-seconds ratio {cpu_ratio:.2f}x",
+            flush=True,
+        )
+        print(
+            f"target >= {RATIO_TARGET:.0f}x (best-of): {'PASS' if ratio >= RATIO_TARGET else 'FAIL'};"
             f"  ours peak RSS <= {RSS_TARGET_MB:.0f} MB: {'PASS' if rss_ok else 'FAIL'}",
             flush=True,
         )
