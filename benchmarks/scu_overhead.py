@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -180,7 +181,7 @@ def hf_worker(args: argparse.Namespace) -> None:
         max_steps=args.steps,
         learning_rate=cfg["learning_rate"],
         lr_scheduler_type=cfg["lr_scheduler"],
-        warmup_ratio=cfg["warmup_ratio"],
+        warmup_steps=math.ceil(cfg["warmup_ratio"] * args.steps),
         weight_decay=cfg["weight_decay"],
         max_grad_norm=cfg["max_grad_norm"],
         logging_steps=10**6,
