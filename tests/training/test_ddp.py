@@ -27,3 +27,40 @@ def test_two_process_ddp_run(make_root: Callable[..., Path]) -> None:
     assert (root / "model" / "adapter_model.safetensors").exists()
     report = json.loads((root / "model" / "eval.json").read_text())
     assert report["rows"] == 16 and report["tokens"] > 0
+
+
+def test_sigterm_reaches_ddp_workers_and_resume_completes(make_root: Callable[..., Path]) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from scu.paths import EXIT_INTERRUPTED
+
+    from tests.training.support import entry_env
+
+    root = make_root(n_train=48, num_processes=2, batch_size=4, grad_accum=1, epochs=2, log_every=1)
+    metrics = root / "output" / "data" / "metrics.jsonl"
+    log = root / "launcher.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "scu.entry", "train"],
+            env=entry_env(root, {"FASTUNER_SCU_TEST_STEP_SLEEP": "0.3"}),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not (
+            metrics.exists() and len(metrics.read_text().splitlines()) >= 3
+        ):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)  # to the launcher only, as SageMaker does
+        proc.wait(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, log.read_text()[-4000:]
+    status = json.loads((root / "output" / "data" / "status.json").read_text())
+    assert status["status"] == "interrupted" and 3 <= status["step"] < 12
+    resumed = run_entry(root)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert steps == list(range(1, 13))  # 48 rows / (4 x 2 ranks) = 6 steps per epoch, 2 epochs
