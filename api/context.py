@@ -44,7 +44,8 @@ class AppContext:
         endpoints: EndpointBackend | None = None,
     ) -> AppContext:
         db = Database(settings.resolved_database_url)
-        db.migrate()
+        if settings.auto_migrate:
+            db.migrate()
         store = store or make_store(settings)
         backend = backend or make_backend(settings, store)
         endpoints = endpoints or make_endpoint_backend(settings, store)

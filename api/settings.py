@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     janitor_interval_seconds: Annotated[float, Field(gt=0)] = 30.0
     orphan_grace_seconds: Annotated[int, Field(ge=0)] = 900
     default_inference_instance_type: str = "ml.g5.xlarge"
+    auto_migrate: bool = Field(default=True, description="run `alembic upgrade head` when the app starts")
     background_tasks: bool = Field(default=True, description="run the reconciler loop in the API process")
     # Local backend: the Python that runs the training/inference entrypoints.
     local_python: str | None = None

@@ -105,7 +105,11 @@ class ValidationReport(BaseModel):
     split_counts: dict[str, int] = {}
     label_distribution: dict[str, dict[str, int]] | None = None
     char_length: LengthStats | None = None
-    token_length: LengthStats | None = None
+    token_length: LengthStats | None = Field(
+        default=None,
+        description="ESTIMATED tokens per row (no tokenizer in the control plane): a quarter token per "
+        "ASCII character plus one per non-ASCII character, rounded up; see records.estimate_tokens",
+    )
     content_sha256: str | None = None
 
 

@@ -90,6 +90,10 @@ class DeploymentService:
         except Exception as exc:
             reason = exc.message if isinstance(exc, FastunerError) else f"{type(exc).__name__}: {exc}"
             self._fail(tenant_id, deployment_id, f"create failed: {reason}")
+            try:  # remove whatever part of the endpoint was created; the orphan sweep is the backstop
+                self.backend.delete_endpoint(spec.endpoint_name, {})
+            except Exception:
+                log.exception("cleanup after a failed create failed", extra={"deployment_id": deployment_id})
             raise BackendError(f"could not create deployment {deployment_id}: {reason}") from exc
         with self.db.session() as session:
             current = self._row(session, tenant_id, deployment_id)
@@ -257,7 +261,7 @@ def teardown(
         name, state = current.endpoint_name, dict(current.backend_state)
         version = current.version
     try:
-        if name is not None and state:
+        if name is not None:  # even with no state: a half-finished create may have left parts behind
             backend.delete_endpoint(name, state)
     except Exception as exc:
         with db.session() as session:

@@ -229,6 +229,11 @@ class Reconciler:
             return
         report.adapters_registered.append(adapter_id)
         report.transitions.append(f"{job_id}: → completed")
+        # The adapter is safe; the job's checkpoints (spot resumption) are not needed any more.
+        try:
+            self.store.delete_prefix(f"{tenant_id}/jobs/{job_id}/checkpoints/")
+        except Exception:
+            log.warning("could not delete the checkpoints of a completed job", exc_info=True)
         log.info("adapter registered", extra={"adapter_id": adapter_id})
 
 
