@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from api.backends.base import ComputeBackend
-from api.backends.endpoint_factory import make_endpoint_backend
 from api.backends.endpoints import EndpointBackend
-from api.backends.factory import make_backend
+from api.backends.factory import make_backend, make_endpoint_backend
 from api.db.session import Database
 from api.services.adapters import AdapterService
 from api.services.datasets.service import DatasetService

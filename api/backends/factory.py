@@ -1,29 +1,48 @@
-"""Build the configured compute backend."""
+"""Build the configured compute backends (training jobs and inference endpoints)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from api.backends.base import ComputeBackend
+from api.backends.endpoints import EndpointBackend
 from api.backends.local import LocalBackend
+from api.backends.local_endpoints import LocalEndpoints
 from api.domain.errors import BadRequest
 from api.settings import Settings
 from api.storage.base import ObjectStore
+
+if TYPE_CHECKING:
+    from api.storage.s3 import S3Store
+
+
+def _sagemaker_prerequisites(
+    settings: Settings, store: ObjectStore, image_uri: str | None, what: str
+) -> tuple[S3Store, str, str]:
+    from api.storage.s3 import S3Store
+
+    if not isinstance(store, S3Store):
+        raise BadRequest("the sagemaker backend needs the s3 store")
+    if not image_uri or not settings.sagemaker_role_arn:
+        raise BadRequest(
+            f"the sagemaker backend needs FASTUNER_{what}_IMAGE_URI and FASTUNER_SAGEMAKER_ROLE_ARN"
+        )
+    return store, image_uri, settings.sagemaker_role_arn
 
 
 def make_backend(settings: Settings, store: ObjectStore) -> ComputeBackend:
     if settings.backend == "sagemaker":
         from api.backends.sagemaker import SageMakerBackend
-        from api.storage.s3 import S3Store
 
-        if not isinstance(store, S3Store):
-            raise BadRequest("the sagemaker backend needs the s3 store")
-        if not settings.training_image_uri or not settings.sagemaker_role_arn:
-            raise BadRequest(
-                "the sagemaker backend needs FASTUNER_TRAINING_IMAGE_URI and FASTUNER_SAGEMAKER_ROLE_ARN"
-            )
-        return SageMakerBackend(
-            store,
-            image_uri=settings.training_image_uri,
-            role_arn=settings.sagemaker_role_arn,
-            region=settings.aws_region,
-        )
+        s3, image, role = _sagemaker_prerequisites(settings, store, settings.training_image_uri, "TRAINING")
+        return SageMakerBackend(s3, image_uri=image, role_arn=role, region=settings.aws_region)
     return LocalBackend(store, settings.work_dir / "jobs", python=settings.local_python)
+
+
+def make_endpoint_backend(settings: Settings, store: ObjectStore) -> EndpointBackend:
+    if settings.backend == "sagemaker":
+        from api.backends.sagemaker_endpoints import SageMakerEndpoints
+
+        s3, image, role = _sagemaker_prerequisites(settings, store, settings.inference_image_uri, "INFERENCE")
+        return SageMakerEndpoints(s3, image_uri=image, role_arn=role, region=settings.aws_region)
+    return LocalEndpoints(store, settings.work_dir / "endpoints", python=settings.local_python)
