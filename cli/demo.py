@@ -62,7 +62,16 @@ def main() -> None:
     run("finetune", "metrics", job.id)
     run("adapters", "get", job.adapter_id)
     run("deployments", "create", job.adapter_id, "--ttl", "10m")
-    run("inference", "run", "--adapter", job.adapter_id, "--input", "Shout this: amber lotus", "--max-new-tokens", "12")
+    run(
+        "inference",
+        "run",
+        "--adapter",
+        job.adapter_id,
+        "--input",
+        "Shout this: amber lotus",
+        "--max-new-tokens",
+        "12",
+    )
     run("costs")
     with connect(None) as client:
         deployment = client.list_deployments(limit=1, live=True)[0][0]

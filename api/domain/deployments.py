@@ -110,3 +110,27 @@ class JanitorReport(BaseModel):
     actions: list[JanitorAction]
     hourly_savings_usd: float
     details: dict[str, Any] = {}
+
+
+BATCH_INPUT_KEYS = ("messages", "input", "prompt", "inputs", "instruction")
+
+
+def parse_batch_line(line: str) -> str | list[ChatMessage]:
+    """One line of a batch file: a plain prompt, a JSON string, or an object with one of
+    ``messages`` / ``input`` / ``prompt`` / ``inputs`` / ``instruction``. Raises ValueError."""
+    import json
+
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return line.strip()
+    if isinstance(obj, str):
+        return obj
+    if isinstance(obj, dict):
+        for key in BATCH_INPUT_KEYS:
+            value = obj.get(key)
+            if isinstance(value, str) or (
+                isinstance(value, list) and all(isinstance(m, dict) for m in value)
+            ):
+                return value
+    raise ValueError("expected a prompt string or an object with input, prompt or messages")

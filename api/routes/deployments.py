@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
-from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Query, Request, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from api.deps import Ctx, Tenant
 from api.domain.deployments import (
     Deployment,
     DeploymentRequest,
+    GenerationParameters,
     InferenceRequest,
     InferenceResponse,
     JanitorReport,
+    parse_batch_line,
 )
+from api.domain.errors import BadRequest, FastunerError
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 inference_router = APIRouter(tags=["inference"])
@@ -64,6 +71,78 @@ async def delete_deployment(deployment_id: str, ctx: Ctx, tenant: Tenant) -> Dep
 async def inference(req: InferenceRequest, ctx: Ctx, tenant: Tenant) -> InferenceResponse:
     """Generate with an adapter (or a deployment's base model); resets the deployment's idle clock."""
     return await run_in_threadpool(ctx.deployments.infer, tenant, req)
+
+
+_BATCH_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "JSONL or one prompt per line",
+                        },
+                        "adapter_id": {"type": "string"},
+                        "deployment_id": {"type": "string"},
+                        "parameters": {"type": "string", "description": "GenerationParameters as JSON"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@inference_router.post(
+    "/inference/batch",
+    response_class=StreamingResponse,
+    openapi_extra=_BATCH_DOC,
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+async def inference_batch(request: Request, ctx: Ctx, tenant: Tenant) -> StreamingResponse:
+    """Generate for every line of an uploaded file; streams one JSON result (or error) per line."""
+    form = await request.form(max_files=1, max_fields=4)
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise BadRequest("multipart field 'file' is required")
+        text = (await upload.read()).decode("utf-8")
+        target = {k: v for k in ("adapter_id", "deployment_id") if isinstance(v := form.get(k), str) and v}
+        raw_params = form.get("parameters")
+        params = GenerationParameters.model_validate_json(raw_params if isinstance(raw_params, str) else "{}")
+    except UnicodeDecodeError as exc:
+        raise BadRequest("the batch file must be UTF-8") from exc
+    except ValidationError as exc:
+        raise BadRequest(f"parameters: {exc.errors()[0]['msg']}") from exc
+    finally:
+        await form.close()
+    await run_in_threadpool(
+        ctx.deployments.resolve_target, tenant, target.get("deployment_id"), target.get("adapter_id")
+    )
+    lines = [line for line in text.splitlines() if line.strip()]
+
+    def results() -> Iterator[bytes]:
+        for number, line in enumerate(lines, 1):
+            record: dict[str, Any] = {"line": number}
+            try:
+                inputs = parse_batch_line(line)
+                record["input"] = inputs
+                resp = ctx.deployments.infer(
+                    tenant, InferenceRequest(inputs=inputs, parameters=params, **target)
+                )
+                record.update(resp.outputs[0].model_dump())
+            except ValueError as exc:
+                record["error"] = {"code": "invalid_line", "message": str(exc)}
+            except FastunerError as exc:
+                record["error"] = {"code": exc.code, "message": exc.message}
+            yield (json.dumps(record) + "\n").encode()
+
+    return StreamingResponse(iterate_in_threadpool(results()), media_type="application/x-ndjson")
 
 
 @ops_router.get("/costs", response_model=Costs)

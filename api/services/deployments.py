@@ -177,26 +177,34 @@ class DeploymentService:
         return changed
 
     # -- inference ----------------------------------------------------------------------------
-    def infer(self, tenant_id: str, req: InferenceRequest) -> InferenceResponse:
+    def resolve_target(
+        self, tenant_id: str, deployment_id: str | None, adapter_id: str | None
+    ) -> models.DeploymentRow:
+        """The in-service deployment a request goes to: the one named, or one serving the adapter."""
         with self.db.session() as session:
-            if req.deployment_id:
-                row = self._row(session, tenant_id, req.deployment_id)
-                if req.adapter_id and req.adapter_id not in row.adapter_ids:
-                    raise BadRequest(f"deployment {row.id} does not serve adapter {req.adapter_id}")
+            if deployment_id:
+                row = self._row(session, tenant_id, deployment_id)
+                if adapter_id and adapter_id not in row.adapter_ids:
+                    raise BadRequest(f"deployment {row.id} does not serve adapter {adapter_id}")
             else:
-                assert req.adapter_id is not None
-                if jobs_repo.adapter(session, tenant_id, req.adapter_id) is None:
-                    raise NotFound(f"adapter {req.adapter_id} not found")
-                found = repo.serving_adapter(session, tenant_id, req.adapter_id)
+                if not adapter_id:
+                    raise BadRequest("give deployment_id or adapter_id")
+                if jobs_repo.adapter(session, tenant_id, adapter_id) is None:
+                    raise NotFound(f"adapter {adapter_id} not found")
+                found = repo.serving_adapter(session, tenant_id, adapter_id)
                 if found is None:
                     raise Conflict(
-                        f"no deployment in service serves adapter {req.adapter_id}; "
+                        f"no deployment in service serves adapter {adapter_id}; "
                         "create one with POST /v0/deployments (fastuner deployments create)"
                     )
                 row = found
             if row.status != DeploymentStatus.IN_SERVICE.value:
                 raise Conflict(f"deployment {row.id} is {row.status}, not in service")
-            name, state = row.endpoint_name, dict(row.backend_state)
+            return row
+
+    def infer(self, tenant_id: str, req: InferenceRequest) -> InferenceResponse:
+        row = self.resolve_target(tenant_id, req.deployment_id, req.adapter_id)
+        name, state = row.endpoint_name, dict(row.backend_state)
         assert name is not None
         payload = {
             "inputs": req.inputs,

@@ -10,7 +10,13 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from api.domain.deployments import Deployment, DeploymentRequest, GenerationParameters, InferenceRequest
+from api.domain.deployments import (
+    Deployment,
+    DeploymentRequest,
+    GenerationParameters,
+    InferenceRequest,
+    parse_batch_line,
+)
 from cli.durations import Duration, format_duration
 from cli.output import console, kv_table, print_json, table
 from cli.state import State, pass_state
@@ -178,16 +184,9 @@ def batch(state: State, file: Path, output: Path, adapter_id: str | None, deploy
 
 def _batch_input(line: str, number: int) -> Any:
     try:
-        obj = json.loads(line)
-    except ValueError:
-        return line
-    if isinstance(obj, str):
-        return obj
-    if isinstance(obj, dict):
-        for key in ("messages", "input", "prompt", "inputs", "instruction"):
-            if key in obj:
-                return obj[key]
-    raise click.UsageError(f"line {number}: expected a string or an object with input/prompt/messages")
+        return parse_batch_line(line)
+    except ValueError as exc:
+        raise click.UsageError(f"line {number}: {exc}") from exc
 
 
 @click.group()

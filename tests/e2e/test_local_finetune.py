@@ -76,6 +76,12 @@ def test_train_survives_restart_and_registers_adapter(tmp_path: Path, tiny_model
         assert steps == sorted(set(steps)) and steps[-1] == 12
         kinds = [e["message"] for e in second.get(f"/v0/finetune/{job['id']}/events").json()]
         assert kinds[:2] == ["job queued", "queued → provisioning"] and "running → completed" in kinds
+        with second.stream("GET", f"/v0/finetune/{job['id']}/metrics", params={"follow": "true"}) as sse:
+            assert sse.headers["content-type"].startswith("text/event-stream")
+            body = sse.read().decode()
+        events = [line.split(": ", 1)[1] for line in body.splitlines() if line.startswith("event: ")]
+        assert events.count("metric") == len(steps) and events[-1] == "status"
+        assert '"status": "completed"' in body  # the stream ends with the job
         archive = second.get(f"/v0/adapters/{done['adapter_id']}/download")
         assert archive.status_code == 200
     out = tmp_path / "adapter.tar.gz"

@@ -122,6 +122,24 @@ def test_create_serve_and_delete_on_sagemaker(client: TestClient) -> None:
     costs = client.get("/v0/costs").json()
     assert costs["hourly_usd"] == pytest.approx(0.736)
 
+    for text in ("AMBER", "OPAL"):
+        answer["outputs"][0]["generated_text"] = text  # type: ignore[index]
+        runtime.results_queue.append((json.dumps(answer), "application/json", "AllTraffic", ""))
+    batch = client.post(
+        "/v0/inference/batch",
+        data={"adapter_id": "adp_bbbb00000002", "parameters": json.dumps({"max_new_tokens": 4})},
+        files={"file": ("p.jsonl", b'{"input": "amber"}\n{"nothing": 1}\n"opal"\n', "application/x-ndjson")},
+    )
+    assert batch.status_code == 200 and batch.headers["content-type"].startswith("application/x-ndjson")
+    rows = [json.loads(line) for line in batch.text.splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3]
+    assert rows[0]["generated_text"] == "AMBER" and rows[2]["generated_text"] == "OPAL"
+    assert rows[1]["error"]["code"] == "invalid_line"
+    nobody = client.post(
+        "/v0/inference/batch", data={"adapter_id": "adp_nope"}, files={"file": ("p", b"x\n")}
+    )
+    assert nobody.status_code == 404 and nobody.json()["code"] == "not_found"
+
     gone = client.delete(f"/v0/deployments/{dep['id']}").json()
     assert gone["status"] == "deleted"
     moto = _sagemaker()

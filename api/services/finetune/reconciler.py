@@ -236,7 +236,6 @@ class Reconciler:
             log.warning("could not delete the checkpoints of a completed job", exc_info=True)
         log.info("adapter registered", extra={"adapter_id": adapter_id})
 
-
     def _fail_registration(
         self, tenant_id: str, job_id: str, observed: TrainingStatus, reason: str, report: ReconcileReport
     ) -> None:
