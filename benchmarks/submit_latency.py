@@ -49,6 +49,7 @@ SAMPLE = REPO / "examples" / "uppercase.jsonl"
 STEP_MARK = b"[scu] step="
 POLL_S = 0.005
 TIMEOUT_S = 300.0
+SERVER_PIDS: dict[str, int] = {}  # kind -> pid of the running server subprocess
 
 
 # -- servers (each runs in its own subprocess: ``submit_latency.py --serve api|bare``) ----------
@@ -113,6 +114,7 @@ def server(kind: str, work: Path, env: dict[str, str], body: Path | None = None)
                 tail = (work / f"server-{kind}.log").read_text(errors="replace")[-3000:]
                 raise SystemExit(f"the {kind} server did not start:\n{tail}")
             time.sleep(0.05)
+        SERVER_PIDS[kind] = proc.pid
         yield url
     finally:
         proc.send_signal(signal.SIGINT)
@@ -179,6 +181,7 @@ def control_plane_run(
 ) -> tuple[dict[str, float], Path]:
     body = {"dataset_id": dataset_id, "base_model": str(model), "max_steps": hp["max_steps"],
             "hyperparameters": {k: v for k, v in hp.items() if k != "max_steps"}}  # fmt: skip
+    api_cpu = proc_cpu(SERVER_PIDS["api"])
     t0 = time.time()
     resp = client.post("/v0/finetune", json=body)
     t1 = time.time()
@@ -191,6 +194,7 @@ def control_plane_run(
     runner = int(json.loads((root / "launch.json").read_text())["pid"])
     engine = child_of(runner)
     cpu = proc_cpu(engine)
+    api_cpu = proc_cpu(SERVER_PIDS["api"]) - api_cpu
     t_engine = proc_start(engine)
     while not client.get(f"/v0/finetune/{job['id']}/metrics").json():
         if time.time() - t0 > TIMEOUT_S:
@@ -210,6 +214,7 @@ def control_plane_run(
         "engine_to_step": t_step - t_engine,
         "total": t_step - t0,
         "engine_cpu": cpu,
+        "api_cpu": api_cpu,
         "api": t_api - t0,
     }
     return times, root
@@ -222,6 +227,7 @@ def direct_run(prepared: Path, work: Path, index: int, env: dict[str, str]) -> d
     for sub in ("model", "checkpoints", "output/data"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     log = root / "logs.txt"
+    api_cpu = proc_cpu(SERVER_PIDS["api"])  # idle here, but running: the same machine as the other runs
     with log.open("ab") as fh:
         t0 = time.time()
         proc = subprocess.Popen(
@@ -232,6 +238,7 @@ def direct_run(prepared: Path, work: Path, index: int, env: dict[str, str]) -> d
     try:
         t_step = wait_for_step(log, proc)
         cpu = proc_cpu(proc.pid)
+        api_cpu = proc_cpu(SERVER_PIDS["api"]) - api_cpu
         t_engine = proc_start(proc.pid)
     finally:
         if proc.poll() is None:
@@ -246,10 +253,13 @@ def direct_run(prepared: Path, work: Path, index: int, env: dict[str, str]) -> d
         "engine_to_step": t_step - t_engine,
         "total": t_step - t0,
         "engine_cpu": cpu,
+        "api_cpu": api_cpu,
     }
 
 
-def bench_submit(args: argparse.Namespace, url: str, home: Path, work: Path, env: dict[str, str], model: Path) -> tuple[dict[str, list[float]], dict[str, list[float]], str]:  # fmt: skip
+def bench_submit(
+    args: argparse.Namespace, url: str, home: Path, work: Path, env: dict[str, str], model: Path
+) -> tuple[dict[str, list[float]], dict[str, list[float]], str]:
     hp = {"max_steps": args.steps, "log_every": 1, "checkpoint_every": 10_000}
     cp: dict[str, list[float]] = {}
     direct: dict[str, list[float]] = {}
@@ -286,7 +296,9 @@ def bench_submit(args: argparse.Namespace, url: str, home: Path, work: Path, env
 
 
 # -- (b) GET latency under concurrent clients ------------------------------------------------------
-async def load(url: str, clients: int, requests: int, max_seconds: float, warmup: int) -> tuple[list[float], float]:  # fmt: skip
+async def load(
+    url: str, clients: int, requests: int, max_seconds: float, warmup: int
+) -> tuple[list[float], float]:
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
         await asyncio.gather(*(client.get(url) for _ in range(max(warmup, clients))))
@@ -313,6 +325,37 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
+def bench_get(args: argparse.Namespace, api_url: str, job_id: str, work: Path, env: dict[str, str]) -> None:
+    body = httpx.get(f"{api_url}/v0/finetune/{job_id}", timeout=30).json()
+    body_file = work / "job.json"
+    body_file.write_text(json.dumps(body))
+    print(
+        f"(b) GET /v0/finetune/{{id}}: {args.clients} clients, {args.requests} requests x "
+        f"{args.rounds} rounds per target (<= {args.max_seconds:g} s each); body {len(json.dumps(body))} B"
+    )
+    results: dict[str, list[float]] = {"bare": [], "api": []}
+    elapsed: dict[str, float] = {"bare": 0.0, "api": 0.0}
+    with server("bare", work, env, body_file) as bare_url:
+        urls = {"bare": f"{bare_url}/v0/finetune/{job_id}", "api": f"{api_url}/v0/finetune/{job_id}"}
+        for r in range(args.rounds):
+            order = ["bare", "api"] if r % 2 == 0 else ["api", "bare"]
+            for target in order:
+                lat, secs = asyncio.run(
+                    load(urls[target], args.clients, args.requests, args.max_seconds, warmup=200)
+                )
+                results[target] += lat
+                elapsed[target] += secs
+    print(f"    {'':<22}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'requests':>10}")
+    stats = {}
+    for target, label in (("bare", "bare FastAPI endpoint"), ("api", "fastuner API")):
+        lat = results[target]
+        stats[target] = (pct(lat, 50) * 1000, pct(lat, 99) * 1000, len(lat) / elapsed[target])
+        p50, p99, rps = stats[target]
+        print(f"    {label:<22}{p50:>10.2f}{p99:>10.2f}{rps:>10.0f}{len(lat):>10}")
+    ratio = [stats["api"][i] / stats["bare"][i] for i in range(3)]
+    print(f"    {'ratio api / bare':<22}{ratio[0]:>10.2f}{ratio[1]:>10.2f}{ratio[2]:>10.2f}")
+
+
 # -- main ------------------------------------------------------------------------------------------
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -324,7 +367,11 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=1500, help="(b) requests per round per target")
     p.add_argument("--rounds", type=int, default=2, help="(b) alternating rounds per target (default 2)")
     p.add_argument("--max-seconds", type=float, default=10.0, help="(b) cap on one round's duration")
+    p.add_argument(
+        "--reconcile-interval", type=float, default=0.25, help="the API's reconciler period (default 0.25 s)"
+    )
     p.add_argument("--skip-submit", action="store_true", help="only (b)")
+    p.add_argument("--skip-get", action="store_true", help="only (a)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--serve", choices=["api", "bare"], help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -341,7 +388,7 @@ def main() -> None:
     api_env = dict(
         env,
         FASTUNER_HOME=str(home),
-        FASTUNER_RECONCILE_INTERVAL_SECONDS="0.25",
+        FASTUNER_RECONCILE_INTERVAL_SECONDS=str(args.reconcile_interval),
         FASTUNER_BACKEND="local",
         FASTUNER_STORE="local",
         FASTUNER_LOG_LEVEL="INFO",
@@ -369,16 +416,18 @@ def main() -> None:
                     ("engine process → first step", "engine_to_step"),
                     ("start → first step (total)", "total"),
                     ("engine CPU s until first step", "engine_cpu"),
+                    ("API server CPU s until then", "api_cpu"),
                 ]
                 print(f"    {'median (s)':<34}{'control plane':>14}{'direct entry':>14}{'ratio':>8}")
                 for label, key in rows:
-                    theirs = (
-                        f"{dmed[key]:>14.3f}{med[key] / dmed[key]:>8.3f}" if key in dmed else f"{'-':>14}"
-                    )
+                    theirs = f"{'-':>14}"
+                    if key in dmed:  # no ratio for a baseline of a few milliseconds
+                        ratio = f"{med[key] / dmed[key]:>8.3f}" if dmed[key] > 0.05 else f"{'-':>8}"
+                        theirs = f"{dmed[key]:>14.3f}{ratio}"
                     print(f"    {label:<34}{med[key]:>14.3f}{theirs}")
                 print(
                     f"    {'first step visible in GET metrics':<34}{med['api']:>14.3f}{'-':>14}{'':>8}"
-                    "   (reconciler every 0.25 s)"
+                    f"   (reconciler every {args.reconcile_interval:g} s)"
                 )
                 print(
                     f"    control-plane overhead before the engine starts: "
@@ -388,40 +437,18 @@ def main() -> None:
                 )
             else:
                 with SAMPLE.open("rb") as fh:
-                    ds = httpx.post(api_url + "/v0/datasets", data={"name": "bench"},
-                                    files={"file": (SAMPLE.name, fh)}, timeout=120).json()  # fmt: skip
-                job = httpx.post(api_url + "/v0/finetune", timeout=120, json={
-                    "dataset_id": ds["id"], "base_model": str(model), "max_steps": 1}).json()  # fmt: skip
+                    ds = httpx.post(
+                        api_url + "/v0/datasets",
+                        data={"name": "bench"},
+                        files={"file": (SAMPLE.name, fh)},
+                        timeout=120,
+                    ).json()
+                body = {"dataset_id": ds["id"], "base_model": str(model), "max_steps": 1}
+                job = httpx.post(api_url + "/v0/finetune", json=body, timeout=120).json()
                 job_id = job["id"]
 
-            body = httpx.get(f"{api_url}/v0/finetune/{job_id}", timeout=30).json()
-            body_file = work / "job.json"
-            body_file.write_text(json.dumps(body))
-            print(
-                f"(b) GET /v0/finetune/{{id}}: {args.clients} clients, {args.requests} requests x "
-                f"{args.rounds} rounds per target (<= {args.max_seconds:g} s each); body {len(json.dumps(body))} B"
-            )
-            results: dict[str, list[float]] = {"bare": [], "api": []}
-            elapsed: dict[str, float] = {"bare": 0.0, "api": 0.0}
-            with server("bare", work, env, body_file) as bare_url:
-                urls = {"bare": f"{bare_url}/v0/finetune/{job_id}", "api": f"{api_url}/v0/finetune/{job_id}"}
-                for r in range(args.rounds):
-                    order = ["bare", "api"] if r % 2 == 0 else ["api", "bare"]
-                    for target in order:
-                        lat, secs = asyncio.run(
-                            load(urls[target], args.clients, args.requests, args.max_seconds, warmup=200)
-                        )
-                        results[target] += lat
-                        elapsed[target] += secs
-            print(f"    {'':<22}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'requests':>10}")
-            stats = {}
-            for target, label in (("bare", "bare FastAPI endpoint"), ("api", "fastuner API")):
-                lat = results[target]
-                stats[target] = (pct(lat, 50) * 1000, pct(lat, 99) * 1000, len(lat) / elapsed[target])
-                p50, p99, rps = stats[target]
-                print(f"    {label:<22}{p50:>10.2f}{p99:>10.2f}{rps:>10.0f}{len(lat):>10}")
-            ratio = [stats["api"][i] / stats["bare"][i] for i in range(3)]
-            print(f"    {'ratio api / bare':<22}{ratio[0]:>10.2f}{ratio[1]:>10.2f}{ratio[2]:>10.2f}")
+            if not args.skip_get:
+                bench_get(args, api_url, job_id, work, env)
         print(f"done in {time.monotonic() - started:.0f} s (load average now {os.getloadavg()[0]:.1f})")
     finally:
         if args.keep:
