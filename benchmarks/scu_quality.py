@@ -85,9 +85,9 @@ def doc_records(max_chars: int = 900) -> tuple[list[dict[str, Any]], list[dict[s
     return train, val
 
 
-def run_mode(
+def prepare_mode(
     work: Path, mode: str, model: Path, train: list[Any], val: list[Any], args: argparse.Namespace
-) -> dict[str, Any]:
+) -> tuple[Path, dict[str, str]]:
     root = work / mode
     for channel, rows in (("train", train), ("validation", val)):
         (root / "input" / "data" / channel).mkdir(parents=True)
@@ -123,12 +123,23 @@ def run_mode(
     )
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "scu.entry", "train"], env=env, capture_output=True, text=True
+    return root, env
+
+
+def start(root: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "scu.entry", "train"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+
+
+def collect(root: Path, mode: str, proc: subprocess.Popen[str], t0: float) -> dict[str, Any]:
+    _, err = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"scu={mode} failed:\n{proc.stderr[-4000:]}")
+        raise SystemExit(f"scu={mode} failed:\n{err[-4000:]}")
     report = json.loads((root / "model" / "eval.json").read_text())
     metrics = [json.loads(x) for x in (root / "model" / "metrics.jsonl").read_text().splitlines()]
     cfg = json.loads((root / "model" / "fastuner_config.json").read_text())
@@ -150,6 +161,7 @@ def main() -> None:
     p.add_argument("--modes", default="on,off,fixed")
     p.add_argument("--threads", type=int, default=0, help="OMP threads per run (0: torch default)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--parallel", action="store_true", help="run the modes at the same time")
     args = p.parse_args()
 
     model = args.model or ensure_model()
@@ -160,8 +172,17 @@ def main() -> None:
     )
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="scu-quality-") as tmp:
-        for mode in args.modes.split(","):
-            results[mode] = run_mode(Path(tmp), mode, model, train, val, args)
+        modes = args.modes.split(",")
+        prepared = {m: prepare_mode(Path(tmp), m, model, train, val, args) for m in modes}
+        running: dict[str, tuple[subprocess.Popen[str], float]] = {}
+        for mode in modes:
+            root, env = prepared[mode]
+            running[mode] = (start(root, env), time.perf_counter())
+            if not args.parallel:
+                results[mode] = collect(root, mode, *running[mode])
+        for mode in modes:
+            if mode not in results:
+                results[mode] = collect(prepared[mode][0], mode, *running[mode])
             r = results[mode]["report"]
             print(
                 f"  scu={mode}: adapter BPT {r['adapter']['bpt']:.4f} ({results[mode]['wall_s']:.0f}s)",
