@@ -168,9 +168,6 @@ def hf_worker(args: argparse.Namespace) -> None:
     clock = time.process_time if os.environ.get("FASTUNER_SCU_CLOCK") == "process" else time.perf_counter
 
     class Clock(TrainerCallback):
-        def on_step_begin(self, *a: Any, **k: Any) -> None:
-            step_times.append(clock())
-
         def on_step_end(self, *a: Any, **k: Any) -> None:
             step_times.append(clock())
 
@@ -197,13 +194,13 @@ def hf_worker(args: argparse.Namespace) -> None:
         model=model, args=targs, train_dataset=Items(), data_collator=collator, callbacks=[Clock()]
     )
     trainer.train()
-    # per optimizer step: tokens / (end - begin); grad_accum micro-steps share one window
+    # per optimizer step, end to end (data loading and collation included, as in the engine's
+    # log windows): tokens of step i / (end_i - end_{i-1})
     per_step = []
     accum = cfg["grad_accum"]
-    for i in range(len(step_times) // 2):
-        dt = step_times[2 * i + 1] - step_times[2 * i]
+    for i in range(1, len(step_times)):
         toks = sum(step_tokens[i * accum : (i + 1) * accum])
-        per_step.append(toks / max(dt, 1e-9))
+        per_step.append(toks / max(step_times[i] - step_times[i - 1], 1e-9))
     print(json.dumps({"tokens_per_s": per_step}))
 
 
@@ -311,7 +308,7 @@ def main() -> None:
             "max_steps": args.steps,
             "batch_size": args.batch,
             "grad_accum": 1,
-            "log_every": 1,
+            "log_every": args.log_every,
             "checkpoint_every": 10**9,
         }
         tps: dict[str, list[float]] = {"on": [], "off": []}
@@ -358,7 +355,7 @@ def main() -> None:
         cfg = runs["on"]["config"]
         steps = runs["on"]["metrics"]
         settled = post_warmup(steps, args.warmup_frac)
-        inside = sum(abs(m["s"] - cfg["target_s"]) <= cfg["deadband"] for m in settled)
+        inside = sum(abs(m["s"] - cfg["target_s"]) <= cfg["deadband"] for m in settled)  # logged steps
         print()
         print(
             f"model: {cfg['n_params']:,} params, LoRA r={cfg['lora_r']}, batch {cfg['batch_size']}, "
@@ -377,7 +374,7 @@ def main() -> None:
         last = steps[-1]
         print(
             f"controller: target S*={cfg['target_s']:.4g} deadband={cfg['deadband']:g}; "
-            f"{inside}/{len(settled)} post-warm-up steps inside the deadband ({inside / len(settled):.1%}); "
+            f"{inside}/{len(settled)} logged post-warm-up steps inside the deadband ({inside / len(settled):.1%}); "
             f"first S={steps[0]['s']:.4g}, final S={last['s']:.4g}, final lambda={last['lambda']:.4g}"
         )
 
