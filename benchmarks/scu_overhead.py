@@ -272,6 +272,7 @@ def main() -> None:
     p.add_argument(
         "--ab-steps", type=int, default=200, help="steps of the interleaved same-loop A/B (0: skip)"
     )
+    p.add_argument("--log-every", type=int, default=5, help="engine log window (steps)")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--hf-config", help=argparse.SUPPRESS)
     p.add_argument("--hf-root", help=argparse.SUPPRESS)
