@@ -194,13 +194,13 @@ def hf_worker(args: argparse.Namespace) -> None:
         model=model, args=targs, train_dataset=Items(), data_collator=collator, callbacks=[Clock()]
     )
     trainer.train()
-    # per optimizer step, end to end (data loading and collation included, as in the engine's
-    # log windows): tokens of step i / (end_i - end_{i-1})
+    # windows of `window` optimizer steps, end to end (data loading and collation included), the
+    # same estimator as the engine's log windows: tokens in the window / (end_last - end_before)
     per_step = []
-    accum = cfg["grad_accum"]
-    for i in range(1, len(step_times)):
-        toks = sum(step_tokens[i * accum : (i + 1) * accum])
-        per_step.append(toks / max(step_times[i] - step_times[i - 1], 1e-9))
+    accum, window = cfg["grad_accum"], args.window
+    for start in range(1, len(step_times) - window + 1, window):
+        toks = sum(step_tokens[start * accum : (start + window) * accum])
+        per_step.append(toks / max(step_times[start + window - 1] - step_times[start - 1], 1e-9))
     print(json.dumps({"tokens_per_s": per_step}))
 
 
@@ -276,6 +276,7 @@ def main() -> None:
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--hf-config", help=argparse.SUPPRESS)
     p.add_argument("--hf-root", help=argparse.SUPPRESS)
+    p.add_argument("--window", type=int, default=5, help=argparse.SUPPRESS)
     args = p.parse_args()
     sys.path.insert(0, str(ENGINE))
     if args.hf_config:
@@ -341,6 +342,8 @@ def main() -> None:
                         str(work / "on-0"),
                         "--steps",
                         str(args.steps),
+                        "--window",
+                        str(args.log_every),
                     ],
                     env=_env(args.threads, clock=args.clock),
                     capture_output=True,
