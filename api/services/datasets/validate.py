@@ -13,12 +13,12 @@ import hashlib
 import json
 from array import array
 from dataclasses import dataclass, field
-from json.scanner import make_scanner
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from api.domain.datasets import DatasetOptions
 from api.domain.enums import DatasetFormat, TaskType
@@ -38,7 +38,6 @@ from api.services.datasets.records import (
 )
 
 NO_LABEL: Final = 0xFFFFFFFF
-_JSON_WHITESPACE: Final = " \t\r\n"
 # A JSON string escape takes at most 6 bytes per character (\uXXXX); field names, other
 # fields and whitespace get a generous allowance on top.
 _LINE_OVERHEAD_BYTES: Final = 1 << 16
@@ -149,7 +148,7 @@ def scan(
     # Classification: label field if present; else, when the first row that normalised had
     # no label field, the target text is the label; when it had one, a row without it is an
     # error (missing_label).
-    scan_once = make_scanner(cast(make_scanner, json.JSONDecoder()))
+    loads = orjson.loads
     sha256 = hashlib.sha256
     digests = res.digests
     add_chars = res.char_lengths.append
@@ -182,11 +181,9 @@ def scan(
                 continue
             try:
                 try:
-                    obj, end = scan_once(line, 0)
-                    if end != len(line) and line[end:].strip(_JSON_WHITESPACE):
-                        obj = _parse_slow(line)
-                except (StopIteration, ValueError, RecursionError):
-                    obj = _parse_slow(line)
+                    obj = loads(line)  # orjson: strict RFC 8259, rejects trailing garbage
+                except (ValueError, RecursionError):
+                    obj = _parse_slow(line)  # the precise message (and what stdlib json accepts)
                 if type(obj) is not dict:
                     raise RowError(issues.NOT_OBJECT, f"a JSON {type(obj).__name__}, not an object")
                 if normalise is None:
