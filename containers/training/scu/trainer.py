@@ -184,10 +184,13 @@ def train(
             local_targets = sum(int((w["labels"][:, 1:] != IGNORE).sum()) for w in window)
             lam = current_lambda(cfg, controller)
             torch.manual_seed((cfg.seed * 1_000_003 + info.rank * 10_007 + pos.global_step) % (2**63))
-            ce_total, input_tokens, interrupted = 0.0, 0, False
+            ce_acc = torch.zeros((), dtype=torch.float64, device=device)  # no host sync per micro-batch
+            input_tokens, interrupted = 0, False
             pbpt_t: torch.Tensor | None = None
             for j, mb in enumerate(window):
-                if any_rank(stop.is_set, info, device):
+                # Inside an accumulation window, stop at once (the partial gradients are dropped and the
+                # checkpoint is the last optimizer-step boundary); between steps the check is below.
+                if j > 0 and any_rank(stop.is_set, info, device):
                     interrupted = True
                     break
                 last_mb = j == len(window) - 1
@@ -202,8 +205,8 @@ def train(
                         pbpt_t = param_bpt(params, cfg.prior_sigma, n_tokens)
                         loss = loss + lam * pbpt_t * LN2
                     (scaler.scale(loss) if scaler else loss).backward()
-                ce_total += float(ce_sum.detach())
-                input_tokens += int(mb["attention_mask"].sum())
+                ce_acc += ce_sum.detach().double()
+                input_tokens += int(mb["attention_mask"].sum())  # a CPU tensor: no device sync
             if interrupted:
                 optimizer.zero_grad(set_to_none=True)
                 save(pos)
@@ -225,7 +228,7 @@ def train(
                     pbpt_t = param_bpt(params, cfg.prior_sigma, n_tokens)
             pbpt = float(pbpt_t.detach())
             ce_g, tok_g, in_g = all_reduce_sum(
-                [ce_total, float(local_targets), float(input_tokens)], info, device
+                [float(ce_acc), float(local_targets), float(input_tokens)], info, device
             )
             data_bpt = ce_g / max(tok_g, 1.0) / LN2
             s = s_ratio(data_bpt, pbpt)
