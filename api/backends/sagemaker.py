@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
-from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import BotoCoreError, ClientError
 from scu.metrics_format import METRIC_DEFINITIONS, parse_line
 
+from api.backends.aws_errors import backend_error, error_code, error_message
 from api.backends.base import TrainingSpec, TrainingStatus
 from api.domain.enums import JobStatus
 from api.domain.errors import BackendError, Conflict
@@ -206,13 +206,13 @@ class SageMakerBackend:
             try:
                 created = self.sagemaker.create_training_job(**request)
             except BotoCoreError as exc:
-                raise _backend_error(f"could not create training job {spec.job_name}", exc) from exc
+                raise backend_error(f"could not create training job {spec.job_name}", exc) from exc
             except ClientError as exc:
                 if not _already_exists(exc):
-                    raise _backend_error(f"could not create training job {spec.job_name}", exc) from exc
+                    raise backend_error(f"could not create training job {spec.job_name}", exc) from exc
                 existing = self._describe(spec.job_name)  # lost a race with another start
                 if existing is None:
-                    raise _backend_error(f"could not create training job {spec.job_name}", exc) from exc
+                    raise backend_error(f"could not create training job {spec.job_name}", exc) from exc
             else:
                 log.info("created training job %s", spec.job_name)
                 return {"training_job_arn": created["TrainingJobArn"], "output_s3": output_s3}
@@ -259,7 +259,7 @@ class SageMakerBackend:
         except (ClientError, BotoCoreError) as exc:
             if isinstance(exc, ClientError) and _not_found(exc):
                 return None
-            raise _backend_error(f"could not describe training job {job_name}", exc) from exc
+            raise backend_error(f"could not describe training job {job_name}", exc) from exc
 
     # -- stop ---------------------------------------------------------------------------------
     def stop_training(self, job_name: str, state: dict[str, Any]) -> None:
@@ -273,9 +273,9 @@ class SageMakerBackend:
         try:
             self._call_stop(job_name)
         except (ClientError, BotoCoreError) as exc:
-            if _error_code(exc) == "ValidationException" and "status" in _error_message(exc).lower():
+            if error_code(exc) == "ValidationException" and "status" in error_message(exc).lower():
                 return  # finished between the describe and the stop
-            raise _backend_error(f"could not stop training job {job_name}", exc) from exc
+            raise backend_error(f"could not stop training job {job_name}", exc) from exc
         log.info("asked training job %s to stop", job_name)
 
     def _call_stop(self, job_name: str) -> None:
@@ -342,9 +342,9 @@ class SageMakerBackend:
                     break
                 kwargs["nextToken"] = token
         except (ClientError, BotoCoreError) as exc:
-            if _error_code(exc) == "ResourceNotFoundException":
+            if error_code(exc) == "ResourceNotFoundException":
                 return []
-            raise _backend_error(f"could not list the log streams of {job_name}", exc) from exc
+            raise backend_error(f"could not list the log streams of {job_name}", exc) from exc
         return sorted(names)
 
     def _filter_events(self, job_name: str, *, start_ms: int | None = None) -> list[tuple[int, str]]:
@@ -376,9 +376,9 @@ class SageMakerBackend:
                     break
                 kwargs["nextToken"] = token
         except (ClientError, BotoCoreError) as exc:
-            if _error_code(exc) == "ResourceNotFoundException":
+            if error_code(exc) == "ResourceNotFoundException":
                 return []
-            raise _backend_error(f"could not read the log of {job_name}", exc) from exc
+            raise backend_error(f"could not read the log of {job_name}", exc) from exc
         events.sort(key=lambda event: event[0])  # stable: keeps each stream's own order
         return events
 
@@ -403,9 +403,9 @@ class SageMakerBackend:
                     break
                 kwargs["nextToken"] = token
         except (ClientError, BotoCoreError) as exc:
-            if _error_code(exc) == "ResourceNotFoundException":
+            if error_code(exc) == "ResourceNotFoundException":
                 return []
-            raise _backend_error(f"could not read log stream {stream}", exc) from exc
+            raise backend_error(f"could not read log stream {stream}", exc) from exc
         return out[-tail:]
 
     # -- model --------------------------------------------------------------------------------
@@ -517,47 +517,13 @@ def safe_extract(archive: Path, dest: Path) -> None:
             raise BackendError(f"unsafe model archive: {exc}") from exc
 
 
-def _error_code(exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
-    return type(exc).__name__
-
-
-def _error_message(exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Message", ""))
-    return str(exc)
-
-
 def _not_found(exc: ClientError) -> bool:
-    code, message = _error_code(exc), _error_message(exc).lower()
+    code, message = error_code(exc), error_message(exc).lower()
     if code in ("ResourceNotFound", "ResourceNotFoundException"):
         return True
     return code == "ValidationException" and ("not found" in message or "could not find" in message)
 
 
 def _already_exists(exc: ClientError) -> bool:
-    code, message = _error_code(exc), _error_message(exc).lower()
+    code, message = error_code(exc), error_message(exc).lower()
     return code in ("ValidationException", "ResourceInUse") and "already exists" in message
-
-
-_TRANSIENT = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "ServiceUnavailable",
-        "InternalFailure",
-        "InternalServerError",
-    }
-)
-
-
-def _backend_error(what: str, exc: Exception) -> BackendError:
-    """A failed AWS call (after botocore's retries). ``transient``: worth trying again later."""
-    code = _error_code(exc)
-    transient = code in _TRANSIENT or isinstance(exc, BotoConnectionError | HTTPClientError)
-    return BackendError(
-        f"{what}: {code}: {_error_message(exc)}", details={"aws_error": code, "transient": transient}
-    )

@@ -48,6 +48,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from api.backends.aws_errors import backend_error, error_code, error_message
 from api.backends.endpoints import (
     MANAGED_TAG,
     EndpointSpec,
@@ -55,7 +56,7 @@ from api.backends.endpoints import (
     InvocationError,
     ManagedEndpoint,
 )
-from api.backends.sagemaker import RETRY_CONFIG, _backend_error, _error_code, _error_message
+from api.backends.sagemaker import RETRY_CONFIG
 from api.domain.enums import DeploymentStatus
 from api.domain.errors import BackendError
 from api.logging import get_logger
@@ -196,9 +197,9 @@ class SageMakerEndpoints:
             if _already_exists(exc):
                 log.info("%s %s already exists; reusing it", what, name)
                 return None
-            raise _backend_error(f"could not create {what} {name}", exc) from exc
+            raise backend_error(f"could not create {what} {name}", exc) from exc
         except BotoCoreError as exc:
-            raise _backend_error(f"could not create {what} {name}", exc) from exc
+            raise backend_error(f"could not create {what} {name}", exc) from exc
         log.info("created %s %s", what, name)
         for key in ("EndpointArn", "EndpointConfigArn", "ModelArn"):
             if key in response:
@@ -241,12 +242,12 @@ class SageMakerEndpoints:
             if _being_deleted(exc):
                 log.info("%s %s is already being deleted", what, name)
                 return
-            error = _backend_error(f"could not delete {what} {name}", exc)
+            error = backend_error(f"could not delete {what} {name}", exc)
             if _busy(exc) and isinstance(error.details, dict):
                 error.details["transient"] = True
             raise error from exc
         except BotoCoreError as exc:
-            raise _backend_error(f"could not delete {what} {name}", exc) from exc
+            raise backend_error(f"could not delete {what} {name}", exc) from exc
         log.info("deleted %s %s", what, name)
 
     # -- invoke -------------------------------------------------------------------------------
@@ -263,7 +264,7 @@ class SageMakerEndpoints:
         except ClientError as exc:
             raise invocation_error(exc) from exc
         except BotoCoreError as exc:
-            raise _backend_error(f"could not invoke endpoint {endpoint_name}", exc) from exc
+            raise backend_error(f"could not invoke endpoint {endpoint_name}", exc) from exc
         try:
             result = json.loads(body)
         except ValueError:
@@ -296,7 +297,7 @@ class SageMakerEndpoints:
                         )
                     )
         except (ClientError, BotoCoreError) as exc:
-            raise _backend_error("could not list SageMaker endpoints", exc) from exc
+            raise backend_error("could not list SageMaker endpoints", exc) from exc
         return found
 
     def _tags(self, arn: str) -> dict[str, str] | None:
@@ -309,7 +310,7 @@ class SageMakerEndpoints:
         except ClientError as exc:
             if _not_found(exc):
                 return None
-            if _error_code(exc) in ("AccessDeniedException", "AccessDenied"):
+            if error_code(exc) in ("AccessDeniedException", "AccessDenied"):
                 log.debug("no access to the tags of %s; not ours", arn)
                 return None
             raise
@@ -335,9 +336,9 @@ class SageMakerEndpoints:
         except ClientError as exc:
             if _not_found(exc):
                 return None
-            raise _backend_error(f"could not describe {what} {name}", exc) from exc
+            raise backend_error(f"could not describe {what} {name}", exc) from exc
         except BotoCoreError as exc:
-            raise _backend_error(f"could not describe {what} {name}", exc) from exc
+            raise backend_error(f"could not describe {what} {name}", exc) from exc
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -401,8 +402,8 @@ def invocation_error(exc: ClientError) -> InvocationError | BackendError:
     responses only have them inside ``Message`` ("Received client error (404) from primary with
     message "…". See …").
     """
-    code = _error_code(exc)
-    message = _error_message(exc)
+    code = error_code(exc)
+    message = error_message(exc)
     if code == "ModelError":
         raw_status = exc.response.get("OriginalStatusCode")
         raw_body = exc.response.get("OriginalMessage")
@@ -430,7 +431,7 @@ def invocation_error(exc: ClientError) -> InvocationError | BackendError:
         if "not found" in message.lower() or "could not find" in message.lower():
             return InvocationError(404, "endpoint_not_found", message)
         return InvocationError(400, "invalid_request", message)
-    return _backend_error("could not invoke the endpoint", exc)
+    return backend_error("could not invoke the endpoint", exc)
 
 
 def _server_error(body: Any) -> tuple[str | None, str | None]:
@@ -448,7 +449,7 @@ def _server_error(body: Any) -> tuple[str | None, str | None]:
 
 
 def _not_found(exc: ClientError) -> bool:
-    code, message = _error_code(exc), _error_message(exc).lower()
+    code, message = error_code(exc), error_message(exc).lower()
     if code in ("ResourceNotFound", "ResourceNotFoundException"):
         return True
     return code in ("ValidationException", "ValidationError") and (
@@ -458,20 +459,20 @@ def _not_found(exc: ClientError) -> bool:
 
 def _already_exists(exc: ClientError) -> bool:
     """SageMaker: ``ValidationException: Cannot create already existing model "arn:…"``."""
-    code, message = _error_code(exc), _error_message(exc).lower()
+    code, message = error_code(exc), error_message(exc).lower()
     return code in ("ValidationException", "ResourceInUse") and (
         "already existing" in message or "already exists" in message
     )
 
 
 def _being_deleted(exc: ClientError) -> bool:
-    message = _error_message(exc).lower()
-    return _error_code(exc) == "ValidationException" and "deleting" in message and "status" in message
+    message = error_message(exc).lower()
+    return error_code(exc) == "ValidationException" and "deleting" in message and "status" in message
 
 
 def _busy(exc: ClientError) -> bool:
     """A refusal because the resource is mid-operation (worth retrying on the next pass)."""
-    message = _error_message(exc).lower()
-    return _error_code(exc) == "ValidationException" and any(
+    message = error_message(exc).lower()
+    return error_code(exc) == "ValidationException" and any(
         word in message for word in ("in-progress", "in progress", "creating", "updating", "status")
     )
