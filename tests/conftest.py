@@ -6,8 +6,10 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from botocore.retries.standard import ExponentialBackoff
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -58,3 +60,16 @@ def settings_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
         return Settings(**base)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """botocore's retry delays recorded and skipped (they are seconds long under throttling)."""
+    delays: list[int] = []
+
+    def delay_amount(self: Any, context: Any) -> int:
+        delays.append(context.attempt_number)
+        return 0
+
+    monkeypatch.setattr(ExponentialBackoff, "delay_amount", delay_amount)
+    return delays

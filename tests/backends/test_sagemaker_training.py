@@ -16,7 +16,6 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, EndpointConnectionError
-from botocore.retries.standard import ExponentialBackoff
 from moto import mock_aws
 from moto.backends import get_backend
 from scu.metrics_format import (
@@ -214,18 +213,6 @@ def inject(client: Any, operation: str, responses: list[Callable[..., AWSRespons
     hook(client, f"before-send.{service}.{operation}", handler, first=True)
     return seen
 
-
-@pytest.fixture
-def no_backoff(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """botocore's retry delays recorded and skipped (they are seconds long under throttling)."""
-    delays: list[int] = []
-
-    def delay_amount(self: Any, context: Any) -> int:
-        delays.append(context.attempt_number)
-        return 0
-
-    monkeypatch.setattr(ExponentialBackoff, "delay_amount", delay_amount)
-    return delays
 
 
 # -- construction -----------------------------------------------------------------------------

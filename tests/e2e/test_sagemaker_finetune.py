@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.retries.standard import ExponentialBackoff
 from scu.metrics_format import METRIC_DEFINITIONS, format_eval_line, format_train_line, parse_line
 
 from api.services.finetune.reconciler import REGISTER_GRACE
@@ -48,18 +47,6 @@ def env(aws: None, tmp_path: Path) -> Iterator[SageMakerEnv]:
     with SageMakerEnv(sagemaker_settings(tmp_path / "home")) as e:
         yield e
 
-
-@pytest.fixture
-def no_backoff(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """botocore's retry delays recorded and skipped (they are seconds long under throttling)."""
-    delays: list[int] = []
-
-    def delay_amount(self: Any, context: Any) -> int:
-        delays.append(context.attempt_number)
-        return 0
-
-    monkeypatch.setattr(ExponentialBackoff, "delay_amount", delay_amount)
-    return delays
 
 
 def train_line(step: int, loss: float) -> str:
