@@ -31,7 +31,7 @@ import tarfile
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -334,13 +334,8 @@ class SageMakerBackend:
         names: list[str] = []
         kwargs: dict[str, Any] = {"logGroupName": LOG_GROUP, "logStreamNamePrefix": f"{job_name}/"}
         try:
-            while True:
-                page = self.logs.describe_log_streams(**kwargs)
+            for page in _pages(self.logs.describe_log_streams, kwargs):
                 names.extend(s["logStreamName"] for s in page.get("logStreams", []))
-                token = page.get("nextToken")
-                if not token or token == kwargs.get("nextToken"):
-                    break
-                kwargs["nextToken"] = token
         except (ClientError, BotoCoreError) as exc:
             if error_code(exc) == "ResourceNotFoundException":
                 return []
@@ -364,17 +359,12 @@ class SageMakerBackend:
             kwargs["startTime"] = max(0, start_ms)
         events: list[tuple[int, str]] = []
         try:
-            while True:
-                page = self.logs.filter_log_events(**kwargs)
+            for page in _pages(self.logs.filter_log_events, kwargs):
                 events.extend(
                     (int(e.get("timestamp", 0)), str(e.get("message", "")))
                     for e in page.get("events", [])
                     if str(e.get("logStreamName", "")).startswith(own)
                 )
-                token = page.get("nextToken")
-                if not token or token == kwargs.get("nextToken"):
-                    break
-                kwargs["nextToken"] = token
         except (ClientError, BotoCoreError) as exc:
             if error_code(exc) == "ResourceNotFoundException":
                 return []
@@ -527,3 +517,16 @@ def _not_found(exc: ClientError) -> bool:
 def _already_exists(exc: ClientError) -> bool:
     code, message = error_code(exc), error_message(exc).lower()
     return code in ("ValidationException", "ResourceInUse") and "already exists" in message
+
+
+def _pages(call: Callable[..., Any], kwargs: dict[str, Any]) -> Iterator[Any]:
+    """Every page of a ``nextToken``-paged CloudWatch Logs call; stops when the token stops
+    changing too (CloudWatch may hand the last token back, and some emulators always do)."""
+    kwargs = dict(kwargs)
+    while True:
+        page = call(**kwargs)
+        yield page
+        token = page.get("nextToken")
+        if not token or token == kwargs.get("nextToken"):
+            return
+        kwargs["nextToken"] = token
