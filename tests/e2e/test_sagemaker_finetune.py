@@ -48,7 +48,6 @@ def env(aws: None, tmp_path: Path) -> Iterator[SageMakerEnv]:
         yield e
 
 
-
 def train_line(step: int, loss: float) -> str:
     return format_train_line(
         {
@@ -243,7 +242,8 @@ def test_running_job_streams_metrics_then_completes_with_an_adapter(env: SageMak
     assert download.status_code == 200 and download.headers["content-type"] == "application/gzip"
 
 
-@pytest.mark.parametrize(
+# A Completed job whose output cannot become an adapter, and the error the reconcile report shows.
+UNUSABLE_ARCHIVES = pytest.mark.parametrize(
     ("archive", "error"),
     [
         (None, "left no model"),
@@ -252,6 +252,9 @@ def test_running_job_streams_metrics_then_completes_with_an_adapter(env: SageMak
     ],
     ids=["no-archive", "no-adapter-config", "unsafe-archive"],
 )
+
+
+@UNUSABLE_ARCHIVES
 def test_completed_without_a_usable_model_registers_nothing(
     env: SageMakerEnv, archive: dict[str, bytes] | None, error: str
 ) -> None:
@@ -284,15 +287,7 @@ def test_completed_without_a_usable_model_registers_nothing(
     assert env.job(ft)["status"] == "completed"
 
 
-@pytest.mark.parametrize(
-    ("archive", "error"),
-    [
-        (None, "left no model"),
-        ({"eval.json": b"{}", "adapter_model.safetensors": b"x"}, "adapter_config.json"),
-        ({**ADAPTER_FILES, "../escape.json": b"{}"}, "unsafe path"),
-    ],
-    ids=["no-archive", "no-adapter-config", "unsafe-archive"],
-)
+@UNUSABLE_ARCHIVES
 def test_a_model_that_stays_unusable_fails_the_job_after_a_grace_period(
     env: SageMakerEnv, archive: dict[str, bytes] | None, error: str
 ) -> None:
