@@ -189,3 +189,31 @@ class DropObjectRow(Base):
     job_id: Mapped[str | None] = mapped_column(String(ID_MAX_LEN))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TenantRow(Base):
+    """A tenant and its quota overrides (NULL: the settings' default applies)."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(TENANT_LEN), primary_key=True)
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_endpoints: Mapped[int | None] = mapped_column(Integer)
+    allowed_instance_types: Mapped[list[Any] | None]
+    # Bumped by every quota-checked admission: the UPDATE serialises them per tenant.
+    admissions: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKeyRow(Base):
+    """An API key: only the SHA-256 of the secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(ID_MAX_LEN), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str | None] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(16))
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]

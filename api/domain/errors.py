@@ -45,6 +45,18 @@ class Unauthorized(FastunerError):
     status = 401
 
 
+class Forbidden(FastunerError):
+    code = "forbidden"
+    status = 403
+
+
+class QuotaExceeded(FastunerError):
+    """A per-tenant limit is reached; ``details`` names the limit, its value and current usage."""
+
+    code = "quota_exceeded"
+    status = 429
+
+
 class StorageError(FastunerError):
     code = "storage_error"
     status = 502

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Final, Literal
 
-Prefix = Literal["ds", "ft", "adp", "dep", "req", "drop"]
+Prefix = Literal["ds", "ft", "adp", "dep", "req", "drop", "key"]
 
 SUFFIX_LEN: Final = 12
 # Longest prefix + "_" + suffix; every id column is sized to this.
