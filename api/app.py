@@ -14,7 +14,8 @@ from api.context import AppContext
 from api.errors import install_error_handlers
 from api.logging import configure_logging
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from api.routes import adapters, datasets, deployments, finetune, health
+from api.routes import adapters, datasets, deployments, finetune, health, tenant
+from api.services.auth import read_secret
 from api.settings import Settings, get_settings
 from api.storage.base import ObjectStore
 
@@ -28,6 +29,8 @@ def create_app(
     settings = settings or get_settings()
     configure_logging(settings.log_level, json_format=settings.log_json)
     ctx = AppContext.build(settings, store=store, backend=backend)
+    if settings.bootstrap_api_key:
+        ctx.auth.bootstrap_local_key(settings.default_tenant, settings.api_key_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +52,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    # The local key of the embedded default (None when keys are managed by an admin).
+    app.state.local_api_key = read_secret(settings.api_key_file) if settings.bootstrap_api_key else None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestIdMiddleware)
@@ -56,6 +61,7 @@ def create_app(
     app.include_router(health.router, prefix="/v0")
     app.include_router(datasets.router, prefix="/v0")
     app.include_router(finetune.router, prefix="/v0")
+    app.include_router(tenant.router, prefix="/v0")
     app.include_router(adapters.router, prefix="/v0")
     app.include_router(deployments.router, prefix="/v0")
     app.include_router(deployments.inference_router, prefix="/v0")

@@ -9,11 +9,13 @@ from api.backends.endpoints import EndpointBackend
 from api.backends.factory import make_backend, make_endpoint_backend
 from api.db.session import Database
 from api.services.adapters import AdapterService
+from api.services.auth import AuthService
 from api.services.datasets.service import DatasetService
 from api.services.deployments import DeploymentService
 from api.services.finetune.reconciler import Reconciler
 from api.services.finetune.service import FineTuneService
 from api.services.janitor import Janitor
+from api.services.tenants import TenantService
 from api.settings import Settings
 from api.storage.base import ObjectStore
 from api.storage.factory import make_store
@@ -32,6 +34,8 @@ class AppContext:
     endpoints: EndpointBackend
     deployments: DeploymentService
     janitor: Janitor
+    auth: AuthService
+    tenants: TenantService
 
     @classmethod
     def build(
@@ -49,18 +53,21 @@ class AppContext:
         backend = backend or make_backend(settings, store)
         endpoints = endpoints or make_endpoint_backend(settings, store)
         datasets = DatasetService(db, store, settings)
+        tenants = TenantService(db, settings)
         return cls(
             settings=settings,
             db=db,
             store=store,
             backend=backend,
             datasets=datasets,
-            finetune=FineTuneService(db, datasets, backend, settings),
+            finetune=FineTuneService(db, datasets, backend, settings, tenants),
             reconciler=Reconciler(db, store, backend, settings),
             adapters=AdapterService(db, store),
             endpoints=endpoints,
-            deployments=DeploymentService(db, endpoints, settings),
+            deployments=DeploymentService(db, endpoints, settings, tenants),
             janitor=Janitor(db, endpoints, settings),
+            auth=AuthService(db),
+            tenants=tenants,
         )
 
     def close(self) -> None:

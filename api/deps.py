@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.context import AppContext
-from api.domain.errors import Unauthorized
 
 
 def get_ctx(request: Request) -> AppContext:
@@ -18,19 +17,16 @@ def get_ctx(request: Request) -> AppContext:
 
 Ctx = Annotated[AppContext, Depends(get_ctx)]
 
+# auto_error=False: a missing header is answered by our own typed 401, not FastAPI's 403.
+_bearer = HTTPBearer(auto_error=False, description="API key (`fastuner admin create-key`)")
 
-def get_tenant(ctx: Ctx, authorization: Annotated[str | None, Header()] = None) -> str:
-    """With API keys configured, a bearer key names the tenant; else single-user embedded mode."""
-    keys = ctx.settings.api_keys
-    if not keys:
-        return ctx.settings.default_tenant
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("missing bearer API key (Authorization: Bearer <key>)")
-    for key, tenant in keys.items():
-        if hmac.compare_digest(key.encode(), token.strip().encode()):
-            return tenant
-    raise Unauthorized("unknown API key")
+
+def get_tenant(
+    ctx: Ctx, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    """The tenant the bearer API key belongs to; every resource lookup is scoped to it."""
+    header = f"{credentials.scheme} {credentials.credentials}" if credentials else None
+    return ctx.auth.authenticate(header)
 
 
 Tenant = Annotated[str, Depends(get_tenant)]

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.domain.datasets import ValidationLimits
+from api.domain.tenants import TENANT_PATTERN
 
 DEFAULT_HOME = Path("~/.fastuner").expanduser()
 
@@ -55,9 +56,17 @@ class Settings(BaseSettings):
     # Local backend: the Python that runs the training/inference entrypoints.
     local_python: str | None = None
 
-    # API keys mapping to tenants ({"key": "tenant"}); empty means single-user embedded mode.
-    api_keys: dict[str, str] = {}
-    default_tenant: str = "default"
+    # -- auth and tenancy: every request needs `Authorization: Bearer <key>`; only key hashes are
+    # stored (`fastuner admin create-key`). On a fresh install the API issues one key for
+    # `default_tenant` and writes it to {home}/api_key (0600), where the CLI finds it.
+    bootstrap_api_key: bool = Field(default=True, description="issue a local key on a fresh install")
+    default_tenant: str = Field(default="default", pattern=TENANT_PATTERN)
+    # Quotas a tenant gets unless an admin overrides them (`fastuner admin set-quota`).
+    default_max_concurrent_jobs: Annotated[int, Field(ge=0)] = 8
+    default_max_endpoints: Annotated[int, Field(ge=0)] = 4
+    default_allowed_instance_types: list[str] | None = Field(
+        default=None, description="fnmatch patterns (ml.g5.*); unset: any known instance type"
+    )
 
     max_upload_bytes: Annotated[int, Field(gt=0)] = 2 * 1024**3
     limits: ValidationLimits = ValidationLimits()
@@ -81,6 +90,11 @@ class Settings(BaseSettings):
     @property
     def resolved_store_root(self) -> Path:
         return (self.store_root or self.home / "store").expanduser()
+
+    @property
+    def api_key_file(self) -> Path:
+        """Where the bootstrap key of the embedded default is kept (read by the CLI)."""
+        return self.home.expanduser() / "api_key"
 
     @property
     def work_dir(self) -> Path:

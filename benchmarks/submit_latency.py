@@ -50,6 +50,7 @@ STEP_MARK = b"[scu] step="
 POLL_S = 0.005
 TIMEOUT_S = 300.0
 SERVER_PIDS: dict[str, int] = {}  # kind -> pid of the running server subprocess
+AUTH: dict[str, str] = {}  # the API's local key (FASTUNER_HOME/api_key), sent to both targets alike
 
 
 # -- servers (each runs in its own subprocess: ``submit_latency.py --serve api|bare``) ----------
@@ -263,7 +264,7 @@ def bench_submit(
     hp = {"max_steps": args.steps, "log_every": 1, "checkpoint_every": 10_000}
     cp: dict[str, list[float]] = {}
     direct: dict[str, list[float]] = {}
-    with httpx.Client(base_url=url, timeout=120) as client, SAMPLE.open("rb") as fh:
+    with httpx.Client(base_url=url, timeout=120, headers=AUTH) as client, SAMPLE.open("rb") as fh:
         resp = client.post("/v0/datasets", data={"name": "bench"}, files={"file": (SAMPLE.name, fh)})
         if resp.status_code != 201:
             raise SystemExit(f"dataset upload failed: {resp.status_code} {resp.text}")
@@ -300,7 +301,7 @@ async def load(
     url: str, clients: int, requests: int, max_seconds: float, warmup: int
 ) -> tuple[list[float], float]:
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=60, headers=AUTH) as client:
         await asyncio.gather(*(client.get(url) for _ in range(max(warmup, clients))))
         latencies: list[float] = []
         started = time.perf_counter()
@@ -326,7 +327,7 @@ def pct(values: list[float], q: int) -> float:
 
 
 def bench_get(args: argparse.Namespace, api_url: str, job_id: str, work: Path, env: dict[str, str]) -> None:
-    body = httpx.get(f"{api_url}/v0/finetune/{job_id}", timeout=30).json()
+    body = httpx.get(f"{api_url}/v0/finetune/{job_id}", timeout=30, headers=AUTH).json()
     body_file = work / "job.json"
     body_file.write_text(json.dumps(body))
     print(
@@ -404,6 +405,7 @@ def main() -> None:
         load1 = os.getloadavg()[0]
         print(f"Fastuner control-plane overhead ({os.cpu_count()} CPUs, load {load1:.1f}; work dir {work})")
         with server("api", work, api_env) as api_url:
+            AUTH["Authorization"] = "Bearer " + (home / "api_key").read_text().strip()
             job_id = ""
             if not args.skip_submit:
                 print(f"(a) finetune start → first training step, tiny model, {args.repeats} runs each")

@@ -19,6 +19,7 @@ from api.domain.deployments import (
     JanitorReport,
 )
 from api.domain.finetune import Adapter, DryRun, FineTuneJob, FineTuneRequest, JobEvent, MetricPoint
+from api.domain.tenants import TenantInfo
 
 T = TypeVar("T", bound=BaseModel)
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=600.0)
@@ -212,6 +213,9 @@ class FastunerClient:
         body = req.model_dump(mode="json", exclude_none=True)
         return self._model(InferenceResponse, "POST", "/v0/inference", json=body)
 
+    def tenant(self) -> TenantInfo:
+        return self._model(TenantInfo, "GET", "/v0/tenant")
+
     def costs(self) -> dict[str, Any]:
         data: dict[str, Any] = self._request("GET", "/v0/costs").json()
         return data
@@ -238,12 +242,24 @@ def _api_error(resp: httpx.Response) -> ApiError:
 
 @contextmanager
 def connect(api_url: str | None, api_key: str | None = None) -> Iterator[FastunerClient]:
-    """A client for ``api_url``; with none, the same app is served in-process (embedded mode)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    """A client for ``api_url``; with none, the same app is served in-process (embedded mode).
+
+    Without ``api_key`` the local key of the embedded default (``{home}/api_key``, written by the
+    API on a fresh install) is used when there is one.
+    """
     with ExitStack() as stack:
         if not api_url:
             from cli.embedded import serve_in_thread
 
             api_url = stack.enter_context(serve_in_thread())
+        api_key = api_key or local_api_key()
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         http = stack.enter_context(httpx.Client(base_url=api_url, headers=headers, timeout=DEFAULT_TIMEOUT))
         yield FastunerClient(http)
+
+
+def local_api_key() -> str | None:
+    from api.services.auth import read_secret
+    from api.settings import get_settings
+
+    return read_secret(get_settings().api_key_file)

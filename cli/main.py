@@ -74,6 +74,19 @@ def health(state: State) -> None:
 
 
 @cli.command()
+@pass_state
+def whoami(state: State) -> None:
+    """The tenant your API key belongs to, its quotas and what is in use."""
+    from cli.commands.admin import tenant_table
+
+    info = state.client().tenant()
+    if state.json:
+        print_json(info)
+    else:
+        console.print(tenant_table(info))
+
+
+@cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 def server(host: str, port: int) -> None:
@@ -86,7 +99,7 @@ def server(host: str, port: int) -> None:
 
 
 def _register() -> None:
-    from cli.commands import adapters, datasets, deployments, finetune, jobs
+    from cli.commands import adapters, admin, datasets, deployments, finetune, jobs
 
     cli.add_command(datasets.datasets)
     cli.add_command(finetune.finetune)
@@ -96,6 +109,7 @@ def _register() -> None:
     cli.add_command(deployments.inference)
     cli.add_command(deployments.janitor)
     cli.add_command(deployments.costs)
+    cli.add_command(admin.admin)
 
 
 _register()

@@ -154,5 +154,5 @@ def costs(ctx: Ctx, tenant: Tenant) -> Costs:
 
 @ops_router.post("/janitor/run", response_model=JanitorReport)
 async def run_janitor(ctx: Ctx, tenant: Tenant, dry_run: bool = False) -> JanitorReport:
-    """One janitor pass now (the API also runs it periodically)."""
-    return await run_in_threadpool(ctx.janitor.run_once, dry_run=dry_run)
+    """One janitor pass over the caller's deployments now (the API also runs it periodically)."""
+    return await run_in_threadpool(ctx.janitor.run_once, dry_run=dry_run, tenant_id=tenant)

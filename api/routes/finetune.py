@@ -67,8 +67,8 @@ def list_jobs(
 
 @router.post("/reconcile", response_model=ReconcileSummary, tags=["admin"])
 async def reconcile(ctx: Ctx, tenant: Tenant) -> ReconcileSummary:
-    """Sync every non-terminal job with its backend now (the background loop does this periodically)."""
-    report = await run_in_threadpool(ctx.reconciler.run_once)
+    """Sync the caller's non-terminal jobs with their backend now (a background loop does all)."""
+    report = await run_in_threadpool(ctx.reconciler.run_once, tenant)
     return ReconcileSummary(**report.__dict__)
 
 

@@ -17,6 +17,7 @@ from api.domain.errors import BackendError, BadRequest, Conflict, FastunerError,
 from api.domain.ids import new_id
 from api.domain.instances import INSTANCE_TYPES, lookup
 from api.logging import get_logger
+from api.services.tenants import TenantService
 from api.settings import Settings
 
 log = get_logger("deployments")
@@ -27,7 +28,10 @@ def endpoint_name_for(deployment_id: str) -> str:
 
 
 class DeploymentService:
-    def __init__(self, db: Database, backend: EndpointBackend, settings: Settings) -> None:
+    def __init__(
+        self, db: Database, backend: EndpointBackend, settings: Settings, tenants: TenantService
+    ) -> None:
+        self.tenants = tenants
         self.db = db
         self.backend = backend
         self.settings = settings
@@ -66,6 +70,7 @@ class DeploymentService:
             backend_state={},
         )
         with self.db.session() as session:
+            self.tenants.admit_endpoint(session, tenant_id, instance_name)
             session.add(row)
             jobs_repo.add_event(session, tenant_id, deployment_id, "created", "deployment creating",
                                 adapters=req.adapter_ids, instance_type=instance_name)  # fmt: skip

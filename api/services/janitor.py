@@ -59,11 +59,16 @@ class Janitor:
         self.settings = settings
         self.clock = clock
 
-    def run_once(self, *, dry_run: bool = False) -> JanitorReport:
+    def run_once(self, *, dry_run: bool = False, tenant_id: str | None = None) -> JanitorReport:
+        """One pass over every tenant's deployments, or only ``tenant_id``'s (an API caller's).
+
+        The orphan sweep (managed endpoints with no live row) belongs to no tenant: only the
+        deployment-wide pass (background loop, Lambda) runs it.
+        """
         now = self.clock()
         actions: list[JanitorAction] = []
         with self.db.session() as session:
-            rows = list(repo.live(session))
+            rows = list(repo.live(session, tenant_id))
         for row in rows:
             reason = expiry_reason(row, now)
             if reason is None or row.endpoint_name is None:
@@ -81,7 +86,8 @@ class Janitor:
                     action.error = str(exc)
                     log.warning("teardown failed; retried next pass", extra={"deployment_id": row.id})
             actions.append(action)
-        actions.extend(self._orphans(now, dry_run))
+        if tenant_id is None:
+            actions.extend(self._orphans(now, dry_run))
         saved = sum(a.hourly_price_usd or 0.0 for a in actions if a.done or (dry_run and a.error is None))
         report = JanitorReport(dry_run=dry_run, actions=actions, hourly_savings_usd=round(saved, 4))
         if actions:

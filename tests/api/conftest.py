@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.settings import Settings
 from api.storage.base import ObjectStore
-from tests.api.support import MakeClient, rows, write_jsonl
+from tests.api.support import MakeClient, authorize, rows, write_jsonl
 
 
 @pytest.fixture
@@ -27,6 +27,7 @@ def make_client(settings_factory: Callable[..., Settings]) -> Iterator[MakeClien
             create_app(settings_factory(**overrides), store=store), raise_server_exceptions=False
         )
         client.__enter__()
+        authorize(client)
         clients.append(client)
         return client
 

@@ -32,3 +32,11 @@ def upload(client: TestClient, path: Path, url: str = "/v0/datasets", **fields: 
     data = {"name": "ds", **{k: str(v) for k, v in fields.items()}}
     with path.open("rb") as fh:
         return client.post(url, data=data, files={"file": (path.name, fh, "application/x-ndjson")})
+
+
+def authorize(client: TestClient) -> TestClient:
+    """Send the app's bootstrap API key (the embedded default's local key) with every request."""
+    key = client.app.state.local_api_key  # type: ignore[attr-defined]
+    assert key, "the app issued no local API key (bootstrap_api_key off?)"
+    client.headers["Authorization"] = f"Bearer {key}"
+    return client

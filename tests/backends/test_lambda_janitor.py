@@ -52,6 +52,9 @@ def lambda_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict
     with mock_aws():
         boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
         yield env
+    # load_settings() writes the resolved URL into os.environ itself (as it must in Lambda);
+    # monkeypatch can't undo what it didn't set, so drop it here lest it leak into later tests.
+    os.environ.pop("FASTUNER_DATABASE_URL", None)
     get_settings.cache_clear()
 
 

@@ -30,7 +30,7 @@ from api.app import create_app
 from api.backends.sagemaker import LOG_GROUP, SageMakerBackend
 from api.settings import Settings
 from api.storage.s3 import S3Store
-from tests.api.support import upload
+from tests.api.support import authorize, upload
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -161,7 +161,7 @@ class SageMakerEnv:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app = create_app(settings)
-        self.client = TestClient(self.app)
+        self.client = authorize(TestClient(self.app))
         self.calls = Calls()
         # The backend's own clients: hooks and injected errors act on exactly what the API uses.
         self.backend.sagemaker.meta.events.register("before-parameter-build.sagemaker", self.calls)

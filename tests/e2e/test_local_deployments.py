@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.settings import Settings
 from cli.main import cli
-from tests.api.support import upload
+from tests.api.support import authorize, upload
 
 pytestmark = pytest.mark.slow
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "uppercase.jsonl"
@@ -44,7 +44,7 @@ def test_two_adapters_one_server_then_janitor(tmp_path: Path, tiny_model: Path) 
     settings = Settings(
         home=tmp_path / "home", log_json=False, reconcile_interval_seconds=0.5, janitor_interval_seconds=3600
     )
-    with TestClient(create_app(settings)) as client:
+    with authorize(TestClient(create_app(settings))) as client:
         ds = upload(client, SAMPLE, name="upper").json()
         jobs = [
             client.post("/v0/finetune", json={

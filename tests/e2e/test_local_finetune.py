@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.settings import Settings
 from cli.main import cli
-from tests.api.support import upload
+from tests.api.support import authorize, upload
 
 pytestmark = pytest.mark.slow
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "uppercase.jsonl"
@@ -50,7 +50,7 @@ def test_train_survives_restart_and_registers_adapter(tmp_path: Path, tiny_model
         "max_steps": 12,
         "hyperparameters": {"log_every": 2, "checkpoint_every": 4},
     }
-    with TestClient(create_app(_settings(home))) as first:
+    with authorize(TestClient(create_app(_settings(home)))) as first:
         ds = upload(first, SAMPLE, name="upper").json()
         resp = first.post(
             "/v0/finetune", json={"dataset_id": ds["id"], **body}, headers={"Idempotency-Key": "k1"}
@@ -64,7 +64,7 @@ def test_train_survives_restart_and_registers_adapter(tmp_path: Path, tiny_model
         assert again.json()["id"] == job["id"]  # retried start: same job, nothing launched twice
         _wait(first, job["id"], lambda j: j["status"] == "running")
     # The control plane is gone; the job keeps training. A new one re-attaches and finishes it.
-    with TestClient(create_app(_settings(home))) as second:
+    with authorize(TestClient(create_app(_settings(home)))) as second:
         done = _wait(second, job["id"], lambda j: j["status"] == "completed")
         assert done["adapter_id"] and done["billable_seconds"] is not None
         assert done["latest_metrics"]["step"] == 12
@@ -100,7 +100,7 @@ def test_train_survives_restart_and_registers_adapter(tmp_path: Path, tiny_model
 
 
 def test_cancel_a_running_job(tmp_path: Path, tiny_model: Path) -> None:
-    with TestClient(create_app(_settings(tmp_path / "home"))) as client:
+    with authorize(TestClient(create_app(_settings(tmp_path / "home")))) as client:
         ds = upload(client, SAMPLE, name="upper").json()
         job = client.post(
             "/v0/finetune",
@@ -119,7 +119,7 @@ def test_cancel_a_running_job(tmp_path: Path, tiny_model: Path) -> None:
 
 
 def test_failed_job_surfaces_the_reason(tmp_path: Path, tiny_model: Path) -> None:
-    with TestClient(create_app(_settings(tmp_path / "home"))) as client:
+    with authorize(TestClient(create_app(_settings(tmp_path / "home")))) as client:
         ds = upload(client, SAMPLE, name="upper").json()
         bad = client.post(
             "/v0/finetune",

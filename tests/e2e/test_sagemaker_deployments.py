@@ -23,6 +23,7 @@ from api.app import create_app
 from api.db import models
 from api.services.janitor import Janitor
 from api.settings import Settings
+from tests.api.support import authorize
 
 REGION, ACCOUNT, BUCKET = "us-east-1", "123456789012", "fastuner-e2e"
 IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/fastuner-inference:1"
@@ -39,7 +40,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
             training_image_uri=IMAGE.replace("inference", "training"), inference_image_uri=IMAGE,
             default_inference_instance_type="ml.g4dn.xlarge", background_tasks=False, orphan_grace_seconds=600,
         )  # fmt: skip
-        with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        with authorize(TestClient(create_app(settings), raise_server_exceptions=False)) as c:
             yield c
 
 

@@ -31,11 +31,12 @@ def list_page(
     return page(session, DeploymentRow, query, limit=limit, cursor=cursor)
 
 
-def live(session: Session) -> Sequence[DeploymentRow]:
-    """Every deployment that may hold resources, across tenants (janitor, sync)."""
-    return session.scalars(
-        select(DeploymentRow).where(DeploymentRow.status.in_(LIVE)).order_by(DeploymentRow.created_at)
-    ).all()
+def live(session: Session, tenant_id: str | None = None) -> Sequence[DeploymentRow]:
+    """Every deployment that may hold resources, across tenants unless ``tenant_id`` is given."""
+    query = select(DeploymentRow).where(DeploymentRow.status.in_(LIVE))
+    if tenant_id is not None:
+        query = query.where(DeploymentRow.tenant_id == tenant_id)
+    return session.scalars(query.order_by(DeploymentRow.created_at)).all()
 
 
 def serving_adapter(session: Session, tenant_id: str, adapter_id: str) -> DeploymentRow | None:

@@ -39,14 +39,12 @@ def list_page(
     return page(session, FineTuneJobRow, query, limit=limit, cursor=cursor)
 
 
-def active_ids(session: Session) -> list[tuple[str, str]]:
-    """(tenant, id) of every job not yet terminal, across tenants (for the reconciler)."""
-    rows = session.execute(
-        select(FineTuneJobRow.tenant_id, FineTuneJobRow.id)
-        .where(FineTuneJobRow.status.in_(ACTIVE))
-        .order_by(FineTuneJobRow.created_at)
-    )
-    return [(t, i) for t, i in rows]
+def active_ids(session: Session, tenant_id: str | None = None) -> list[tuple[str, str]]:
+    """(tenant, id) of every job not yet terminal, across tenants unless ``tenant_id`` is given."""
+    query = select(FineTuneJobRow.tenant_id, FineTuneJobRow.id).where(FineTuneJobRow.status.in_(ACTIVE))
+    if tenant_id is not None:
+        query = query.where(FineTuneJobRow.tenant_id == tenant_id)
+    return [(t, i) for t, i in session.execute(query.order_by(FineTuneJobRow.created_at))]
 
 
 def add_event(

@@ -61,10 +61,11 @@ class Reconciler:
         self.backend = backend
         self.settings = settings
 
-    def run_once(self) -> ReconcileReport:
+    def run_once(self, tenant_id: str | None = None) -> ReconcileReport:
+        """Sync every non-terminal job (or only ``tenant_id``'s) with its backend."""
         report = ReconcileReport()
         with self.db.session() as session:
-            targets = repo.active_ids(session)
+            targets = repo.active_ids(session, tenant_id)
         for tenant_id, job_id in targets:
             token = job_id_var.set(job_id)
             try:

@@ -18,6 +18,7 @@ from api.domain.ids import new_id
 from api.logging import get_logger
 from api.services.datasets.service import DatasetService, split_key
 from api.services.finetune import preflight
+from api.services.tenants import TenantService
 from api.settings import Settings
 
 log = get_logger("finetune")
@@ -35,9 +36,15 @@ def job_prefix(tenant_id: str, job_id: str) -> str:
 
 class FineTuneService:
     def __init__(
-        self, db: Database, datasets: DatasetService, backend: ComputeBackend, settings: Settings
+        self,
+        db: Database,
+        datasets: DatasetService,
+        backend: ComputeBackend,
+        settings: Settings,
+        tenants: TenantService,
     ) -> None:
         self.db = db
+        self.tenants = tenants
         self.datasets = datasets
         self.backend = backend
         self.settings = settings
@@ -56,6 +63,8 @@ class FineTuneService:
         manifest = self.datasets.manifest(tenant_id, req.dataset_id)
         checked = preflight.run(req, dataset, manifest, self.settings)
         if req.dry_run:
+            with self.db.session() as session:
+                self.tenants.check_instance_type(session, tenant_id, checked.instance.name)
             return DryRun(
                 backend=self.backend.name,
                 hyperparameters=checked.hyperparameters,
@@ -84,6 +93,7 @@ class FineTuneService:
         )
         try:
             with self.db.session() as session:
+                self.tenants.admit_job(session, tenant_id, checked.instance.name)
                 session.add(row)
                 repo.add_event(session, tenant_id, job_id, "created", "job queued", warnings=checked.warnings)
         except IntegrityError:
