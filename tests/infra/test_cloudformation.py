@@ -3,11 +3,8 @@ control plane relies on (drop notifications, image URIs, janitor Lambda, least-p
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
-from collections.abc import Iterator
-from pathlib import Path
+import re
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -15,13 +12,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-REGION = "us-east-1"
-ACCOUNT = "123456789012"
-ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = ROOT / "infra" / "cloudformation" / "fastuner.yaml"
-STACK = "fastuner-test"
-CODE_BUCKET = "fastuner-artifacts"
-CODE_KEY = "lambda/fastuner-janitor.zip"
+from tests.infra.support import ACCOUNT, REGION, TEMPLATE
 
 EXPECTED_TYPES = {
     "DataBucket": "AWS::S3::Bucket",
@@ -172,40 +163,7 @@ def test_no_policy_allows_wildcard_actions() -> None:
                     assert not action.endswith(":*") and action != "*", f"{name} allows {action}"
 
 
-# -- deploy on moto ---------------------------------------------------------------------------
-# (moto's ValidateTemplate is cfn-lint itself, covered above; CreateStack builds what moto supports:
-# bucket, queues, ECR, IAM, log group, Lambda, EventBridge rule and permission.)
-@pytest.fixture(scope="module")
-def stack() -> Iterator[dict[str, str]]:
-    """The stack created on moto once for the module (the tests only read it); yields its outputs."""
-    with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
-        s3.create_bucket(Bucket=CODE_BUCKET)
-        package = io.BytesIO()
-        with zipfile.ZipFile(package, "w") as zf:
-            zf.writestr("api/lambda_janitor.py", "def handler(event, context):\n    return {}\n")
-        s3.put_object(Bucket=CODE_BUCKET, Key=CODE_KEY, Body=package.getvalue())
-        secret = boto3.client("secretsmanager", region_name=REGION).create_secret(
-            Name="fastuner/database-url", SecretString="postgresql+psycopg://u:p@db/fastuner"
-        )["ARN"]
-        cf = boto3.client("cloudformation", region_name=REGION)
-        cf.create_stack(
-            StackName=STACK,
-            TemplateBody=TEMPLATE.read_text(),
-            Capabilities=["CAPABILITY_IAM"],
-            Parameters=[
-                {"ParameterKey": "JanitorCodeBucket", "ParameterValue": CODE_BUCKET},
-                {"ParameterKey": "JanitorCodeKey", "ParameterValue": CODE_KEY},
-                {"ParameterKey": "DatabaseUrlSecretArn", "ParameterValue": secret},
-            ],
-        )
-        desc = cf.describe_stacks(StackName=STACK)["Stacks"][0]
-        assert desc["StackStatus"] == "CREATE_COMPLETE", desc.get("StackStatusReason")
-        outputs = {o["OutputKey"]: o["OutputValue"] for o in desc["Outputs"]}
-        outputs["DatabaseUrlSecretArn"] = secret
-        yield outputs
-
-
+# -- deployed on moto (the `stack` fixture, conftest.py) ------------------------------------
 def test_stack_outputs(stack: dict[str, str]) -> None:
     assert set(stack) >= EXPECTED_OUTPUTS
     assert stack["BucketName"] == f"fastuner-{ACCOUNT}-{REGION}"
@@ -309,6 +267,7 @@ def test_drops_and_only_drops_notify_the_queue(key_prefix: str) -> None:
         p = key_prefix
         s3.put_object(Bucket="data", Key=f"{p}drop/acme/train.jsonl", Body=b'{"input": "a", "target": "b"}\n')
         s3.put_object(Bucket="data", Key=f"{p}drop/acme/train.fastuner.json", Body=b"{}")  # sidecar
+        s3.put_object(Bucket="data", Key=f"{p}drop/acme/train.status.json", Body=b"{}")  # worker's answer
         s3.put_object(Bucket="data", Key=f"{p}acme/datasets/ds_1/train.jsonl", Body=b"{}")  # not a drop
         keys: list[str] = []
         while True:
@@ -354,6 +313,164 @@ def test_control_plane_may_do_what_the_backends_do() -> None:
     (passrole,) = [s for d in docs for s in statements(d) if s.get("Action") == "iam:PassRole"]
     assert passrole["Resource"] == {"Fn::GetAtt": ["SageMakerExecutionRole", "Arn"]}
     assert passrole["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+
+
+# -- a small IAM evaluator: identity policies with their intrinsics resolved ---------------------
+BUCKET_ARN = "arn:aws:s3:::fastuner-data"
+QUEUE_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:drops"
+DLQ_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:drops-dlq"
+
+
+def stack_names(key_prefix: str) -> dict[str, str]:
+    """What ``Ref``/``Fn::GetAtt``/``${...}`` stand for in the policies, for one ``KeyPrefix``."""
+    return {
+        "AWS::Partition": "aws",
+        "AWS::Region": REGION,
+        "AWS::AccountId": ACCOUNT,
+        "KeyPrefix": key_prefix,
+        "CheckpointsPrefix": "checkpoints/",
+        "ResourceNamePrefix": "fastuner-",
+        "DatabaseUrlSecretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:fastuner/database-url-AbCdEf",
+        "DataBucket.Arn": BUCKET_ARN,
+        "DropQueue.Arn": QUEUE_ARN,
+        "DropDeadLetterQueue.Arn": DLQ_ARN,
+        "SageMakerExecutionRole.Arn": f"arn:aws:iam::{ACCOUNT}:role/fastuner-sagemaker",
+        "TrainingRepository.Arn": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/fastuner-training",
+        "InferenceRepository.Arn": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/fastuner-inference",
+        "JanitorLogGroup.Arn": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/fastuner/test/janitor:*",
+    }
+
+
+def resolve(node: Any, names: dict[str, str]) -> Any:
+    """``node`` with ``Ref``, ``Fn::GetAtt`` and ``Fn::Sub`` replaced by their values in ``names``."""
+    if isinstance(node, list):
+        return [resolve(item, names) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if set(node) == {"Ref"}:
+        return names[node["Ref"]]
+    if set(node) == {"Fn::GetAtt"}:
+        return names[".".join(node["Fn::GetAtt"])]
+    if set(node) == {"Fn::Sub"}:
+        arg = node["Fn::Sub"]
+        text, local = (arg, {}) if isinstance(arg, str) else (arg[0], resolve(arg[1], names))
+        return re.sub(r"\$\{([^}]+)\}", lambda m: {**names, **local}[m.group(1)], text)
+    return {key: resolve(value, names) for key, value in node.items()}
+
+
+def wildcard(pattern: str, value: str, *, ignore_case: bool = False) -> bool:
+    """IAM matching: ``*`` is any run of characters (``/`` included), ``?`` any one."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, flags=re.S | (re.I if ignore_case else 0)) is not None
+
+
+def listify(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def conditions_hold(conditions: dict[str, dict[str, Any]], context: dict[str, str]) -> bool:
+    for operator, tests in conditions.items():
+        for key, expected in tests.items():
+            if key not in context:
+                return False
+            actual = context[key]
+            if operator in ("StringEquals", "ArnEquals", "Bool"):
+                ok = any(
+                    actual == str(e).lower() if operator == "Bool" else actual == e for e in listify(expected)
+                )
+            elif operator in ("StringLike", "ArnLike"):
+                ok = any(wildcard(e, actual) for e in listify(expected))
+            else:
+                raise AssertionError(f"condition operator {operator} not handled by this evaluator")
+            if not ok:
+                return False
+    return True
+
+
+def allows(
+    docs: list[dict[str, Any]], action: str, resource: str, context: dict[str, str] | None = None
+) -> bool:
+    """Whether resolved identity policies ``docs`` allow ``action`` on ``resource`` (an explicit deny wins)."""
+    verdicts = set()
+    for statement in (s for doc in docs for s in statements(doc)):
+        assert not {"NotAction", "NotResource", "NotPrincipal"} & set(statement), statement
+        if (
+            any(wildcard(a, action, ignore_case=True) for a in listify(statement["Action"]))
+            and any(wildcard(r, resource) for r in listify(statement["Resource"]))
+            and conditions_hold(statement.get("Condition", {}), context or {})
+        ):
+            verdicts.add(statement["Effect"])
+    return "Allow" in verdicts and "Deny" not in verdicts
+
+
+def test_the_evaluator() -> None:
+    doc = {
+        "Statement": [
+            {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/drop/*"},
+            {
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": "arn:aws:s3:::b",
+                "Condition": {"StringLike": {"s3:prefix": "drop/*"}},
+            },
+            {"Effect": "Deny", "Action": "s3:*", "Resource": "arn:aws:s3:::b/drop/secret*"},
+        ]
+    }
+    assert allows([doc], "s3:getobject", "arn:aws:s3:::b/drop/acme/x.jsonl")
+    assert not allows([doc], "s3:GetObject", "arn:aws:s3:::b/acme/drop/x.jsonl")
+    assert not allows([doc], "s3:GetObject", "arn:aws:s3:::b/drop/secret.jsonl")
+    assert not allows([doc], "s3:PutObject", "arn:aws:s3:::b/drop/acme/x.jsonl")
+    assert allows([doc], "s3:ListBucket", "arn:aws:s3:::b", {"s3:prefix": "drop/acme/"})
+    assert not allows([doc], "s3:ListBucket", "arn:aws:s3:::b", {"s3:prefix": "acme/"})
+    assert not allows([doc], "s3:ListBucket", "arn:aws:s3:::b")
+    assert resolve({"Fn::Sub": ["${A}/${X}", {"X": {"Ref": "B"}}]}, {"A": "a", "B": "b"}) == "a/b"
+
+
+@pytest.mark.parametrize("key_prefix", ["", "prod/"])
+def test_control_plane_can_run_the_drop_worker_and_no_more(key_prefix: str) -> None:
+    """The S3 drop-and-train worker runs as the control plane: it long-polls the drop queue, reads
+    ``drop/{tenant}/*.jsonl`` and ``*.fastuner.json``, writes ``*.status.json`` beside them and
+    creates datasets and jobs under ``{tenant}/``."""
+    template = load_template()
+    docs = [resolve(d, stack_names(key_prefix)) for d in role_documents(template, "ControlPlaneRole")]
+    p = key_prefix
+
+    def obj(key: str) -> str:
+        return f"{BUCKET_ARN}/{p}{key}"
+
+    for action, key in [
+        ("s3:GetObject", "drop/acme/train.jsonl"),
+        ("s3:GetObjectVersion", "drop/acme/train.jsonl"),  # the version the event names
+        ("s3:GetObject", "drop/acme/sub/dir/train.fastuner.json"),
+        ("s3:PutObject", "drop/acme/train.status.json"),
+        ("s3:PutObject", "acme/datasets/ds_1/train.jsonl"),
+        ("s3:PutObject", "acme/datasets/ds_1/manifest.json"),
+        ("s3:GetObject", "acme/adapters/adp_1/adapter_config.json"),
+        ("s3:DeleteObject", "acme/jobs/ft_1/checkpoints/step-10/model.safetensors"),
+    ]:
+        assert allows(docs, action, obj(key)), (action, key)
+    assert allows(docs, "s3:ListBucket", BUCKET_ARN, {"s3:prefix": f"{p}drop/acme/"})
+    assert not allows(docs, "s3:GetObjectVersion", obj("acme/datasets/ds_1/train.jsonl"))
+    assert not allows(docs, "s3:GetObject", "arn:aws:s3:::another-bucket/drop/acme/train.jsonl")
+    for action in (
+        "s3:PutBucketPolicy",
+        "s3:PutBucketNotification",
+        "s3:PutLifecycleConfiguration",
+        "s3:DeleteBucket",
+    ):
+        assert not allows(docs, action, BUCKET_ARN), action
+
+    for action in (
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+    ):
+        assert allows(docs, action, QUEUE_ARN), action
+    for action in ("sqs:SendMessage", "sqs:PurgeQueue", "sqs:DeleteQueue", "sqs:SetQueueAttributes"):
+        assert not allows(docs, action, QUEUE_ARN), action
+    assert not allows(docs, "sqs:ReceiveMessage", DLQ_ARN)
+    assert not allows(docs, "sqs:ReceiveMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:someone-elses-queue")
 
 
 def test_janitor_role_is_least_privilege() -> None:

@@ -1,0 +1,1 @@
+"""Deployment helpers for the CloudFormation stack in ``infra/cloudformation`` (not part of the wheel)."""
