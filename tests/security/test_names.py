@@ -36,7 +36,7 @@ def test_names_and_file_names_stay_labels(tmp_path: Path) -> None:
         ds = resp.json()
         assert ds["name"] == LABEL  # kept as a label
         job = env.started(ds["id"], base_model=SMOL)
-        for key in env.keys():
+        for key in env.keys(""):
             assert KEY.match(key), key
         request = env.calls.of("CreateTrainingJob")[0]
         assert request["TrainingJobName"] == "fastuner-" + job["id"].replace("_", "-")
