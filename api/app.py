@@ -39,6 +39,8 @@ def create_app(
             background.start(settings.reconcile_interval_seconds, "reconciler", ctx.reconciler.run_once)
             background.start(settings.reconcile_interval_seconds, "deployments", ctx.deployments.sync_once)
             background.start(settings.janitor_interval_seconds, "janitor", ctx.janitor.run_once)
+        if settings.drop_scan:
+            background.start(settings.drop_scan_interval_seconds, "drops", ctx.drops.scan_once)
         try:
             yield
         finally:

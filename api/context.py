@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from api.backends.base import ComputeBackend
 from api.backends.endpoints import EndpointBackend
@@ -12,6 +12,7 @@ from api.services.adapters import AdapterService
 from api.services.auth import AuthService
 from api.services.datasets.service import DatasetService
 from api.services.deployments import DeploymentService
+from api.services.drops import DropService
 from api.services.finetune.reconciler import Reconciler
 from api.services.finetune.service import FineTuneService
 from api.services.janitor import Janitor
@@ -36,6 +37,10 @@ class AppContext:
     janitor: Janitor
     auth: AuthService
     tenants: TenantService
+    drops: DropService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.drops = DropService(self.db, self.store, self.datasets, self.finetune, self.settings)
 
     @classmethod
     def build(

@@ -53,6 +53,22 @@ class Settings(BaseSettings):
     default_inference_instance_type: str = "ml.g5.xlarge"
     auto_migrate: bool = Field(default=True, description="run `alembic upgrade head` when the app starts")
     background_tasks: bool = Field(default=True, description="run the reconciler loop in the API process")
+    # -- S3 drop-and-train: `drop/{tenant}/<name>.jsonl` → dataset → job (`fastuner worker`)
+    drop_queue_url: str | None = Field(default=None, description="SQS queue of the bucket's drop events")
+    drop_queue_wait_seconds: Annotated[int, Field(ge=0, le=20)] = 20
+    drop_scan: bool = Field(default=False, description="also run the drop scanner in the API process")
+    drop_scan_interval_seconds: Annotated[float, Field(gt=0)] = 30.0
+    drop_settle_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=2.0, description="local store: a dropped file counts once unchanged this long"
+    )
+    drop_default_base_model: str | None = Field(default=None, description="when the sidecar names none")
+    drop_lease_seconds: Annotated[int, Field(gt=0)] = Field(
+        default=900, description="a crashed worker's drop is taken over after this (keep > one drop's work)"
+    )
+    drop_retry_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=60.0, description="first retry delay of a pending drop (quota, transient error); doubles"
+    )
+    drop_max_attempts: Annotated[int, Field(ge=1)] = 10
     # Local backend: the Python that runs the training/inference entrypoints.
     local_python: str | None = None
 

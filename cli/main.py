@@ -99,7 +99,7 @@ def server(host: str, port: int) -> None:
 
 
 def _register() -> None:
-    from cli.commands import adapters, admin, datasets, deployments, finetune, jobs
+    from cli.commands import adapters, admin, datasets, deployments, finetune, jobs, worker
 
     cli.add_command(datasets.datasets)
     cli.add_command(finetune.finetune)
@@ -110,6 +110,7 @@ def _register() -> None:
     cli.add_command(deployments.janitor)
     cli.add_command(deployments.costs)
     cli.add_command(admin.admin)
+    cli.add_command(worker.worker)
 
 
 _register()

@@ -174,21 +174,38 @@ class MetricRow(Base):
 
 
 class DropObjectRow(Base):
-    """Ledger of S3 drop-and-train objects: each (bucket, key, etag) is processed once."""
+    """Ledger of S3 drop-and-train objects: each (bucket, key, etag) is processed once.
+
+    A worker claims a new object by INSERT (the unique constraint decides between racing workers)
+    and holds a lease while it works; a lapsed lease or a due ``pending`` row is re-claimed with a
+    conditional UPDATE. ``dataset_id`` is allocated with the claim and ``options`` snapshots the
+    sidecar, so a retry reuses both (and the job's idempotency key derives from ``id``).
+    """
 
     __tablename__ = "drop_objects"
-    __table_args__ = (UniqueConstraint("bucket", "key", "etag", name="uq_drop_object"),)
+    __table_args__ = (
+        UniqueConstraint("bucket", "key", "etag", name="uq_drop_object"),
+        Index("ix_drop_objects_due", "status", "next_attempt_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(String(TENANT_LEN))
     bucket: Mapped[str] = mapped_column(String(255))
     key: Mapped[str] = mapped_column(String(1024))
     etag: Mapped[str] = mapped_column(String(128))
+    version_id: Mapped[str | None] = mapped_column(String(1024))
     status: Mapped[str] = mapped_column(String(16))
     dataset_id: Mapped[str | None] = mapped_column(String(ID_MAX_LEN))
     job_id: Mapped[str | None] = mapped_column(String(ID_MAX_LEN))
     error: Mapped[str | None] = mapped_column(Text)
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None]
 
 
 class TenantRow(Base):

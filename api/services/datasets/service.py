@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.db import models
@@ -25,7 +26,7 @@ from api.domain.datasets import (
 )
 from api.domain.enums import DatasetFormat, DatasetStatus, TaskType
 from api.domain.errors import BadRequest, Conflict, NotFound, StorageError, ValidationFailed
-from api.domain.ids import new_id
+from api.domain.ids import has_prefix, new_id
 from api.logging import get_logger
 from api.services.datasets.pipeline import PipelineResult, process
 from api.settings import Settings
@@ -57,13 +58,27 @@ class DatasetService:
 
     # -- create -------------------------------------------------------------------------------
     def create(
-        self, tenant_id: str, source: Path, options: DatasetOptions, *, filename: str | None = None
+        self,
+        tenant_id: str,
+        source: Path,
+        options: DatasetOptions,
+        *,
+        filename: str | None = None,
+        dataset_id: str | None = None,
     ) -> Dataset:
         """Validate, split and store; the row is written only after every object is in the store.
 
         Any failure removes what was written, so neither objects nor a row are left behind.
+        ``dataset_id`` (allocated by a caller that may retry, e.g. a drop) makes the call
+        idempotent: if that dataset exists, it is returned as it is.
         """
-        dataset_id = new_id("ds")
+        if dataset_id is not None:
+            if not has_prefix(dataset_id, "ds"):
+                raise ValueError(f"not a dataset id: {dataset_id!r}")
+            existing = self._find(tenant_id, dataset_id)
+            if existing is not None:
+                return existing
+        dataset_id = dataset_id or new_id("ds")
         self.settings.work_dir.mkdir(parents=True, exist_ok=True)
         out_dir = Path(tempfile.mkdtemp(prefix=f"{dataset_id}-", dir=self.settings.work_dir))
         try:
@@ -111,6 +126,14 @@ class DatasetService:
         try:
             with self.db.session() as session:
                 session.add(row)
+        except IntegrityError:
+            # A concurrent create of the same pre-allocated id won: the objects are its (splits are
+            # byte-for-byte reproducible), so they stay.
+            existing = self._find(tenant_id, dataset_id)
+            if existing is None:
+                self._cleanup(prefix)
+                raise
+            return existing
         except BaseException:
             self._cleanup(prefix)
             raise
@@ -220,6 +243,11 @@ class DatasetService:
             else:
                 session.delete(row)
         log.info("dataset deleted", extra={"dataset_id": dataset_id})
+
+    def _find(self, tenant_id: str, dataset_id: str) -> Dataset | None:
+        with self.db.session() as session:
+            row = repo.get(session, tenant_id, dataset_id)
+            return to_model(row) if row is not None and row.status == DatasetStatus.READY.value else None
 
     def _row(self, session: Session, tenant_id: str, dataset_id: str) -> models.DatasetRow:
         row = repo.get(session, tenant_id, dataset_id)
