@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,12 @@ from api.settings import Settings
 from tests.drops.support import Clock, RecordingBackend, World, add_tenant
 
 MakeWorld = Callable[..., World]
+
+
+@pytest.fixture(autouse=True)
+def _every_log_record_is_built(caplog: pytest.LogCaptureFixture) -> None:
+    """Log calls at every level really run (a bad ``extra`` key fails the test, not production)."""
+    caplog.set_level(logging.DEBUG, logger="fastuner")
 
 
 @pytest.fixture

@@ -71,7 +71,9 @@ def make_aws_drops(home: Path, *, visibility: int = 30, max_receive: int = 2, pr
         QueueName="fastuner-drops",
         Attributes={
             "VisibilityTimeout": str(visibility),
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive)}),
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive)}
+            ),
         },
     )["QueueUrl"]
     boto3.client("s3", region_name=REGION).put_bucket_notification_configuration(

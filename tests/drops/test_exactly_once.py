@@ -180,7 +180,9 @@ def test_crash_after_the_dataset_reuses_it(world: World) -> None:
     assert jobs(world.ctx)[0].dataset_id == ds.id
 
 
-def test_a_slow_worker_overtaken_after_its_lease_still_makes_one_job(db_url: str, make_world: MakeWorld) -> None:
+def test_a_slow_worker_overtaken_after_its_lease_still_makes_one_job(
+    db_url: str, make_world: MakeWorld
+) -> None:
     """The lease is an optimisation; the dataset id and the idempotency key make it exactly once."""
     world = make_world(db_url)
     key = drop(world.store, "slow", jsonl(rows()), sidecar=SIDECAR)

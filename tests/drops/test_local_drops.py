@@ -63,7 +63,12 @@ def test_sidecar_options_are_honoured(world: World) -> None:
     assert (ds.name, ds.task_type, ds.seed) == ("sentiment v2", "classification", 7)
     assert ds.ratios == {"train": 0.7, "validation": 0.2, "test": 0.1}
     hp = job.hyperparameters
-    assert (hp["max_steps"], hp["lora_r"], hp["learning_rate"], hp["target_s"]) == ("12", "4", "0.001", "0.02")
+    assert (hp["max_steps"], hp["lora_r"], hp["learning_rate"], hp["target_s"]) == (
+        "12",
+        "4",
+        "0.001",
+        "0.02",
+    )
 
 
 def test_default_base_model_from_settings(make_world) -> None:  # type: ignore[no-untyped-def]
@@ -90,7 +95,9 @@ def test_bad_file_is_rejected_with_line_numbers_and_leaves_nothing(world: World)
 
 
 def test_bad_sidecar_is_rejected_before_any_data_is_stored(world: World) -> None:
-    key = drop(world.store, "x", jsonl(rows()), sidecar={"job": {"base_model": SMOL, "lora_r": 0, "colour": 1}})
+    key = drop(
+        world.store, "x", jsonl(rows()), sidecar={"job": {"base_model": SMOL, "lora_r": 0, "colour": 1}}
+    )
 
     assert [o.action for o in world.ctx.drops.scan_once()] == ["rejected"]
 

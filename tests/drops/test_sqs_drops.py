@@ -31,9 +31,11 @@ def env(aws: None, tmp_path: Path) -> Iterator[AwsDrops]:
 
 
 def status(key: str, prefix: str = "") -> dict[str, object]:
-    body = boto3.client("s3", region_name=REGION).get_object(
-        Bucket=BUCKET, Key=prefix + key[: -len(".jsonl")] + ".status.json"
-    )["Body"].read()
+    body = (
+        boto3.client("s3", region_name=REGION)
+        .get_object(Bucket=BUCKET, Key=prefix + key[: -len(".jsonl")] + ".status.json")["Body"]
+        .read()
+    )
     data: dict[str, object] = json.loads(body)
     return data
 
@@ -50,7 +52,9 @@ def test_drop_end_to_end_through_the_queue(env: AwsDrops) -> None:
     assert (job.dataset_id, job.base_model, job.backend) == (ds.id, SMOL, "sagemaker")
     assert ds.name == "my reviews+v1"
     moto_job = SageMakerEnv.moto_jobs()[job_name_of(job.id)]
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in moto_job.input_data_config}
+    channels = {
+        c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in moto_job.input_data_config
+    }
     assert channels["train"] == f"s3://{BUCKET}/{TENANT}/datasets/{ds.id}/train.jsonl"
     st = status(f"drop/{TENANT}/my reviews+v1.jsonl")
     assert (st["state"], st["dataset_id"], st["job_id"], st["etag"]) == ("started", ds.id, job.id, etag)

@@ -146,7 +146,9 @@ class DropHandler:
         if job.status == JobStatus.FAILED:
             message = f"job {job.id} failed: {job.failure_reason or 'unknown reason'}"
             return self._final(at, DropState.FAILED, message, job=job)
-        return self._final(at, DropState.STARTED, f"dataset {at.dataset_id} stored, job {job.id} started", job=job)
+        return self._final(
+            at, DropState.STARTED, f"dataset {at.dataset_id} stored, job {job.id} started", job=job
+        )
 
     def _process(self, at: _Attempt) -> FineTuneJob:
         drop, claim = at.drop, at.claim
@@ -162,7 +164,9 @@ class DropHandler:
             preflight.resolve_instance(plan.job, self.settings)
         except BadRequest as exc:
             raise _Rejected(exc.message, errors=[exc.message]) from exc
-        self.status.write(drop, at.etag, DropState.PROCESSING, "validating the dataset", attempts=claim.attempts)
+        self.status.write(
+            drop, at.etag, DropState.PROCESSING, "validating the dataset", attempts=claim.attempts
+        )
         try:
             at.dataset_id = self._dataset(at, plan.dataset).id
             result = self.finetune.start(drop.tenant_id, plan.job, idempotency_key=f"drop-{claim.id}")
@@ -191,8 +195,9 @@ class DropHandler:
                 default_base_model=self.settings.drop_default_base_model,
             )
         except sidecar.SidecarError as exc:
-            where = keys.SIDECAR_SUFFIX if at.claim.options is None else "options"
-            raise _Rejected(f"the sidecar ({where}) is not usable", errors=exc.errors) from exc
+            sidecar_name = at.drop.sidecar_key.rsplit("/", 1)[-1]
+            message = f"the options ({sidecar_name} or the defaults) are not usable: {'; '.join(exc.errors)}"
+            raise _Rejected(message, errors=exc.errors) from exc
 
     def _read_sidecar(self, drop: DropKey) -> sidecar.Sidecar:
         try:
@@ -253,7 +258,7 @@ class DropHandler:
         error = None if state == DropState.STARTED else message
         if not self.ledger.finish(at.claim, state, dataset_id=at.dataset_id, job_id=job_id, error=error):
             log.warning("drop lease lost before the outcome was recorded", extra=at.log_extra())
-        log.info(f"drop {state.value}", extra=at.log_extra(job_id=job_id, message=message))
+        log.info(f"drop {state.value}", extra=at.log_extra(job_id=job_id, detail=message))
         return Outcome(state.value, at.drop.key, message, at.dataset_id, job_id)
 
     def _retry(self, at: _Attempt, reason: str, *, write_status: bool = True) -> Outcome:

@@ -56,7 +56,14 @@ class Ledger:
         self.max_attempts = max_attempts
 
     def claim(
-        self, *, tenant_id: str, bucket: str, key: str, etag: str, version_id: str | None, dataset_id: str | None
+        self,
+        *,
+        tenant_id: str,
+        bucket: str,
+        key: str,
+        etag: str,
+        version_id: str | None,
+        dataset_id: str | None,
     ) -> Claim | str:
         """A claim on (bucket, key, etag), or why there is none: ``finished``, ``busy`` (another
         worker holds the lease) or ``waiting`` (a retry that is not due yet)."""
@@ -84,7 +91,9 @@ class Ledger:
         except IntegrityError:
             pass  # a row exists: finished, held by someone, or claimable
         with self.db.session() as session:  # the UPDATE first: the transaction starts as a writer
-            won = repo.take_over(session, bucket, key, etag, owner=owner, lease_until=now + self.lease, now=now)
+            won = repo.take_over(
+                session, bucket, key, etag, owner=owner, lease_until=now + self.lease, now=now
+            )
             existing = repo.by_identity(session, bucket, key, etag)
             if existing is None:
                 return "busy"  # abandoned just now; the next event or scan sees the object again
@@ -95,7 +104,9 @@ class Ledger:
 
     def save_options(self, claim: Claim, options: dict[str, Any]) -> bool:
         with self.db.session() as session:
-            return repo.update_claimed(session, claim.id, claim.owner, options=options, updated_at=self.clock())
+            return repo.update_claimed(
+                session, claim.id, claim.owner, options=options, updated_at=self.clock()
+            )
 
     def finish(
         self,
