@@ -95,6 +95,14 @@ def add_tenant(ctx: AppContext, tenant_id: str = TENANT, **quotas: Any) -> None:
         session.add(TenantRow(id=tenant_id, admissions=0, **quotas))
 
 
+def set_job_quota(world: World, limit: int | None) -> None:
+    """The tenant's max_concurrent_jobs override (None: the default)."""
+    with world.ctx.db.session() as session:
+        tenant = session.get(TenantRow, TENANT)
+        assert tenant is not None
+        tenant.max_concurrent_jobs = limit
+
+
 def drop(store: ObjectStore, name: str, data: bytes, *, tenant: str = TENANT,
          sidecar: dict[str, Any] | bytes | None = None) -> str:  # fmt: skip
     """Put the sidecar (first, as users should) and the data; returns the drop's store key."""

@@ -11,11 +11,21 @@ from typing import Any
 
 import pytest
 
-from api.db.models import TenantRow
 from api.domain.drops import DropRef
 from api.services.drops import Outcome
 from tests.drops.conftest import MakeWorld
-from tests.drops.support import SMOL, TENANT, World, datasets, drop, jobs, jsonl, ledger, rows, status_of
+from tests.drops.support import (
+    SMOL,
+    World,
+    datasets,
+    drop,
+    jobs,
+    jsonl,
+    ledger,
+    rows,
+    set_job_quota,
+    status_of,
+)
 
 SIDECAR = {"job": {"base_model": SMOL, "max_steps": 40}}
 WORKERS = 4
@@ -40,13 +50,6 @@ class Gated:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
-
-
-def set_job_quota(world: World, limit: int | None) -> None:
-    with world.ctx.db.session() as session:
-        tenant = session.get(TenantRow, TENANT)
-        assert tenant is not None
-        tenant.max_concurrent_jobs = limit
 
 
 def _worker_with(world: World, **hooks: Callable[[], None]) -> Any:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
-from api.db.models import TenantRow
 from api.domain.drops import DropRef
 from api.domain.errors import BackendError
+from api.services.drops.worker import DropWorker
+from tests.drops.conftest import MakeWorld
 from tests.drops.support import (
     SMOL,
     TENANT,
@@ -19,6 +21,7 @@ from tests.drops.support import (
     jsonl,
     ledger,
     rows,
+    set_job_quota,
     status_of,
 )
 
@@ -71,7 +74,7 @@ def test_sidecar_options_are_honoured(world: World) -> None:
     )
 
 
-def test_default_base_model_from_settings(make_world) -> None:  # type: ignore[no-untyped-def]
+def test_default_base_model_from_settings(make_world: MakeWorld) -> None:
     world = make_world(drop_default_base_model=SMOL)
     drop(world.store, "plain", jsonl(rows()))
     assert [o.action for o in world.ctx.drops.scan_once()] == ["started"]
@@ -156,10 +159,7 @@ def test_status_and_sidecar_objects_never_trigger(world: World) -> None:
 
 
 def test_quota_exceeded_is_pending_then_retried(world: World) -> None:
-    with world.ctx.db.session() as session:
-        tenant = session.get(TenantRow, TENANT)
-        assert tenant is not None
-        tenant.max_concurrent_jobs = 0
+    set_job_quota(world, 0)
     key = drop(world.store, "q", jsonl(rows()), sidecar=SIDECAR)
 
     assert [o.action for o in world.ctx.drops.scan_once()] == ["pending"]
@@ -169,10 +169,7 @@ def test_quota_exceeded_is_pending_then_retried(world: World) -> None:
     assert jobs(world.ctx) == []
     assert world.ctx.drops.scan_once() == []  # not due yet: nothing happens
 
-    with world.ctx.db.session() as session:
-        tenant = session.get(TenantRow, TENANT)
-        assert tenant is not None
-        tenant.max_concurrent_jobs = None
+    set_job_quota(world, None)
     world.clock.advance(61)
     assert [o.action for o in world.ctx.drops.sweep_once()] == ["started"]
     assert len(jobs(world.ctx)) == 1 and len(datasets(world.ctx)) == 1  # the dataset was reused
@@ -195,12 +192,9 @@ def test_transient_backend_error_retries_into_the_same_job(world: World) -> None
     assert "launch failed" in status_of(world.store, key)["message"]
 
 
-def test_retries_give_up_after_max_attempts(make_world) -> None:  # type: ignore[no-untyped-def]
+def test_retries_give_up_after_max_attempts(make_world: MakeWorld) -> None:
     world = make_world(drop_max_attempts=2)
-    with world.ctx.db.session() as session:
-        tenant = session.get(TenantRow, TENANT)
-        assert tenant is not None
-        tenant.max_concurrent_jobs = 0
+    set_job_quota(world, 0)
     key = drop(world.store, "q", jsonl(rows()), sidecar=SIDECAR)
     assert [o.action for o in world.ctx.drops.scan_once()] == ["pending"]
     world.clock.advance(3600)
@@ -231,7 +225,7 @@ def test_out_of_order_event_for_an_overwritten_version_is_ignored(world: World) 
     assert ledger(world.ctx) == [] and jobs(world.ctx) == []
 
 
-def test_a_file_still_being_copied_waits_until_it_settles(make_world) -> None:  # type: ignore[no-untyped-def]
+def test_a_file_still_being_copied_waits_until_it_settles(make_world: MakeWorld) -> None:
     world = make_world(drop_settle_seconds=30)
     drop(world.store, "s", jsonl(rows()), sidecar=SIDECAR)
     assert world.ctx.drops.scan_once() == []
@@ -239,3 +233,18 @@ def test_a_file_still_being_copied_waits_until_it_settles(make_world) -> None:  
     old = time.time() - 60
     os.utime(path, (old, old))
     assert [o.action for o in world.ctx.drops.scan_once()] == ["started"]
+
+
+def test_worker_loop_stops_when_asked(world: World) -> None:
+    drop(world.store, "loop", jsonl(rows()), sidecar=SIDECAR)
+    stop = threading.Event()
+    worker = DropWorker(world.ctx.drops, source="scan", interval=0.01)
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not jobs(world.ctx):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive() and len(jobs(world.ctx)) == 1
