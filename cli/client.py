@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -23,6 +25,9 @@ from api.domain.tenants import TenantInfo
 
 T = TypeVar("T", bound=BaseModel)
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=600.0)
+RETRIES = 2
+RETRY_DELAY_S = 0.2
+RETRYABLE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
 
 class ApiError(Exception):
@@ -60,7 +65,19 @@ class FastunerClient:
 
     # -- plumbing -----------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        resp = self.http.request(method, path, **kwargs)
+        # A request that is safe to repeat (a read, or a POST carrying an Idempotency-Key) is
+        # retried when the connection drops under it, e.g. a keep-alive connection the server
+        # closed just as the request went out.
+        headers = kwargs.get("headers") or {}
+        retries = RETRIES if method in ("GET", "HEAD") or "Idempotency-Key" in headers else 0
+        for attempt in range(retries + 1):
+            try:
+                resp = self.http.request(method, path, **kwargs)
+                break
+            except RETRYABLE:
+                if attempt == retries:
+                    raise
+                time.sleep(RETRY_DELAY_S * 2**attempt)
         if resp.status_code >= 400:
             raise _api_error(resp)
         return resp
@@ -129,6 +146,8 @@ class FastunerClient:
     def start_finetune(
         self, req: FineTuneRequest, *, idempotency_key: str | None = None
     ) -> FineTuneJob | DryRun:
+        if idempotency_key is None and not req.dry_run:  # so a retried start can't start twice
+            idempotency_key = f"sdk-{uuid.uuid4()}"
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         body = req.model_dump(mode="json", exclude_defaults=True)
         data = self._request("POST", "/v0/finetune", json=body, headers=headers).json()
