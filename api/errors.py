@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.domain.errors import FastunerError
@@ -26,6 +27,35 @@ _HTTP_CODES = {
     422: "invalid_request",
     429: "too_many_requests",
 }
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    code: str = Field(description="stable machine-readable code, e.g. not_found or quota_exceeded")
+    message: str = Field(description="what went wrong, for a person")
+    request_id: str | None = Field(description="quote it when reporting a problem (also X-Request-ID)")
+    details: Any = Field(
+        default=None, description="structured context (validation problems, the quota hit …)"
+    )
+
+
+_DESCRIPTIONS = {
+    400: "Bad request: refused by a check (preflight, form field, cursor …)",
+    401: "Missing, invalid or revoked API key",
+    403: "Forbidden for this tenant (e.g. an instance type outside its quota)",
+    404: "No such object for this tenant",
+    409: "Conflicts with the current state of an object",
+    413: "Request body over the size limit",
+    422: "The request failed validation",
+    429: "A quota of this tenant is reached",
+    502: "The object store or the compute backend failed",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses an operation can answer (FastAPI's ``responses=``)."""
+    return {status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]} for status in statuses}
 
 
 def error_body(request: Request, code: str, message: str, details: Any = None) -> dict[str, Any]:

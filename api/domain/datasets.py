@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.domain.enums import DatasetFormat, DatasetStatus, TaskType
+from api.domain.text import has_control_char
 
 SPLIT_NAMES: tuple[str, str, str] = ("train", "validation", "test")
 
@@ -71,7 +72,7 @@ class DatasetOptions(BaseModel):
     @classmethod
     def _name_chars(cls, v: str) -> str:
         v = v.strip()
-        if not v or any(c in v for c in "\n\r\t/\\"):
+        if not v or any(c in v for c in "/\\") or has_control_char(v):
             raise ValueError("name must be non-empty and contain no slashes or control characters")
         return v
 

@@ -8,11 +8,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.domain.enums import DeploymentStatus
+from api.domain.text import RequestBody
 
 MAX_TTL_SECONDS = 30 * 86400
 
 
-class DeploymentRequest(BaseModel):
+class DeploymentRequest(RequestBody):
     """``POST /v0/deployments``: serve one or more adapters of the same base model."""
 
     model_config = ConfigDict(extra="forbid")
@@ -65,7 +66,7 @@ ChatMessage = dict[str, str]
 Inputs = str | list[ChatMessage] | list[str] | list[list[ChatMessage]]
 
 
-class InferenceRequest(BaseModel):
+class InferenceRequest(RequestBody):
     """``POST /v0/inference``: name a deployment, or an adapter served by one of yours."""
 
     model_config = ConfigDict(extra="forbid")

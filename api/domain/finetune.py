@@ -5,14 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.domain.enums import JobStatus, TuneMethod
+from api.domain.text import RequestBody, has_control_char
 
 HyperValue = str | int | float | bool
 
 
-class FineTuneRequest(BaseModel):
+class FineTuneRequest(RequestBody):
     """``POST /v0/finetune``. Engine hyperparameters may be given in ``hyperparameters`` (any key
     the SCU engine accepts) or through the common shortcuts below, which win when both are set."""
 
@@ -33,6 +34,13 @@ class FineTuneRequest(BaseModel):
     max_runtime_seconds: Annotated[int, Field(ge=60, le=28 * 86400)] = 24 * 3600
     volume_gb: Annotated[int, Field(ge=1, le=16384)] = 50
     dry_run: bool = False
+
+    @field_validator("base_model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if has_control_char(value):
+            raise ValueError("base_model must not contain control characters")
+        return value
 
     def engine_hyperparameters(self) -> dict[str, HyperValue]:
         hp: dict[str, HyperValue] = dict(self.hyperparameters)

@@ -11,8 +11,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Ctx, Tenant
 from api.domain.finetune import Adapter
+from api.errors import error_responses
 
-router = APIRouter(prefix="/adapters", tags=["adapters"])
+router = APIRouter(prefix="/adapters", tags=["adapters"], responses=error_responses(401))
 
 
 class AdapterPage(BaseModel):
@@ -20,7 +21,7 @@ class AdapterPage(BaseModel):
     next_cursor: str | None
 
 
-@router.get("", response_model=AdapterPage)
+@router.get("", response_model=AdapterPage, responses=error_responses(400, 422))
 def list_adapters(
     ctx: Ctx, tenant: Tenant, limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None
 ) -> AdapterPage:
@@ -28,12 +29,19 @@ def list_adapters(
     return AdapterPage(items=items, next_cursor=next_cursor)
 
 
-@router.get("/{adapter_id}", response_model=Adapter)
+@router.get("/{adapter_id}", response_model=Adapter, responses=error_responses(404, 422))
 def get_adapter(adapter_id: str, ctx: Ctx, tenant: Tenant) -> Adapter:
     return ctx.adapters.get(tenant, adapter_id)
 
 
-@router.get("/{adapter_id}/download", response_class=StreamingResponse)
+@router.get(
+    "/{adapter_id}/download",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/gzip": {}}, "description": "the adapter folder as .tar.gz"},
+        **error_responses(404, 422, 502),
+    },
+)
 async def download_adapter(adapter_id: str, ctx: Ctx, tenant: Tenant) -> StreamingResponse:
     """The adapter folder (adapter_config.json, adapter_model.safetensors, eval.json, …) as .tar.gz."""
     stream = await run_in_threadpool(ctx.adapters.archive, tenant, adapter_id)

@@ -17,8 +17,9 @@ from starlette.datastructures import FormData, UploadFile
 from api.deps import Ctx, Tenant
 from api.domain.datasets import Dataset, DatasetOptions, Manifest, SplitRatios, ValidationReport
 from api.domain.errors import BadRequest
+from api.errors import error_responses
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=error_responses(401))
 
 _FORM_FIELDS = {"name", "task_type", "format", "seed", "split"}
 _UPLOAD_DOC: dict[str, Any] = {
@@ -31,13 +32,13 @@ _UPLOAD_DOC: dict[str, Any] = {
                     "required": ["file", "name"],
                     "properties": {
                         "file": {"type": "string", "format": "binary", "description": "JSONL file"},
-                        "name": {"type": "string"},
+                        "name": {"type": "string", "minLength": 1, "maxLength": 128},
                         "task_type": {"type": "string", "enum": ["generation", "classification", "qa"]},
                         "format": {
                             "type": "string",
                             "enum": ["input_target", "chat", "prompt_completion", "instruction"],
                         },
-                        "seed": {"type": "integer"},
+                        "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
                         "split": {"type": "string", "example": "0.8,0.1,0.1"},
                     },
                 }
@@ -109,7 +110,13 @@ async def _form(request: Request) -> FormData:
     return await request.form(max_files=1, max_fields=len(_FORM_FIELDS))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=Dataset, openapi_extra=_UPLOAD_DOC)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Dataset,
+    openapi_extra=_UPLOAD_DOC,
+    responses=error_responses(400, 413, 422, 502),
+)
 async def upload_dataset(request: Request, ctx: Ctx, tenant: Tenant) -> Dataset:
     """Upload a JSONL file: validate, dedup, split and store it. 422 with the full report if invalid."""
     form = await _form(request)
@@ -121,7 +128,12 @@ async def upload_dataset(request: Request, ctx: Ctx, tenant: Tenant) -> Dataset:
         await form.close()
 
 
-@router.post("/validate", response_model=ValidationReport, openapi_extra=_UPLOAD_DOC)
+@router.post(
+    "/validate",
+    response_model=ValidationReport,
+    openapi_extra=_UPLOAD_DOC,
+    responses=error_responses(400, 413),
+)
 async def validate_dataset(request: Request, ctx: Ctx, tenant: Tenant) -> ValidationReport:
     """Dry run: the validation report and split counts; nothing is stored."""
     form = await _form(request)
@@ -133,7 +145,7 @@ async def validate_dataset(request: Request, ctx: Ctx, tenant: Tenant) -> Valida
         await form.close()
 
 
-@router.get("", response_model=DatasetPage)
+@router.get("", response_model=DatasetPage, responses=error_responses(400, 422))
 def list_datasets(
     ctx: Ctx,
     tenant: Tenant,
@@ -144,17 +156,17 @@ def list_datasets(
     return DatasetPage(items=items, next_cursor=next_cursor)
 
 
-@router.get("/{dataset_id}", response_model=Dataset)
+@router.get("/{dataset_id}", response_model=Dataset, responses=error_responses(404, 422))
 def get_dataset(dataset_id: str, ctx: Ctx, tenant: Tenant) -> Dataset:
     return ctx.datasets.get(tenant, dataset_id)
 
 
-@router.get("/{dataset_id}/manifest", response_model=Manifest)
+@router.get("/{dataset_id}/manifest", response_model=Manifest, responses=error_responses(404, 422, 502))
 def get_manifest(dataset_id: str, ctx: Ctx, tenant: Tenant) -> Manifest:
     return ctx.datasets.manifest(tenant, dataset_id)
 
 
-@router.get("/{dataset_id}/preview", response_model=Preview)
+@router.get("/{dataset_id}/preview", response_model=Preview, responses=error_responses(400, 404, 422, 502))
 def preview_dataset(
     dataset_id: str,
     ctx: Ctx,
@@ -166,7 +178,9 @@ def preview_dataset(
     return Preview(dataset_id=dataset_id, split=split, rows=rows)
 
 
-@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409, 422, 502)
+)
 def delete_dataset(dataset_id: str, ctx: Ctx, tenant: Tenant) -> Response:
     ctx.datasets.delete(tenant, dataset_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

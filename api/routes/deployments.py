@@ -23,10 +23,11 @@ from api.domain.deployments import (
     parse_batch_line,
 )
 from api.domain.errors import BadRequest, FastunerError
+from api.errors import error_responses
 
-router = APIRouter(prefix="/deployments", tags=["deployments"])
-inference_router = APIRouter(tags=["inference"])
-ops_router = APIRouter(tags=["operations"])
+router = APIRouter(prefix="/deployments", tags=["deployments"], responses=error_responses(401))
+inference_router = APIRouter(tags=["inference"], responses=error_responses(401))
+ops_router = APIRouter(tags=["operations"], responses=error_responses(401))
 
 
 class DeploymentPage(BaseModel):
@@ -39,13 +40,18 @@ class Costs(BaseModel):
     hourly_usd: float
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=Deployment)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Deployment,
+    responses=error_responses(400, 403, 404, 413, 422, 429, 502),
+)
 async def create_deployment(req: DeploymentRequest, ctx: Ctx, tenant: Tenant) -> Deployment:
     """Serve adapters (same base model) on a new endpoint; idle ``ttl_seconds`` later it is torn down."""
     return await run_in_threadpool(ctx.deployments.create, tenant, req)
 
 
-@router.get("", response_model=DeploymentPage)
+@router.get("", response_model=DeploymentPage, responses=error_responses(400, 422))
 def list_deployments(
     ctx: Ctx,
     tenant: Tenant,
@@ -57,17 +63,19 @@ def list_deployments(
     return DeploymentPage(items=items, next_cursor=next_cursor)
 
 
-@router.get("/{deployment_id}", response_model=Deployment)
+@router.get("/{deployment_id}", response_model=Deployment, responses=error_responses(404, 422))
 def get_deployment(deployment_id: str, ctx: Ctx, tenant: Tenant) -> Deployment:
     return ctx.deployments.get(tenant, deployment_id)
 
 
-@router.delete("/{deployment_id}", response_model=Deployment)
+@router.delete("/{deployment_id}", response_model=Deployment, responses=error_responses(404, 422, 502))
 async def delete_deployment(deployment_id: str, ctx: Ctx, tenant: Tenant) -> Deployment:
     return await run_in_threadpool(ctx.deployments.delete, tenant, deployment_id)
 
 
-@inference_router.post("/inference", response_model=InferenceResponse)
+@inference_router.post(
+    "/inference", response_model=InferenceResponse, responses=error_responses(400, 404, 409, 413, 422, 502)
+)
 async def inference(req: InferenceRequest, ctx: Ctx, tenant: Tenant) -> InferenceResponse:
     """Generate with an adapter (or a deployment's base model); resets the deployment's idle clock."""
     return await run_in_threadpool(ctx.deployments.infer, tenant, req)
@@ -102,7 +110,7 @@ _BATCH_DOC: dict[str, Any] = {
     "/inference/batch",
     response_class=StreamingResponse,
     openapi_extra=_BATCH_DOC,
-    responses={200: {"content": {"application/x-ndjson": {}}}},
+    responses={200: {"content": {"application/x-ndjson": {}}}, **error_responses(400, 404, 409, 413, 502)},
 )
 async def inference_batch(request: Request, ctx: Ctx, tenant: Tenant) -> StreamingResponse:
     """Generate for every line of an uploaded file; streams one JSON result (or error) per line."""
@@ -152,7 +160,7 @@ def costs(ctx: Ctx, tenant: Tenant) -> Costs:
     return Costs(running=items, hourly_usd=round(sum(d.hourly_price_usd or 0.0 for d in items), 4))
 
 
-@ops_router.post("/janitor/run", response_model=JanitorReport)
+@ops_router.post("/janitor/run", response_model=JanitorReport, responses=error_responses(422))
 async def run_janitor(ctx: Ctx, tenant: Tenant, dry_run: bool = False) -> JanitorReport:
     """One janitor pass over the caller's deployments now (the API also runs it periodically)."""
     return await run_in_threadpool(ctx.janitor.run_once, dry_run=dry_run, tenant_id=tenant)

@@ -15,9 +15,13 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import Ctx, Tenant
 from api.domain.enums import JobStatus
 from api.domain.finetune import DryRun, FineTuneJob, FineTuneRequest, JobEvent, MetricPoint
+from api.errors import error_responses
 
-router = APIRouter(prefix="/finetune", tags=["finetune"])
+router = APIRouter(prefix="/finetune", tags=["finetune"], responses=error_responses(401))
 FOLLOW_POLL_SECONDS = 1.0
+# ``after`` is compared with event ids and metric steps in SQL, so it must fit their columns
+# (INTEGER: 32 bits on PostgreSQL); a larger value would fail the query instead of matching nothing.
+MAX_CURSOR = 2**31 - 1
 
 
 class JobPage(BaseModel):
@@ -37,7 +41,10 @@ class ReconcileSummary(BaseModel):
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=FineTuneJob | DryRun,
-    responses={200: {"model": DryRun, "description": "dry run: the resolved launch and its estimate"}},
+    responses={
+        200: {"model": DryRun, "description": "dry run: the resolved launch and its estimate"},
+        **error_responses(400, 403, 404, 409, 413, 422, 429, 502),
+    },
 )
 async def start_job(
     req: FineTuneRequest,
@@ -53,7 +60,7 @@ async def start_job(
     return result
 
 
-@router.get("", response_model=JobPage)
+@router.get("", response_model=JobPage, responses=error_responses(400, 422))
 def list_jobs(
     ctx: Ctx,
     tenant: Tenant,
@@ -72,22 +79,27 @@ async def reconcile(ctx: Ctx, tenant: Tenant) -> ReconcileSummary:
     return ReconcileSummary(**report.__dict__)
 
 
-@router.get("/{job_id}", response_model=FineTuneJob)
+@router.get("/{job_id}", response_model=FineTuneJob, responses=error_responses(404, 422))
 def get_job(job_id: str, ctx: Ctx, tenant: Tenant) -> FineTuneJob:
     return ctx.finetune.get(tenant, job_id)
 
 
-@router.post("/{job_id}/cancel", response_model=FineTuneJob)
+@router.post("/{job_id}/cancel", response_model=FineTuneJob, responses=error_responses(404, 409, 422, 502))
 async def cancel_job(job_id: str, ctx: Ctx, tenant: Tenant) -> FineTuneJob:
     return await run_in_threadpool(ctx.finetune.cancel, tenant, job_id)
 
 
-@router.get("/{job_id}/events", response_model=list[JobEvent])
-def job_events(job_id: str, ctx: Ctx, tenant: Tenant, after: int = 0) -> list[JobEvent]:
+@router.get("/{job_id}/events", response_model=list[JobEvent], responses=error_responses(404, 422))
+def job_events(
+    job_id: str,
+    ctx: Ctx,
+    tenant: Tenant,
+    after: Annotated[int, Query(ge=0, le=MAX_CURSOR, description="only events with a larger id")] = 0,
+) -> list[JobEvent]:
     return ctx.finetune.events(tenant, job_id, after)
 
 
-@router.get("/{job_id}/logs", response_model=list[str])
+@router.get("/{job_id}/logs", response_model=list[str], responses=error_responses(404, 422, 502))
 async def job_logs(
     job_id: str, ctx: Ctx, tenant: Tenant, tail: Annotated[int, Query(ge=1, le=10_000)] = 200
 ) -> list[str]:
@@ -97,10 +109,18 @@ async def job_logs(
 @router.get(
     "/{job_id}/metrics",
     response_model=list[MetricPoint],
-    responses={200: {"content": {"text/event-stream": {}}, "description": "with follow=true: SSE"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "with follow=true: SSE"},
+        **error_responses(404, 422),
+    },
 )
 def job_metrics(
-    job_id: str, request: Request, ctx: Ctx, tenant: Tenant, after: int = 0, follow: bool = False
+    job_id: str,
+    request: Request,
+    ctx: Ctx,
+    tenant: Tenant,
+    after: Annotated[int, Query(ge=0, le=MAX_CURSOR, description="only points of a later step")] = 0,
+    follow: bool = False,
 ) -> list[MetricPoint] | EventSourceResponse:
     """Metric points after step ``after``; with ``follow=true`` (or ``Accept: text/event-stream``) a
     Server-Sent Events stream of ``metric`` and ``status`` events that ends when the job does."""

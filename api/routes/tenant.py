@@ -6,8 +6,9 @@ from fastapi import APIRouter
 
 from api.deps import Ctx, Tenant
 from api.domain.tenants import TenantInfo
+from api.errors import error_responses
 
-router = APIRouter(prefix="/tenant", tags=["tenant"])
+router = APIRouter(prefix="/tenant", tags=["tenant"], responses=error_responses(401))
 
 
 @router.get("", response_model=TenantInfo)

@@ -8,9 +8,12 @@ from sqlalchemy.orm import Session
 from api.db.models import DatasetRow, FineTuneJobRow
 from api.db.repositories.paging import page
 from api.domain.enums import DatasetStatus, JobStatus
+from api.domain.ids import valid_id
 
 
 def get(session: Session, tenant_id: str, dataset_id: str) -> DatasetRow | None:
+    if not valid_id(dataset_id):  # names nothing; PostgreSQL could not even bind it with a NUL
+        return None
     return session.scalar(
         select(DatasetRow).where(DatasetRow.tenant_id == tenant_id, DatasetRow.id == dataset_id)
     )

@@ -12,11 +12,14 @@ from api.db.models import DeploymentRow, utcnow
 from api.db.repositories.cas import compare_and_set as compare_and_set
 from api.db.repositories.paging import page
 from api.domain.enums import DeploymentStatus
+from api.domain.ids import valid_id
 
 LIVE = [DeploymentStatus.CREATING.value, DeploymentStatus.IN_SERVICE.value, DeploymentStatus.DELETING.value]
 
 
 def get(session: Session, tenant_id: str, deployment_id: str) -> DeploymentRow | None:
+    if not valid_id(deployment_id):  # names nothing; PostgreSQL could not even bind it with a NUL
+        return None
     return session.scalar(
         select(DeploymentRow).where(DeploymentRow.tenant_id == tenant_id, DeploymentRow.id == deployment_id)
     )

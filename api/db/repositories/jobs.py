@@ -12,11 +12,14 @@ from api.db.models import AdapterRow, EventRow, FineTuneJobRow, MetricRow
 from api.db.repositories.cas import compare_and_set as compare_and_set
 from api.db.repositories.paging import page
 from api.domain.enums import JobStatus
+from api.domain.ids import valid_id
 
 ACTIVE = [s.value for s in JobStatus if not s.terminal]
 
 
 def get(session: Session, tenant_id: str, job_id: str) -> FineTuneJobRow | None:
+    if not valid_id(job_id):  # names nothing; PostgreSQL could not even bind it with a NUL
+        return None
     return session.scalar(
         select(FineTuneJobRow).where(FineTuneJobRow.tenant_id == tenant_id, FineTuneJobRow.id == job_id)
     )
@@ -82,6 +85,8 @@ def latest_metric(session: Session, job_id: str) -> MetricRow | None:
 
 
 def adapter(session: Session, tenant_id: str, adapter_id: str) -> AdapterRow | None:
+    if not valid_id(adapter_id):  # names nothing; PostgreSQL could not even bind it with a NUL
+        return None
     return session.scalar(
         select(AdapterRow).where(AdapterRow.tenant_id == tenant_id, AdapterRow.id == adapter_id)
     )

@@ -10,6 +10,7 @@ from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import Session
 
 from api.domain.errors import BadRequest
+from api.domain.ids import valid_id
 
 
 class _Keyed(Protocol):
@@ -42,6 +43,11 @@ def encode_cursor(at: datetime, row_id: str) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         at, last_id = cursor.split("|", 1)
-        return datetime.fromisoformat(at), last_id
+        when = datetime.fromisoformat(at)
     except ValueError as exc:
         raise BadRequest("invalid cursor") from exc
+    # Ours always hold an aware timestamp and an id; a query could bind nothing else (naive
+    # datetimes are refused, PostgreSQL cannot bind a NUL).
+    if when.tzinfo is None or not valid_id(last_id):
+        raise BadRequest("invalid cursor")
+    return when, last_id
