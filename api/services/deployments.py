@@ -6,12 +6,20 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
+
 from api.backends.endpoints import EndpointBackend, EndpointSpec, InvocationError
 from api.db import models
 from api.db.repositories import deployments as repo
 from api.db.repositories import jobs as jobs_repo
 from api.db.session import Database
-from api.domain.deployments import Deployment, DeploymentRequest, InferenceRequest, InferenceResponse
+from api.domain.deployments import (
+    Deployment,
+    DeploymentRequest,
+    GenerationOutput,
+    InferenceRequest,
+    InferenceResponse,
+)
 from api.domain.enums import DeploymentStatus
 from api.domain.errors import BackendError, BadRequest, Conflict, FastunerError, NotFound
 from api.domain.ids import new_id
@@ -228,11 +236,12 @@ class DeploymentService:
         latency = (time.perf_counter() - started) * 1000
         with self.db.session() as session:
             repo.touch(session, row.id, datetime.now(UTC))
+        try:
+            outputs = [GenerationOutput.model_validate(o) for o in result.get("outputs", [])]
+        except (ValidationError, TypeError, AttributeError) as exc:  # it broke the container contract
+            raise BackendError(f"the endpoint answered malformed outputs: {exc}") from exc
         return InferenceResponse(
-            deployment_id=row.id,
-            adapter_id=req.adapter_id,
-            outputs=result.get("outputs", []),
-            latency_ms=round(latency, 2),
+            deployment_id=row.id, adapter_id=req.adapter_id, outputs=outputs, latency_ms=round(latency, 2)
         )
 
     def _row(self, session: Any, tenant_id: str, deployment_id: str) -> models.DeploymentRow:
