@@ -84,8 +84,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -107,6 +105,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/load.py` from anywhere
     sys.path.insert(0, str(REPO))
 
+from benchmarks.servers import SERVER_PIDS, free_port, proc_cpu, process  # noqa: E402
+
 SAMPLE = REPO / "examples" / "uppercase.jsonl"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -118,7 +118,6 @@ BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 INSTANCE_TYPE = "ml.g5.xlarge"
 OPS = ("upload", "start", "get")
 START_RETRIES = 3  # transport errors on POST /v0/finetune: retried with the same Idempotency-Key
-SERVER_PIDS: dict[str, int] = {}
 
 
 # -- servers (subprocesses: ``load.py --serve api|bare --port N``) ----------------------------
@@ -234,41 +233,6 @@ def bare_app(url: str) -> FastAPI:
     return app
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def process(name: str, cmd: list[str], work: Path, env: dict[str, str], ready: str) -> Iterator[int]:
-    """Run ``cmd`` until the block ends; wait until GET ``ready`` answers 2xx first."""
-    logfile = work / f"{name}.log"
-    with logfile.open("ab") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(ready, timeout=2).is_success:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = logfile.read_text(errors="replace")[-3000:]
-                raise SystemExit(f"{name} did not start:\n{tail}")
-            time.sleep(0.05)
-        SERVER_PIDS[name] = proc.pid
-        yield proc.pid
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @contextmanager
 def server(kind: str, work: Path, env: dict[str, str]) -> Iterator[str]:
     port = free_port()
@@ -285,12 +249,6 @@ def moto(work: Path, env: dict[str, str]) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     with process("moto", cmd, work, env, url + "/moto-api/"):
         yield url
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) process ``pid`` has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,11 +44,15 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/submit_latency.py` from anywhere
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.servers import SERVER_PIDS, free_port, proc_cpu, proc_stat, process  # noqa: E402
+
 SAMPLE = REPO / "examples" / "uppercase.jsonl"
 STEP_MARK = b"[scu] step="
 POLL_S = 0.005
 TIMEOUT_S = 300.0
-SERVER_PIDS: dict[str, int] = {}  # kind -> pid of the running server subprocess
 AUTH: dict[str, str] = {}  # the API's local key (FASTUNER_HOME/api_key), sent to both targets alike
 
 
@@ -78,12 +81,6 @@ def serve(kind: str, port: int, body: str | None) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def base_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -100,30 +97,9 @@ def server(kind: str, work: Path, env: dict[str, str], body: Path | None = None)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--port", str(port)]
     if body is not None:
         cmd += ["--body", str(body)]
-    with (work / f"server-{kind}.log").open("ab") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = (work / f"server-{kind}.log").read_text(errors="replace")[-3000:]
-                raise SystemExit(f"the {kind} server did not start:\n{tail}")
-            time.sleep(0.05)
-        SERVER_PIDS[kind] = proc.pid
+    with process(kind, cmd, work, env, url + "/healthz"):
         yield url
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # -- (a) submit → first step ---------------------------------------------------------------------
@@ -149,25 +125,14 @@ def wait_for_step(log: Path, proc: subprocess.Popen[bytes] | None = None) -> flo
     raise SystemExit(f"no training step in {log}:\n{tail}")
 
 
-def _stat(pid: int) -> list[str]:
-    """Fields of /proc/PID/stat from field 3 on (after the parenthesised command name)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def proc_start(pid: int) -> float:
     """Wall-clock time at which process ``pid`` started (from /proc; 1/CLK_TCK resolution).
 
     The kernel truncates the start time to whole ticks; half a tick is added back to centre it.
     """
     tick = 1 / os.sysconf("SC_CLK_TCK")
-    started = int(_stat(pid)[19]) * tick + tick / 2  # field 22: starttime, ticks since boot
+    started = int(proc_stat(pid)[19]) * tick + tick / 2  # field 22: starttime, ticks since boot
     return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - started)
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) process ``pid`` has used so far."""
-    fields = _stat(pid)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # fields 14, 15
 
 
 def child_of(pid: int) -> int:
