@@ -51,7 +51,16 @@ async def start_job(
     ctx: Ctx,
     tenant: Tenant,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=128,
+            pattern=r"^[\x20-\x7e]+$",
+            description="1-128 printable ASCII characters; a retry with the same key and body "
+            "returns the first job instead of starting another",
+        ),
+    ] = None,
 ) -> FineTuneJob | DryRun:
     """Preflight, then launch a fine-tune on the configured backend (``dry_run`` launches nothing)."""
     result = await run_in_threadpool(ctx.finetune.start, tenant, req, idempotency_key=idempotency_key)

@@ -138,3 +138,20 @@ def test_unpaired_surrogates_in_json_are_422(env: SageMakerEnv) -> None:
             )
             assert resp.status_code < 500 and "surrogate" not in resp.text, (body, resp.text)
     assert len(env.calls.of("CreateTrainingJob")) == 1  # the emoji target_modules: a valid request
+
+
+@pytest.mark.parametrize("key", ["", "caf\u00e9", "tab\there"], ids=["empty", "non-ascii", "control"])
+def test_an_unusable_idempotency_key_is_422_not_stored(env: SageMakerEnv, key: str) -> None:
+    """An empty key used to skip the replay lookup yet be stored, so its second use was a 500."""
+    ds = env.upload_dataset()["id"]
+    headers = {"Idempotency-Key": key.encode("latin-1")}  # raw bytes: httpx would refuse non-ASCII str
+    for _ in range(2):
+        error(env.start(ds, headers=headers), 422, "invalid_request")  # type: ignore[arg-type]
+    assert env.client.get("/v0/finetune").json()["items"] == []
+
+
+def test_the_same_key_twice_replays_the_first_job(env: SageMakerEnv) -> None:
+    ds = env.upload_dataset()["id"]
+    first = env.start(ds, headers={"Idempotency-Key": "k 1"})
+    second = env.start(ds, headers={"Idempotency-Key": "k 1"})
+    assert first.status_code == 201 and second.json()["id"] == first.json()["id"]

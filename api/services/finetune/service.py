@@ -54,7 +54,7 @@ class FineTuneService:
         self, tenant_id: str, req: FineTuneRequest, *, idempotency_key: str | None = None
     ) -> FineTuneJob | DryRun:
         request_hash = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
-        if idempotency_key and not req.dry_run:
+        if idempotency_key is not None and not req.dry_run:
             with self.db.session() as session:
                 existing = repo.by_idempotency_key(session, tenant_id, idempotency_key)
                 if existing is not None:
@@ -97,7 +97,7 @@ class FineTuneService:
                 session.add(row)
                 repo.add_event(session, tenant_id, job_id, "created", "job queued", warnings=checked.warnings)
         except IntegrityError:
-            if not idempotency_key:
+            if idempotency_key is None:
                 raise
             with self.db.session() as session:  # a concurrent request with the same key won
                 existing = repo.by_idempotency_key(session, tenant_id, idempotency_key)
