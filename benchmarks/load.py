@@ -746,8 +746,8 @@ def setup_tenants(db_url: str, quotas: dict[str, int]) -> dict[str, str]:
         auth = AuthService(db)
         keys = {}
         for tenant, limit in quotas.items():
-            tenants.set_quotas(tenant, Quotas(max_concurrent_jobs=limit), create=True)
-            keys[tenant] = auth.create_key(tenant, name="load bench").secret
+            keys[tenant] = auth.create_key(tenant, name="load bench").secret  # creates the tenant
+            tenants.set_quotas(tenant, Quotas(max_concurrent_jobs=limit))
         bare_tables().create_all(db.engine)
         return keys
     finally:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from api.db.repositories import tenants as repo
 from api.db.session import Database
 from api.domain.errors import Forbidden, NotFound, QuotaExceeded
-from api.domain.tenants import EffectiveQuotas, Quotas, TenantInfo, Usage, check_tenant_id
+from api.domain.tenants import EffectiveQuotas, Quotas, TenantInfo, Usage
 from api.settings import Settings
 
 
@@ -38,13 +38,12 @@ class TenantService:
                 ),
             )
 
-    def set_quotas(self, tenant_id: str, quotas: Quotas, *, create: bool = False) -> TenantInfo:
-        """Replace the tenant's overrides with the fields set in ``quotas`` (None: default)."""
-        check_tenant_id(tenant_id)
+    def set_quotas(self, tenant_id: str, quotas: Quotas) -> TenantInfo:
+        """Replace an existing tenant's overrides with the fields set in ``quotas`` (None: default)."""
         with self.db.session() as session:
-            if not create and repo.get(session, tenant_id) is None:
+            row = repo.get(session, tenant_id)
+            if row is None:
                 raise NotFound(f"tenant {tenant_id} not found")
-            row = repo.ensure(session, tenant_id)
             row.max_concurrent_jobs = quotas.max_concurrent_jobs
             row.max_endpoints = quotas.max_endpoints
             row.allowed_instance_types = quotas.allowed_instance_types
