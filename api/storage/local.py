@@ -44,7 +44,7 @@ class LocalStore:
         return self._info(key, dest)
 
     def _info(self, key: str, path: Path) -> ObjectInfo:
-        return ObjectInfo(key=key, size=path.stat().st_size, etag=_etag(path))
+        return ObjectInfo(key=key, size=path.stat().st_size, etag=file_etag(path))
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
         def write(fh: BinaryIO) -> None:
@@ -105,7 +105,8 @@ class LocalStore:
         return path
 
 
-def _etag(path: Path) -> str:
+def file_etag(path: Path) -> str:
+    """The MD5 hex digest of a file: what S3 gives as the ETag of a single-part upload."""
     h = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from api.storage.base import ObjectStore
-from api.storage.local import LocalStore
+from api.storage.local import LocalStore, file_etag
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Objects:
             return False
         self.store.download_file(key, dest)
         if isinstance(self.store, LocalStore):
-            return _md5(dest) == etag
+            return file_etag(dest) == etag
         after = self.current(key)
         return after is not None and after.etag == etag
 
@@ -74,18 +74,10 @@ class Objects:
             return None
         cached = self._md5.get(key)
         if cached is None or cached[:2] != (st.st_size, st.st_mtime_ns):
-            cached = (st.st_size, st.st_mtime_ns, _md5(path))
+            cached = (st.st_size, st.st_mtime_ns, file_etag(path))
             self._md5[key] = cached
         settled = time.time() - st.st_mtime >= self.settle_seconds
         return Seen(key, cached[2], settled)
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _md5_stream(store: ObjectStore, key: str) -> str:
