@@ -29,8 +29,12 @@ def create_app(
     settings = settings or get_settings()
     configure_logging(settings.log_level, json_format=settings.log_json)
     ctx = AppContext.build(settings, store=store, backend=backend)
+    # The local key of the embedded default (None when keys are managed by an admin): issued on a
+    # fresh install, else the one saved then.
+    local_api_key = None
     if settings.bootstrap_api_key:
-        ctx.auth.bootstrap_local_key(settings.default_tenant, settings.api_key_file)
+        issued = ctx.auth.bootstrap_local_key(settings.default_tenant, settings.api_key_file)
+        local_api_key = issued or read_secret(settings.api_key_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,8 +58,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.ctx = ctx
-    # The local key of the embedded default (None when keys are managed by an admin).
-    app.state.local_api_key = read_secret(settings.api_key_file) if settings.bootstrap_api_key else None
+    app.state.local_api_key = local_api_key
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestIdMiddleware)

@@ -11,6 +11,7 @@ from fnmatch import fnmatchcase
 
 from sqlalchemy.orm import Session
 
+from api.db.models import TenantRow
 from api.db.repositories import tenants as repo
 from api.db.session import Database
 from api.domain.errors import Forbidden, NotFound, QuotaExceeded
@@ -31,7 +32,7 @@ class TenantService:
         with self.db.session() as session:
             return TenantInfo(
                 tenant_id=tenant_id,
-                quotas=self._effective(session, tenant_id),
+                quotas=self._effective(repo.get(session, tenant_id)),
                 usage=Usage(
                     active_jobs=repo.active_jobs(session, tenant_id),
                     active_endpoints=repo.active_endpoints(session, tenant_id),
@@ -51,30 +52,21 @@ class TenantService:
 
     # -- admission (called by the services, inside their insert transaction) -------------------
     def check_instance_type(self, session: Session, tenant_id: str, instance_type: str) -> None:
-        allowed = self._effective(session, tenant_id).allowed_instance_types
-        if allowed is not None and not any(fnmatchcase(instance_type, p) for p in allowed):
-            raise Forbidden(
-                f"instance type {instance_type} is not allowed for tenant {tenant_id} "
-                f"(allowed_instance_types: {', '.join(allowed) or 'none'})",
-                details={"limit": "allowed_instance_types", "allowed": allowed,
-                         "requested": instance_type},
-            )  # fmt: skip
+        _check_instance_type(self._effective(repo.get(session, tenant_id)), tenant_id, instance_type)
 
     def admit_job(self, session: Session, tenant_id: str, instance_type: str) -> None:
-        repo.lock(session, tenant_id)
-        self.check_instance_type(session, tenant_id, instance_type)
-        limit = self._effective(session, tenant_id).max_concurrent_jobs
-        _check_count("max_concurrent_jobs", "concurrent fine-tune jobs", limit,
+        quotas = self._effective(repo.lock(session, tenant_id))
+        _check_instance_type(quotas, tenant_id, instance_type)
+        _check_count("max_concurrent_jobs", "concurrent fine-tune jobs", quotas.max_concurrent_jobs,
                      repo.active_jobs(session, tenant_id))  # fmt: skip
 
     def admit_endpoint(self, session: Session, tenant_id: str, instance_type: str) -> None:
-        repo.lock(session, tenant_id)
-        self.check_instance_type(session, tenant_id, instance_type)
-        limit = self._effective(session, tenant_id).max_endpoints
-        _check_count("max_endpoints", "live endpoints", limit, repo.active_endpoints(session, tenant_id))
+        quotas = self._effective(repo.lock(session, tenant_id))
+        _check_instance_type(quotas, tenant_id, instance_type)
+        _check_count("max_endpoints", "live endpoints", quotas.max_endpoints,
+                     repo.active_endpoints(session, tenant_id))  # fmt: skip
 
-    def _effective(self, session: Session, tenant_id: str) -> EffectiveQuotas:
-        row = repo.get(session, tenant_id)
+    def _effective(self, row: TenantRow | None) -> EffectiveQuotas:
         s = self.settings
         return EffectiveQuotas(
             max_concurrent_jobs=_pick(row.max_concurrent_jobs if row else None, s.default_max_concurrent_jobs),
@@ -84,6 +76,16 @@ class TenantService:
                 if row is not None and row.allowed_instance_types is not None
                 else s.default_allowed_instance_types
             ),
+        )
+
+
+def _check_instance_type(quotas: EffectiveQuotas, tenant_id: str, instance_type: str) -> None:
+    allowed = quotas.allowed_instance_types
+    if allowed is not None and not any(fnmatchcase(instance_type, p) for p in allowed):
+        raise Forbidden(
+            f"instance type {instance_type} is not allowed for tenant {tenant_id} "
+            f"(allowed_instance_types: {', '.join(allowed) or 'none'})",
+            details={"limit": "allowed_instance_types", "allowed": allowed, "requested": instance_type},
         )
 
 

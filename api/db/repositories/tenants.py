@@ -9,9 +9,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.db.models import ApiKeyRow, DeploymentRow, FineTuneJobRow, TenantRow
-from api.domain.enums import DeploymentStatus, JobStatus
+from api.db.repositories.jobs import ACTIVE as ACTIVE_JOBS
+from api.domain.enums import DeploymentStatus
 
-ACTIVE_JOBS = [s.value for s in JobStatus if not s.terminal]
 # What an endpoint quota counts: endpoints that exist or are coming up (a deleting one is leaving).
 ACTIVE_ENDPOINTS = [DeploymentStatus.CREATING.value, DeploymentStatus.IN_SERVICE.value]
 
