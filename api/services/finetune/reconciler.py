@@ -9,8 +9,10 @@ of times.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +26,13 @@ from api.db.repositories import jobs as repo
 from api.db.session import Database
 from api.domain.enums import JobStatus
 from api.domain.errors import FastunerError
-from api.domain.metrics import parse_metric_records
+from api.domain.metrics import (
+    UNREACHABLE_EVENT_KIND,
+    parse_metric_records,
+    unreachable_flag,
+    unreachable_message,
+    unreachable_onsets,
+)
 from api.logging import get_logger, job_id_var
 from api.settings import Settings
 from api.storage.base import ObjectStore, upload_dir
@@ -140,20 +148,41 @@ class Reconciler:
             report.transitions.append(f"{job.id}: queued → failed")
 
     def _ingest(self, tenant_id: str, job_id: str, records: list[dict[str, float]]) -> int:
+        """Store the records of steps not stored yet, and an event where the SCU target turns unreachable.
+
+        The event is written in the same transaction as the rows, and an episode is judged against
+        the newest stored row, so re-reading the same records (or a racing reconciler) adds none.
+        """
         if not records:
             return 0
         try:
             with self.db.session() as session:
-                last = repo.last_metric_step(session, job_id)
+                latest = repo.latest_metric(session, job_id)
+                last = latest.step if latest is not None else 0
                 fresh = {int(r["step"]): r for r in records if int(r["step"]) > last}
                 for step, rec in sorted(fresh.items()):
                     values = {k: v for k, v in rec.items() if k != "step"}
                     session.add(
                         models.MetricRow(tenant_id=tenant_id, job_id=job_id, step=step, values=values)
                     )
+                previous = unreachable_flag(latest.values if latest is not None else None)
+                for onset in unreachable_onsets([fresh[k] for k in sorted(fresh)], previous):
+                    self._unreachable_event(session, tenant_id, job_id, onset)
                 return len(fresh)
         except IntegrityError:  # another reconciler ingested the same steps first
             return 0
+
+    @staticmethod
+    def _unreachable_event(session: Any, tenant_id: str, job_id: str, rec: Mapping[str, float]) -> None:
+        step = int(rec["step"])
+        message = unreachable_message(rec, since_step=step)
+        keys = ("target_s", "band", "s", "s_hat", "lambda")
+        data = {k: rec[k] for k in keys if math.isfinite(rec.get(k, math.nan))}  # JSONB has no NaN
+        repo.add_event(
+            session, tenant_id, job_id, UNREACHABLE_EVENT_KIND, message,
+            step=step, unreachable=unreachable_flag(rec), **data,
+        )  # fmt: skip
+        log.warning("SCU target unreachable", extra={"step": step, "unreachable": unreachable_flag(rec)})
 
     def _complete(
         self,
