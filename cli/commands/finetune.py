@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,19 @@ from typing import Any
 import click
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
 from api.domain.enums import TuneMethod
-from api.domain.finetune import DryRun, FineTuneJob, FineTuneRequest
+from api.domain.finetune import DryRun, FineTuneJob, FineTuneRequest, MetricPoint
+from api.domain.metrics import (
+    UNREACHABLE_EVENT_KIND,
+    loss_bpt,
+    target_band,
+    unreachable_flag,
+    unreachable_message,
+    unreachable_onsets,
+)
 from cli.client import FastunerClient
 from cli.output import console, kv_table, print_json, table
 from cli.state import State, pass_state
@@ -92,7 +103,8 @@ def start(state: State, dataset_id: str, base_model: str, method: str, target_s:
 
 
 def follow(client: FastunerClient, job_id: str, *, quiet: bool = False) -> FineTuneJob:
-    """Poll until the job ends; a Rich live view of status, progress and the latest loss / S / λ."""
+    """Poll until the job ends; a Rich live view of status, progress and the latest bits per token,
+    S and Ŝ against the target band, λ, and a warning while the target is unreachable."""
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[eta]}")
     )
@@ -134,15 +146,72 @@ def _status_table(job: FineTuneJob, m: dict[str, float]) -> Any:
         ("status", job.status.value + (f" ({job.secondary_status})" if job.secondary_status else "")),
     ]
     if m:
-        rows += [
-            ("loss", f"{m.get('loss', float('nan')):.4f}"),
-            ("S / λ", f"{m.get('s', float('nan')):.4g} / {m.get('lambda', float('nan')):.4g}"),
-            ("data BPT", f"{m.get('data_bpt', float('nan')):.4f}"),
-            ("tokens/s", f"{m.get('tokens_per_s', 0):.0f}"),
-        ]
+        rows += scu_rows(m, target_s=_float(job.hyperparameters.get("target_s")))
     if job.failure_reason:
-        rows.append(("failure", job.failure_reason))
+        rows.append(("failure", escape(job.failure_reason)))
     return kv_table(None, rows)
+
+
+def scu_rows(m: Mapping[str, float], *, target_s: float | None = None) -> list[tuple[str, str]]:
+    """The latest record as people read it: bits per token, S and Ŝ against the target band, λ.
+
+    Values are Rich markup. A target the controller cannot reach gets a warning row that says
+    what it means and what to change.
+    """
+    rows: list[tuple[str, str]] = []
+    loss = loss_bpt(m)
+    if loss is not None:
+        rows.append(("loss", f"{loss:.4f} bits/token (DataBPT + λ·ParamBPT)"))
+    if "data_bpt" in m:
+        rows.append(("DataBPT", f"{m['data_bpt']:.4f} bits/token"))
+    if "param_bpt" in m:
+        rows.append(("ParamBPT", f"{m['param_bpt']:.4g} bits/token"))
+    band = target_band(m, target_s)
+    if "s_hat" in m:  # the controller acts on Ŝ; S is the last step's raw value
+        if "s" in m:
+            rows.append(("S", f"{m['s']:.3g}"))
+        rows.append(("Ŝ", against_band(m["s_hat"], band)))
+    elif "s" in m:
+        rows.append(("S", against_band(m["s"], band)))
+    if "lambda" in m:
+        rows.append(("λ", f"{m['lambda']:.4g}"))
+    if "tokens_per_s" in m:
+        rows.append(("tokens/s", f"{m['tokens_per_s']:.0f}"))
+    if unreachable_flag(m):
+        rows.append(("⚠ target", f"[bold yellow]{escape(unreachable_message(m, target_s=target_s))}[/]"))
+    return rows
+
+
+def band_position(value: float, band: tuple[float, float, float] | None) -> str:
+    """'in', 'above' or 'below' the band ('' without a band or a number)."""
+    if band is None or not math.isfinite(value) or band[0] == band[2]:
+        return ""
+    low, _, high = band
+    return "above" if value > high else "below" if value < low else "in"
+
+
+def against_band(value: float, band: tuple[float, float, float] | None) -> str:
+    """e.g. ``0.031 (target 0.03, band 0.0271–0.0332) ✓ in band`` (Rich markup)."""
+    text = f"{value:.3g}"
+    if band is None:
+        return text
+    low, target, high = band
+    if low == high:
+        return f"{text} (target {target:.3g})"
+    text += f" (target {target:.3g}, band {low:.3g}–{high:.3g})"
+    where = band_position(value, band)
+    if where == "in":
+        return text + " [green]✓ in band[/]"
+    if where:
+        return text + f" [yellow]{'▲' if where == 'above' else '▼'} {where} band[/]"
+    return text
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 @finetune.command("list")
@@ -218,7 +287,7 @@ def logs(state: State, job_id: str, tail: int, show_events: bool) -> None:
             table(
                 None,
                 ["at", "kind", "message"],
-                [(e.at.strftime("%H:%M:%S"), e.kind, e.message) for e in events],
+                [(e.at.strftime("%H:%M:%S"), _kind(e.kind), escape(e.message)) for e in events],
             )
         )
         return
@@ -230,14 +299,20 @@ def logs(state: State, job_id: str, tail: int, show_events: bool) -> None:
         console.print(line, markup=False, highlight=False)
 
 
+def _kind(kind: str) -> str:
+    return f"[bold yellow]{escape(kind)}[/]" if kind == UNREACHABLE_EVENT_KIND else escape(kind)
+
+
 @finetune.command()
 @click.argument("job_id")
 @click.option(
-    "--plot", type=click.Path(dir_okay=False, path_type=Path), help="write a PNG of loss, S vs target and λ"
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write a PNG: bits/token, S and Ŝ vs target band, λ",
 )
 @pass_state
 def metrics(state: State, job_id: str, plot: Path | None) -> None:
-    """Metric series (step, loss, data/param BPT, S, λ, lr, tokens/s)."""
+    """Metric series: loss, DataBPT, ParamBPT (bits/token), S and Ŝ vs the target band, λ, lr, tokens/s."""
     client = state.client()
     points = client.job_metrics(job_id)
     if plot is not None:
@@ -251,9 +326,41 @@ def metrics(state: State, job_id: str, plot: Path | None) -> None:
     if state.json:
         print_json(points)
         return
-    keys = ["loss", "data_bpt", "param_bpt", "s", "lambda", "lr", "tokens_per_s"]
-    rows = [(p.step, *(_fmt(p.values.get(k)) for k in keys)) for p in points]
-    console.print(table(None, ["step", *keys], rows))
+    print_metrics_table(points)
+
+
+METRIC_COLUMNS = ["step", "loss bpt", "DataBPT", "ParamBPT", "S", "Ŝ", "λ", "lr", "tok/s", "Ŝ vs band"]
+
+
+def _metric_row(p: MetricPoint) -> tuple[Any, ...]:
+    v = p.values
+    flag = unreachable_flag(v)
+    band = target_band(v)
+    acted = v.get("s_hat", v.get("s"))
+    if flag:
+        where = "[bold yellow]⚠ λ at max[/]" if flag > 0 else "[bold yellow]⚠ λ at min[/]"
+    else:
+        where = {"in": "[green]✓[/]", "above": "[yellow]▲ above[/]", "below": "[yellow]▼ below[/]"}.get(
+            band_position(acted, band) if acted is not None else "", ""
+        )
+    return (
+        p.step, _fmt(loss_bpt(v)), _fmt(v.get("data_bpt")), _fmt(v.get("param_bpt")), _fmt(v.get("s")),
+        _fmt(v.get("s_hat")), _fmt(v.get("lambda")), _fmt(v.get("lr")), _fmt(v.get("tokens_per_s")), where,
+    )  # fmt: skip
+
+
+def print_metrics_table(points: list[MetricPoint]) -> None:
+    """One row per step (bits per token; Ŝ judged against the target band), then any warnings."""
+    if points:
+        band = target_band(points[-1].values)
+        if band is not None:
+            low, target, high = band
+            width = f", band {low:.4g}–{high:.4g}" if low < high else ""
+            console.print(f"target S* {target:.4g}{width}; bits per token")
+    console.print(table(None, METRIC_COLUMNS, [_metric_row(p) for p in points]))
+    for rec in unreachable_onsets([{"step": float(p.step), **p.values} for p in points]):
+        message = unreachable_message(rec, since_step=int(rec["step"]))
+        console.print(f"[bold yellow]⚠ {escape(message)}[/]")
 
 
 def _target_s(client: FastunerClient, job: FineTuneJob) -> float | None:
@@ -303,8 +410,11 @@ def print_job(job: FineTuneJob) -> None:
     ]
     if m:
         rows.append(("latest", ", ".join(f"{k}={v:.4g}" for k, v in m.items())))
+    if unreachable_flag(m):
+        target = _float(job.hyperparameters.get("target_s"))
+        rows.append(("⚠ target", f"[bold yellow]{escape(unreachable_message(m, target_s=target))}[/]"))
     if job.failure_reason:
-        rows.append(("failure", job.failure_reason))
+        rows.append(("failure", escape(job.failure_reason)))
     if job.billable_seconds is not None:
         rows.append(("billable", f"{job.billable_seconds} s"))
     if job.cost_estimate_usd is not None:
