@@ -20,6 +20,7 @@ from moto import mock_aws
 from moto.backends import get_backend
 from scu.metrics_format import (
     METRIC_DEFINITIONS,
+    TRAIN_KEYS,
     format_eval_line,
     format_train_line,
     parse_line,
@@ -291,10 +292,12 @@ def test_start_sends_exactly_the_training_job_request(
 
 def test_metric_definitions_read_the_engine_lines() -> None:
     """The regexes sent to SageMaker extract every key of the engine's own line format."""
-    line = format_train_line(train_record(10, 2.31))
-    parsed = parse_line(line)
-    assert parsed is not None
-    assert parse_with_definitions(line) == {f"train:{key}": value for key, value in parsed.items()}
+    for unreachable in (0, 1, -1):
+        line = format_train_line(train_record(10, 3.33, unreachable))
+        parsed = parse_line(line)
+        assert parsed is not None and set(parsed) == set(TRAIN_KEYS)
+        assert parsed["unreachable"] == unreachable
+        assert parse_with_definitions(line) == {f"train:{key}": value for key, value in parsed.items()}
 
 
 @pytest.mark.parametrize(
@@ -660,15 +663,20 @@ def test_the_real_seam_sends_stop_training_job(
 
 
 # -- metrics and logs -------------------------------------------------------------------------
-def train_record(step: int, loss: float) -> dict[str, float]:
+def train_record(step: int, loss_bpt: float, unreachable: int = 0) -> dict[str, float]:
+    """One record with every key of the engine's line (scu.metrics_format.TRAIN_KEYS)."""
     return {
         "step": step,
         "epoch": step / 100,
-        "loss": loss,
-        "data_bpt": loss / 0.693,
+        "loss_bpt": loss_bpt,
+        "data_bpt": loss_bpt - 1.02 * 0.012,
         "param_bpt": 0.012,
         "s": 0.0036,
+        "s_hat": 0.0035,
+        "target_s": 0.004,
+        "band": 0.1,
         "lambda": 1.02,
+        "unreachable": unreachable,
         "lr": 2e-4,
         "tokens_per_s": 812.3,
         "eta_s": 41,
@@ -723,8 +731,8 @@ def job_log(backend: SageMakerBackend) -> dict[str, list[str]]:
     return {"lines": lines}
 
 
-def expected_record(step: int, loss: float) -> dict[str, float]:
-    parsed = parse_line(format_train_line(train_record(step, loss)))
+def expected_record(step: int, loss_bpt: float) -> dict[str, float]:
+    parsed = parse_line(format_train_line(train_record(step, loss_bpt)))
     assert parsed is not None
     return parsed
 

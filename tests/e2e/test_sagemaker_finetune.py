@@ -48,11 +48,12 @@ def env(aws: None, tmp_path: Path) -> Iterator[SageMakerEnv]:
         yield e
 
 
-def train_line(step: int, loss: float) -> str:
+def train_line(step: int, loss_bpt: float, *, unreachable: int = 0, lam: float = 1.02) -> str:
     return format_train_line(
         {
-            "step": step, "epoch": step / 40, "loss": loss, "data_bpt": loss / 0.693, "param_bpt": 0.012,
-            "s": 0.0036, "lambda": 1.02, "lr": 2e-4, "tokens_per_s": 812.3, "eta_s": 41,
+            "step": step, "epoch": step / 40, "loss_bpt": loss_bpt, "data_bpt": loss_bpt - lam * 0.012,
+            "param_bpt": 0.012, "s": 0.0036, "s_hat": 0.0035, "target_s": 0.004, "band": 0.1, "lambda": lam,
+            "unreachable": unreachable, "lr": 2e-4, "tokens_per_s": 812.3, "eta_s": 41,
         }
     )  # fmt: skip
 
@@ -78,7 +79,7 @@ ADAPTER_FILES = {
     "eval.json": json.dumps(EVAL).encode(),
     "fastuner_config.json": json.dumps({"lora_r": 16, "target_s": 0.01}).encode(),
     "metrics.jsonl": b"".join(
-        json.dumps({"step": s, "loss": 2.5 - s / 100, "lambda": 1.0}).encode() + b"\n"
+        json.dumps({"step": s, "loss_bpt": 3.6 - s / 100, "lambda": 1.0, "unreachable": 0}).encode() + b"\n"
         for s in (10, 20, 30, 40)
     ),
 }
@@ -240,6 +241,36 @@ def test_running_job_streams_metrics_then_completes_with_an_adapter(env: SageMak
     }  # fmt: skip
     download = env.client.get(f"/v0/adapters/{adp}/download")
     assert download.status_code == 200 and download.headers["content-type"] == "application/gzip"
+
+
+def test_an_unreachable_target_in_the_log_is_one_warning_event_per_episode(env: SageMakerEnv) -> None:
+    ds = env.upload_dataset()
+    ft = env.started(ds["id"])["id"]
+    env.set_state(ft, "InProgress", "Training", training_start_time=datetime.now(UTC))
+    pinned = {"unreachable": 1, "lam": 10.0}
+    env.log(ft, [train_line(10, 2.5), train_line(20, 2.4, **pinned), train_line(30, 2.3, **pinned)])
+    assert env.reconcile()["metrics_ingested"] == 3
+    warnings = [e for e in env.events(ft) if e["kind"] == "warning"]
+    assert messages(warnings) == [
+        "SCU target S*=0.004 unreachable since step 20: λ pinned at its maximum 10 (S stays above the "
+        "target even at the strongest allowed regularisation); raise lambda_max or target_s"
+    ]
+    assert warnings[0]["data"]["step"] == 20 and warnings[0]["data"]["unreachable"] == 1
+    assert env.job(ft)["latest_metrics"]["unreachable"] == 1.0
+
+    # Still pinned, then (after a spot restart replays step 40) recovered, then pinned again.
+    env.log(ft, [train_line(40, 2.2, **pinned)])
+    env.reconcile()
+    env.log(ft, [train_line(40, 2.2, **pinned), train_line(50, 2.1)], stream="algo-1-1763900100")
+    env.reconcile()
+    assert len([e for e in env.events(ft) if e["kind"] == "warning"]) == 1
+    env.log(ft, [train_line(60, 2.0, unreachable=-1, lam=1e-4)], stream="algo-1-1763900100")
+    assert env.reconcile()["metrics_ingested"] == 1
+    assert env.reconcile()["metrics_ingested"] == 0
+    warnings = [e for e in env.events(ft) if e["kind"] == "warning"]
+    assert [w["data"]["step"] for w in warnings] == [20, 60]
+    assert warnings[1]["message"].endswith("λ pinned at its minimum 0.0001 (S stays below the target even "
+                                           "with almost no regularisation); lower target_s or lambda_min")  # fmt: skip
 
 
 # A Completed job whose output cannot become an adapter, and the error the reconcile report shows.
