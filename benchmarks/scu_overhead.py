@@ -1,6 +1,7 @@
 """SCU overhead benchmark: tokens/s of the SCU engine with the regulariser on vs off (same loop),
 and vs a Hugging Face ``Trainer`` + PEFT run on the same model, data and LoRA settings; plus how
-well the controller holds S near its target (fraction of post-warm-up steps inside the deadband).
+well the controller holds S near its target (fraction of post-warm-up steps with the smoothed Ŝ
+inside the target band S*·exp(±band)).
 
     python benchmarks/scu_overhead.py                  # small CPU defaults, a few minutes
     python benchmarks/scu_overhead.py --hidden 512 --layers 8 --steps 400 --repeats 3
@@ -207,14 +208,14 @@ def hf_worker(args: argparse.Namespace) -> None:
 def ab_same_loop(
     model_path: str, rows: list[dict[str, Any]], steps: int, batch: int, threads: int
 ) -> tuple[float, float]:
-    """Interleaved A/B in one process: the engine's step (forward, CE, ParamBPT, backward, clip,
-    AdamW) alternating SCU on (lambda=10, ParamBPT in the graph) and off (lambda=0, ParamBPT
-    measured under no_grad, as the trainer does). Alternating cancels drift from other load."""
+    """Interleaved A/B in one process: the engine's step (forward, CE, backward, clip, the penalty's
+    gradient, AdamW, ParamBPT measured) alternating SCU on (lambda=10) and off (lambda=0, no penalty
+    gradient). Alternating cancels drift from other load."""
     import torch
     from scu.data import build_examples, collate, encode_rows
     from scu.evaluate import causal_ce_sum
     from scu.modeling import apply_lora, load_base_model, load_tokenizer, trainable_parameters
-    from scu.regulariser import param_bpt, regularised_loss
+    from scu.regulariser import add_penalty_grad, lora_factors, param_bpt
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -224,6 +225,7 @@ def ab_same_loop(
     model, _ = apply_lora(model, 8, 16, 0.05, None)
     model.train()
     params = trainable_parameters(model)
+    factors = lora_factors(model)
     opt = torch.optim.AdamW(params, lr=1e-4)
     times: dict[bool, list[float]] = {True: [], False: []}
     tokens: dict[bool, int] = {True: 0, False: 0}
@@ -233,17 +235,14 @@ def ab_same_loop(
         t0 = time.process_time()
         out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
         ce, n = causal_ce_sum(out.logits, b["labels"])
-        if on:
-            loss = regularised_loss(ce / max(n, 1), param_bpt(params, 0.01, stats.loss_tokens), 10.0)
-        else:
-            loss = ce / max(n, 1)
-        loss.backward()
-        if not on:
-            with torch.no_grad():
-                param_bpt(params, 0.01, stats.loss_tokens)
+        (ce / max(n, 1)).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if on:  # as the trainer: the penalty's gradient joins after clipping
+            add_penalty_grad(factors, params, 0.01, stats.loss_tokens, 10.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        with torch.no_grad():  # both modes measure ParamBPT after the step, as the trainer does
+            param_bpt(factors, 0.01, stats.loss_tokens)
         dt = time.process_time() - t0
         if i >= 10:  # warm-up
             times[on].append(dt)
@@ -359,7 +358,7 @@ def main() -> None:
         cfg = runs["on"]["config"]
         steps = runs["on"]["metrics"]
         settled = post_warmup(steps, args.warmup_frac)
-        inside = sum(abs(m["s"] - cfg["target_s"]) <= cfg["deadband"] for m in settled)  # logged steps
+        inside = sum(abs(math.log(max(m["s_hat"], 1e-12) / cfg["target_s"])) <= cfg["band"] for m in settled)
         print()
         print(
             f"model: {cfg['n_params']:,} params, LoRA r={cfg['lora_r']}, batch {cfg['batch_size']}, "
@@ -377,9 +376,9 @@ def main() -> None:
             print(f"{'HF Trainer + PEFT':28s} {hf:10.1f} {on / hf:8.3f} {'>=1.00':>8s}  (SCU on / HF)")
         last = steps[-1]
         print(
-            f"controller: target S*={cfg['target_s']:.4g} deadband={cfg['deadband']:g}; "
-            f"{inside}/{len(settled)} logged post-warm-up steps inside the deadband ({inside / len(settled):.1%}); "
-            f"first S={steps[0]['s']:.4g}, final S={last['s']:.4g}, final lambda={last['lambda']:.4g}"
+            f"controller: target S*={cfg['target_s']:.4g}, band ±{cfg['band']:g} (log); "
+            f"{inside}/{len(settled)} logged post-warm-up steps with Ŝ in band ({inside / len(settled):.1%}); "
+            f"first Ŝ={steps[0]['s_hat']:.4g}, final Ŝ={last['s_hat']:.4g}, final lambda={last['lambda']:.4g}"
         )
 
 

@@ -18,11 +18,15 @@ from tests.training.support import ENGINE_SRC
 RECORD = {
     "step": 10,
     "epoch": 0.5,
-    "loss": 2.31,
+    "loss_bpt": 3.35,
     "data_bpt": 3.33,
     "param_bpt": 0.012,
     "s": 0.0036,
+    "s_hat": 0.0035,
+    "target_s": 0.004,
+    "band": 0.1,
     "lambda": 1.02,
+    "unreachable": -1,
     "lr": 2e-4,
     "tokens_per_s": 812.3,
     "eta_s": 41,
@@ -32,8 +36,9 @@ RECORD = {
 def test_train_line_shape() -> None:
     line = format_train_line(RECORD)
     assert line == (
-        "[scu] step=10 epoch=0.500 loss=2.3100 data_bpt=3.3300 param_bpt=0.012 s=0.0036 "
-        "lambda=1.02 lr=2.0e-04 tokens_per_s=812.3 eta_s=41"
+        "[scu] step=10 epoch=0.500 loss_bpt=3.3500 data_bpt=3.3300 param_bpt=0.012 s=0.0036 "
+        "s_hat=0.0035 target_s=0.004 band=0.1 lambda=1.02 unreachable=-1 lr=2.0e-04 "
+        "tokens_per_s=812.3 eta_s=41"
     )
     parsed = parse_line(line)
     assert parsed is not None and set(parsed) == set(TRAIN_KEYS)
@@ -41,7 +46,9 @@ def test_train_line_shape() -> None:
 
 def test_definitions_extract_every_key_without_confusion() -> None:
     got = parse_with_definitions(format_train_line(RECORD))
-    assert got["train:s"] == 0.0036  # not tokens_per_s / eta_s
+    assert got["train:s"] == 0.0036  # not tokens_per_s / eta_s / s_hat / target_s
+    assert got["train:s_hat"] == 0.0035 and got["train:target_s"] == 0.004
+    assert got["train:unreachable"] == -1
     assert got["train:tokens_per_s"] == 812.3
     assert got["train:eta_s"] == 41
     assert got["train:lr"] == 2e-4

@@ -1,26 +1,71 @@
-"""ParamBPT is a tensor in the graph: lambda changes the gradients of the LoRA weights."""
+"""ParamBPT over the LoRA update dW = (alpha/r) B A, in the graph, and acting through the trainer."""
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from scu.data import build_examples, collate, encode_rows
-from scu.evaluate import causal_ce_sum
-from scu.modeling import apply_lora, detect_target_modules, load_base_model, load_tokenizer
-from scu.regulariser import LN2, param_bpt, regularised_loss
+from scu.modeling import apply_lora, detect_target_modules, load_base_model
+from scu.regulariser import LN2, LoraFactor, delta_w_sq_norm, lora_factors, param_bpt, penalty_grads
 
-from tests.training.support import make_rows
+from tests.training.support import run_entry
 
 
-def test_param_bpt_formula() -> None:
-    w = [torch.full((2, 3), 0.02), torch.full((4,), -0.01)]
-    expected = (6 * 0.02**2 + 4 * 0.01**2) / (2 * 0.01**2 * 1000 * math.log(2))
-    assert param_bpt(w, sigma=0.01, n_tokens=1000).item() == pytest.approx(expected)
+def _lora(tiny_model: Path, r: int = 4, alpha: float = 8.0, b_std: float = 0.02) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = load_base_model(str(tiny_model), "fp32", "lora", torch.device("cpu"), False)
+    model, _ = apply_lora(model, r=r, alpha=alpha, dropout=0.0, target_modules=None)
+    if b_std:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, b_std)
+    return model
+
+
+def test_param_bpt_is_the_frobenius_norm_of_the_update() -> None:
+    torch.manual_seed(1)
+    factors = [
+        LoraFactor(a=torch.randn(4, 6), b=torch.randn(5, 4), scale=2.0),
+        LoraFactor(a=torch.randn(4, 6), b=torch.randn(5, 4), scale=2.0),  # same shapes: one group
+        LoraFactor(a=torch.randn(2, 3), b=torch.randn(7, 2), scale=0.5),
+    ]
+    explicit = sum(float(((f.scale * f.b @ f.a) ** 2).sum()) for f in factors)
+    assert float(delta_w_sq_norm(factors)) == pytest.approx(explicit, rel=1e-5)
+    expected = explicit / (2 * 0.01**2 * 1000 * math.log(2))
+    assert float(param_bpt(factors, sigma=0.01, n_tokens=1000)) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError):
         param_bpt([], 0.01, 10)
+    with pytest.raises(ValueError):
+        param_bpt(factors, 0.0, 10)
+
+
+def test_zero_at_init_and_invariant_to_rescaling_a_against_b(tiny_model: Path) -> None:
+    model = _lora(tiny_model, b_std=0.0)
+    factors = lora_factors(model)
+    assert len(factors) == 7 * model.config.num_hidden_layers  # attention + MLP projections
+    assert float(param_bpt(factors, 0.01, 1000)) == 0.0  # B = 0: no update, no bits
+    model = _lora(tiny_model)
+    factors = lora_factors(model)
+    before = float(param_bpt(factors, 0.01, 1000))
+    assert before > 0
+    with torch.no_grad():
+        for f in factors:
+            f.a.mul_(8.0)
+            f.b.div_(8.0)
+    assert float(param_bpt(factors, 0.01, 1000)) == pytest.approx(before, rel=1e-4)
+
+
+def test_kaiming_a_alone_costs_nothing_unlike_raw_weights(tiny_model: Path) -> None:
+    """The mis-scaling that pinned lambda: sum(w^2) over the raw factors is large at init."""
+    model = _lora(tiny_model, b_std=0.0)
+    raw = sum(float(p.pow(2).sum()) for p in model.parameters() if p.requires_grad)
+    assert raw > 1.0
+    assert float(delta_w_sq_norm(lora_factors(model))) == 0.0
 
 
 def test_target_modules_are_attention_and_mlp(tiny_model: Path) -> None:
@@ -36,45 +81,63 @@ def test_target_modules_are_attention_and_mlp(tiny_model: Path) -> None:
     ]
 
 
-def _grads(tiny_model: Path, lam: float) -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    tok = load_tokenizer(str(tiny_model))
-    model = load_base_model(str(tiny_model), "fp32", "lora", torch.device("cpu"), False)
-    model, _ = apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=None)
-    # make B non-zero so both LoRA matrices carry weight
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
-    examples, _ = build_examples(encode_rows(tok, [r["messages"] for r in make_rows(4)]), 64, False)
-    batch = collate(examples, tok.pad_token_id)
+def test_penalty_gradient_matches_analytic(tiny_model: Path) -> None:
+    """d(lambda ParamBPT ln2)/dB = lambda s^2 B (A A^T) / (sigma^2 N), and the same for A."""
+
+    model = _lora(tiny_model)
     params = [p for p in model.parameters() if p.requires_grad]
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    ce_sum, n = causal_ce_sum(out.logits, batch["labels"])
-    loss = regularised_loss(ce_sum / n, param_bpt(params, 0.01, 1000), lam)
-    loss.backward()
-    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    factors = lora_factors(model)
+
+    grads = penalty_grads(factors, params, 0.01, 1000, 5.0)
+    by_id = {id(p): g for p, g in zip(params, grads, strict=True)}
+    k = 5.0 / (0.01**2 * 1000)
+    for f in factors:
+        s2 = f.scale**2
+        torch.testing.assert_close(by_id[id(f.b)], k * s2 * f.b @ (f.a @ f.a.T), rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(by_id[id(f.a)], k * s2 * (f.b.T @ f.b) @ f.a, rtol=1e-4, atol=1e-7)
 
 
-def test_lambda_changes_lora_gradients(tiny_model: Path) -> None:
-    g0, g5 = _grads(tiny_model, 0.0), _grads(tiny_model, 5.0)
-    assert g0.keys() == g5.keys() and g0
-    # d(lambda * ParamBPT * ln2)/dw = lambda * w / (sigma^2 N): exactly what the difference must be.
-    diffs = [float((g5[k] - g0[k]).abs().max()) for k in g0]
-    assert min(diffs) > 0, "ParamBPT is detached: lambda does not reach some LoRA weights"
+def _end_state(root: Path) -> tuple[float, dict[str, float]]:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(root / "model" / "adapter_model.safetensors"))
+    cfg = json.loads((root / "model" / "fastuner_config.json").read_text())
+    scale = cfg["lora_alpha"] / cfg["lora_r"]
+    total = 0.0
+    for key, a in weights.items():
+        if "lora_A" in key:
+            b = weights[key.replace("lora_A", "lora_B")]
+            total += float(((scale * b @ a) ** 2).sum())
+    last = json.loads((root / "model" / "metrics.jsonl").read_text().splitlines()[-1])
+    return total, last
 
 
 @pytest.mark.slow
-def test_gradient_difference_matches_analytic(tiny_model: Path) -> None:
-    g0, g5 = _grads(tiny_model, 0.0), _grads(tiny_model, 5.0)
-    torch.manual_seed(0)
-    model = load_base_model(str(tiny_model), "fp32", "lora", torch.device("cpu"), False)
-    model, _ = apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=None)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
-    weights = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    for k, w in weights.items():
-        expected = 5.0 * LN2 * w / (0.01**2 * 1000 * LN2)
-        torch.testing.assert_close(g5[k] - g0[k], expected, rtol=1e-4, atol=1e-6)
+def test_trainer_penalty_shrinks_the_update_and_grows_with_lambda(make_root: Callable[..., Path]) -> None:
+    """Through the real engine, same seed and data: the adapter's ||dW||^2 falls as lambda rises.
+    Fails if the trainer detaches the penalty, clips it away or ignores lambda."""
+    common = {
+        "max_steps": 30,
+        "batch_size": 8,
+        "grad_accum": 1,
+        "learning_rate": 5e-3,
+        "lr_scheduler": "constant",
+        "lora_dropout": 0.0,
+        "log_every": 1,
+        "checkpoint_every": 1000,
+    }
+    norms = {}
+    for lam in (0.0, 1.0, 10.0):
+        hp = dict(common, scu="off") if lam == 0.0 else dict(common, scu="fixed", lambda_fixed=lam)
+        root = make_root(f"lam{lam:g}", **hp)
+        proc = run_entry(root)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        norms[lam], last = _end_state(root)
+        assert last["lambda"] == lam
+        # the logged ParamBPT is the saved adapter's: same formula, N from the config
+        cfg = json.loads((root / "model" / "fastuner_config.json").read_text())
+        expected = norms[lam] / (2 * cfg["prior_sigma"] ** 2 * cfg["train_tokens"] * LN2)
+        assert last["param_bpt"] == pytest.approx(expected, rel=1e-3)
+    assert norms[0.0] > 0
+    assert norms[1.0] < 0.9 * norms[0.0]
+    assert norms[10.0] < 0.9 * norms[1.0]

@@ -86,3 +86,32 @@ def test_sigterm_then_resume_matches_uninterrupted_run(make_root: Callable[..., 
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"target_s": 0.07}, "target_s: 0.05 -> 0.07"),
+        ({"kp": 0.9}, "kp: 0.5 -> 0.9"),
+        ({"prior_sigma": 0.02}, "prior_sigma"),
+        ({"n_train": 20}, "data_sha256"),  # other data: another hash, another N
+    ],
+)
+def test_resume_with_other_scu_settings_or_data_is_refused(
+    make_root: Callable[..., Path], change: dict[str, float], named: str
+) -> None:
+    hp = {"max_steps": 4, "batch_size": 4, "grad_accum": 1, "checkpoint_every": 2, "target_s": 0.05}
+    root = make_root("first", n_train=24, **hp)
+    first = run_entry(root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    n_train = int(change.get("n_train", 24))
+    again = make_root(
+        "first", n_train=n_train, **{**hp, **{k: v for k, v in change.items() if k != "n_train"}}
+    )
+    assert again == root  # same root: same checkpoints, new settings or data
+    second = run_entry(root)
+    assert second.returncode != 0
+    failure = (root / "output" / "failure").read_text()
+    assert "Resume mismatch" in failure and named in failure, failure
+    if "n_train" in change:
+        assert "train_tokens" in failure and "train_rows" in failure

@@ -19,7 +19,9 @@ log = logging.getLogger("scu.checkpoint")
 
 STATE_FILE = "trainer_state.pt"
 ADAPTER_FILE = "adapter_model.safetensors"
-# Resolved-config keys that must match for a resume to be exact.
+# Resolved-config keys that must match for a resume to be exact: the model and data (the tokenized
+# examples' hash and N), the batch geometry, the optimisation schedule and every SCU setting (the
+# saved controller state means nothing under another target, gain, prior or N).
 RESUME_KEYS = (
     "base_model",
     "lora_r",
@@ -32,6 +34,28 @@ RESUME_KEYS = (
     "train_on_inputs",
     "seed",
     "world_size",
+    "data_sha256",
+    "train_tokens",
+    "train_rows",
+    "learning_rate",
+    "weight_decay",
+    "lr_scheduler",
+    "warmup_ratio",
+    "max_grad_norm",
+    "epochs",
+    "max_steps",
+    "scu",
+    "target_s",
+    "lambda_init",
+    "lambda_fixed",
+    "lambda_min",
+    "lambda_max",
+    "kp",
+    "ki",
+    "ema_alpha",
+    "deadband",
+    "controller_warmup",
+    "prior_sigma",
 )
 
 
@@ -123,9 +147,12 @@ def load_checkpoint(
     """Restore adapter weights, optimizer, scheduler and RNG; returns (position, controller state)."""
     state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
     saved = state.get("fingerprint", {})
-    diffs = [k for k in RESUME_KEYS if k in saved and saved.get(k) != fingerprint.get(k)]
+    diffs = [k for k in RESUME_KEYS if k not in saved or saved.get(k) != fingerprint.get(k)]
     if diffs:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in diffs)
+        detail = ", ".join(
+            f"{k}: {saved[k]!r} -> {fingerprint.get(k)!r}" if k in saved else f"{k}: not recorded"
+            for k in diffs
+        )
         raise ResumeMismatch(
             f"checkpoint {path.name} was written with different settings ({detail}); "
             "use the same hyperparameters or an empty checkpoint directory"

@@ -16,7 +16,7 @@ _NONE_STRINGS = {"", "null", "none", "auto"}
 class TrainConfig(BaseModel):
     """Hyperparameters. ``None`` means "pick a smart default"."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # model and method
     base_model: str | None = None
@@ -28,12 +28,12 @@ class TrainConfig(BaseModel):
     lambda_fixed: float | None = Field(default=None, ge=0.0)
     lambda_min: float = Field(default=1e-4, gt=0.0)
     lambda_max: float = Field(default=10.0, gt=0.0)
-    kp: float = Field(default=0.8, ge=0.0)
-    ki: float = Field(default=0.15, ge=0.0)
+    kp: float = Field(default=0.5, ge=0.0, le=10.0)
+    ki: float = Field(default=0.1, ge=0.0, le=10.0)
     ema_alpha: float = Field(default=0.1, gt=0.0, le=1.0)
-    deadband: float = Field(default=0.002, ge=0.0)
-    i_leak: float = Field(default=0.995, ge=0.0, le=1.0)
-    i_max: float = Field(default=0.2, ge=0.0)
+    deadband: float = Field(default=0.02, ge=0.0, le=1.0)  # log units: holds the integral
+    band: float = Field(default=0.1, gt=0.0, le=2.0)  # log units: the reported target band
+    controller_warmup: float = Field(default=0.1, ge=0.0, lt=1.0)  # fraction of steps, integral frozen
     prior_sigma: float = Field(default=0.01, gt=0.0)
     # LoRA
     lora_r: int | None = Field(default=None, ge=1, le=1024)
@@ -118,8 +118,8 @@ class ResolvedConfig(BaseModel):
     ki: float
     ema_alpha: float
     deadband: float
-    i_leak: float
-    i_max: float
+    band: float
+    controller_warmup: float
     prior_sigma: float
     lora_r: int
     lora_alpha: float
@@ -153,6 +153,7 @@ class ResolvedConfig(BaseModel):
     train_tokens: int
     world_size: int
     defaulted: list[str]
+    data_sha256: str = ""  # of the tokenized training examples (resume refuses other data)
 
 
 def resolve(
@@ -176,6 +177,12 @@ def resolve(
     )
     n_epochs = pick("epochs", defaults.epochs(facts.train_tokens))
     accum = pick("grad_accum", defaults.grad_accum(facts.train_rows, n_epochs, micro, facts.world_size))
+    # passes over the data the run will make (max_steps overrides epochs)
+    passes = (
+        cfg.max_steps * micro * accum * facts.world_size / max(facts.train_rows, 1)
+        if cfg.max_steps
+        else n_epochs
+    )
     if cfg.precision == "auto":
         chosen.append("precision")
         precision = ("bf16" if bf16_ok else "fp16") if facts.cuda else "fp32"
@@ -186,7 +193,7 @@ def resolve(
         base_model=base_model,
         method=method,
         method_requested=cfg.method,
-        target_s=pick("target_s", defaults.target_s(facts.n_params, facts.train_tokens)),
+        target_s=pick("target_s", defaults.target_s(passes)),
         lora_r=r,
         lora_alpha=pick("lora_alpha", float(defaults.lora_alpha(r))),
         learning_rate=pick("learning_rate", defaults.learning_rate(facts.n_params)),

@@ -1,9 +1,23 @@
-"""The SCU PI controller for lambda (torch-free, serialisable).
+"""The SCU controller for lambda: a positional PI on log(lambda) (torch-free, serialisable).
 
-At each optimizer step: S_hat = a*S + (1-a)*S_hat; e = S_hat - S*. Inside the deadband lambda is
-held and the integral leaks; outside it the integral leaks and integrates (clamped to +-i_max,
-frozen when lambda sits on a bound and e pushes further: anti-windup), u = Kp*e + I and
-lambda = clip(lambda * exp(u), lambda_min, lambda_max).
+At each optimizer step, from that step's DataBPT and ParamBPT:
+
+    D_hat = EMA(DataBPT)                      (alpha 0.1; ParamBPT is smooth and is not smoothed)
+    S_hat = ParamBPT / (D_hat + ParamBPT)
+    e     = clip(ln(S_hat / S*), -1, +1)       (relative error: the same gain for every S*)
+    I     = clip(I + Ki * e, +-ln(lambda_max / lambda_min))
+              unless |e| <= deadband (hold), during warm-up (frozen), or lambda sits on a bound and
+              e pushes further (anti-windup)
+    ln lambda = clip(ln lambda_0 + Kp * e + I, ln lambda_min, ln lambda_max)
+
+lambda_0 = 1 is the plain Gaussian-prior point. There is no leak: the integral is what holds the
+target against a drifting plant. (The earlier incremental form lambda <- lambda * exp(Kp e + I)
+integrated e twice, had no proportional action and limit-cycled; see tests/training/test_controller.)
+
+``unreachable`` reports a target the loop cannot reach: +1 after lambda has sat on lambda_max for
+``saturation_window`` consecutive post-warm-up steps with S_hat still above the deadband, -1 for
+lambda_min with S_hat below it, else 0. ``in_band()`` (|ln(S_hat/S*)| <= band, 0.1 by default) is
+what the engine reports as tracking; the smaller deadband only keeps noise out of the integral.
 """
 
 from __future__ import annotations
@@ -15,45 +29,70 @@ from dataclasses import asdict, dataclass, field
 @dataclass(frozen=True)
 class ControllerConfig:
     target_s: float
-    kp: float = 0.8
-    ki: float = 0.15
+    kp: float = 0.5
+    ki: float = 0.1
     ema_alpha: float = 0.1
-    deadband: float = 0.002
-    i_leak: float = 0.995
-    i_max: float = 0.2
+    deadband: float = 0.02  # log units: |e| <= deadband holds the integral
+    band: float = 0.1  # log units: S_hat within S* * exp(+-band) is "in band" (reported)
     lambda_init: float = 1.0
     lambda_min: float = 1e-4
     lambda_max: float = 10.0
+    warmup_steps: int = 0  # integration frozen for these many updates
+    saturation_window: int = 20
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.target_s < 1.0:
+            raise ValueError("target_s must be in (0, 1)")
         if not 0.0 < self.ema_alpha <= 1.0:
             raise ValueError("ema_alpha must be in (0, 1]")
         if not 0.0 < self.lambda_min <= self.lambda_max:
             raise ValueError("need 0 < lambda_min <= lambda_max")
-        if self.deadband < 0 or self.i_max < 0:
-            raise ValueError("deadband and i_max must be >= 0")
+        if self.band < 0 or self.deadband < 0 or self.kp < 0 or self.ki < 0 or self.warmup_steps < 0:
+            raise ValueError("kp, ki, deadband and warmup_steps must be >= 0")
+        if self.saturation_window < 1:
+            raise ValueError("saturation_window must be >= 1")
+
+    @property
+    def i_max(self) -> float:
+        return math.log(self.lambda_max / self.lambda_min)
 
 
 @dataclass
 class ControllerState:
     lam: float
     integral: float = 0.0
+    data_ema: float | None = None
     s_hat: float | None = None
     updates: int = 0
     skipped: int = 0
+    at_bound: int = 0  # consecutive post-warm-up updates with lambda on a bound, pushing out
 
     def to_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, float | int | None]) -> ControllerState:
+        def opt(key: str) -> float | None:
+            value = data.get(key)
+            return None if value is None else float(value)
+
+        if "data_ema" not in data:
+            raise ValueError("controller state from an older engine (no data_ema): cannot resume it")
         return cls(
             lam=float(data["lam"]),  # type: ignore[arg-type]
-            integral=float(data.get("integral", 0.0) or 0.0),
-            s_hat=None if data.get("s_hat") is None else float(data["s_hat"]),  # type: ignore[arg-type]
-            updates=int(data.get("updates", 0) or 0),
-            skipped=int(data.get("skipped", 0) or 0),
+            integral=float(data.get("integral") or 0.0),
+            data_ema=opt("data_ema"),
+            s_hat=opt("s_hat"),
+            updates=int(data.get("updates") or 0),
+            skipped=int(data.get("skipped") or 0),
+            at_bound=int(data.get("at_bound") or 0),
         )
+
+
+def s_ratio(data_bpt: float, param_bpt: float) -> float:
+    """S = ParamBPT / (DataBPT + ParamBPT)."""
+    total = data_bpt + param_bpt
+    return param_bpt / total if total > 0 else float("nan")
 
 
 @dataclass
@@ -63,39 +102,62 @@ class PIController:
 
     def __post_init__(self) -> None:
         if self.state is None:
-            lam = min(max(self.config.lambda_init, self.config.lambda_min), self.config.lambda_max)
-            self.state = ControllerState(lam=lam)
+            self.state = ControllerState(lam=self._lambda(0.0, 0.0))
 
     @property
     def lam(self) -> float:
         return self.state.lam
 
     @property
-    def error(self) -> float | None:
-        return None if self.state.s_hat is None else self.state.s_hat - self.config.target_s
+    def log_error(self) -> float | None:
+        """ln(S_hat / S*) (unclipped; -inf while ParamBPT is 0), None before the first update."""
+        s_hat = self.state.s_hat
+        if s_hat is None:
+            return None
+        return math.log(s_hat / self.config.target_s) if s_hat > 0 else -math.inf
 
-    def in_deadband(self) -> bool:
-        err = self.error
-        return err is not None and abs(err) <= self.config.deadband
+    def in_band(self) -> bool:
+        err = self.log_error
+        return err is not None and abs(err) <= self.config.band
 
-    def update(self, s: float) -> float:
-        """Feed the measured S of the last optimizer step; returns the lambda for the next one."""
+    @property
+    def unreachable(self) -> int:
+        """+1 / -1 while lambda has sat on lambda_max / lambda_min for a whole window, else 0."""
+        if self.state.at_bound < self.config.saturation_window:
+            return 0
+        return 1 if self.state.lam >= self.config.lambda_max else -1
+
+    def _lambda(self, err: float, integral: float) -> float:
+        cfg = self.config
+        log_lam = math.log(cfg.lambda_init) + cfg.kp * err + integral
+        return min(max(math.exp(log_lam), cfg.lambda_min), cfg.lambda_max)
+
+    def update(self, data_bpt: float, param_bpt: float) -> float:
+        """Feed the last optimizer step's DataBPT and ParamBPT; returns lambda for the next step."""
         cfg, st = self.config, self.state
-        if not math.isfinite(s):
+        if not (math.isfinite(data_bpt) and math.isfinite(param_bpt)) or data_bpt < 0 or param_bpt < 0:
             st.skipped += 1
             return st.lam
-        st.s_hat = s if st.s_hat is None else cfg.ema_alpha * s + (1.0 - cfg.ema_alpha) * st.s_hat
-        err = st.s_hat - cfg.target_s
-        st.updates += 1
-        st.integral *= cfg.i_leak
-        if abs(err) <= cfg.deadband:
+        st.data_ema = (
+            data_bpt
+            if st.data_ema is None
+            else cfg.ema_alpha * data_bpt + (1.0 - cfg.ema_alpha) * st.data_ema
+        )
+        st.s_hat = s_ratio(st.data_ema, param_bpt)
+        if not math.isfinite(st.s_hat):  # DataBPT and ParamBPT both 0: nothing to act on
+            st.skipped += 1
             return st.lam
-        pushing_up = st.lam >= cfg.lambda_max and err > 0
-        pushing_down = st.lam <= cfg.lambda_min and err < 0
-        if not (pushing_up or pushing_down):
+        st.updates += 1
+        raw = self.log_error
+        assert raw is not None
+        err = min(max(raw, -1.0), 1.0)
+        warm = st.updates <= cfg.warmup_steps
+        pushing_up = st.lam >= cfg.lambda_max and err > cfg.deadband
+        pushing_down = st.lam <= cfg.lambda_min and err < -cfg.deadband
+        if not warm and abs(err) > cfg.deadband and not (pushing_up or pushing_down):
             st.integral = min(max(st.integral + cfg.ki * err, -cfg.i_max), cfg.i_max)
-        u = cfg.kp * err + st.integral
-        st.lam = min(max(st.lam * math.exp(u), cfg.lambda_min), cfg.lambda_max)
+        st.at_bound = st.at_bound + 1 if (pushing_up or pushing_down) and not warm else 0
+        st.lam = self._lambda(err, st.integral)
         return st.lam
 
     def state_dict(self) -> dict[str, float | int | None]:
@@ -103,9 +165,3 @@ class PIController:
 
     def load_state_dict(self, data: dict[str, float | int | None]) -> None:
         self.state = ControllerState.from_dict(data)
-
-
-def s_ratio(data_bpt: float, param_bpt: float) -> float:
-    """S = ParamBPT / (DataBPT + ParamBPT)."""
-    total = data_bpt + param_bpt
-    return param_bpt / total if total > 0 else float("nan")

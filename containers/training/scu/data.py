@@ -15,10 +15,12 @@ from the right after the last prompt token. Both counts are reported.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import random
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,6 +171,16 @@ def pack(examples: Sequence[Example], block_size: int) -> list[Example]:
     return [
         Example(ids[i : i + block_size], labels[i : i + block_size]) for i in range(0, len(ids), block_size)
     ]
+
+
+def examples_sha256(examples: Sequence[Example]) -> str:
+    """A digest of the tokenized training examples (ids and loss mask), in order."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        digest.update(array("q", ex.input_ids).tobytes())
+        digest.update(array("q", ex.labels).tobytes())
+        digest.update(b"\x00")
+    return digest.hexdigest()
 
 
 def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:

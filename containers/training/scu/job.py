@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -111,8 +112,13 @@ def _run(paths: ContractPaths, cfg: TrainConfig, info: DistInfo, device: torch.d
         raise JobError(
             "The training data has no target tokens to learn from (all assistant targets are empty)."
         )
+    if n_tokens != facts.train_tokens:
+        # N of ParamBPT and every token-based default count the tokens actually trained (after
+        # truncation to the block); the block size itself depends only on the row lengths.
+        facts = dataclasses.replace(facts, train_tokens=n_tokens)
+        rcfg = resolve(cfg, facts, base, qlora_available=qlora_available(), bf16_ok=bf16_ok)
     val_examples, val_stats = data_mod.build_examples(enc_val, rcfg.block_size, train_on_inputs=False)
-    rcfg = rcfg.model_copy(update={"train_tokens": n_tokens})
+    rcfg = rcfg.model_copy(update={"data_sha256": data_mod.examples_sha256(examples)})
 
     torch.manual_seed(rcfg.seed)  # the LoRA init draws from the global RNG: same seed, same run
     model = load_base_model(base, rcfg.precision, rcfg.method, device, rcfg.gradient_checkpointing)

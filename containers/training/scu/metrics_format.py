@@ -2,8 +2,16 @@
 
 Torch-free: the control plane imports this module. One line per log step::
 
-    [scu] step=10 epoch=0.500 loss=2.31 data_bpt=3.33 param_bpt=0.012 s=0.0036 lambda=1.02 \
-lr=2.0e-04 tokens_per_s=812.3 eta_s=41
+    [scu] step=10 epoch=0.500 loss_bpt=3.35 data_bpt=3.33 param_bpt=0.012 s=0.0036 s_hat=0.0035 \
+target_s=0.004 band=0.1 lambda=1.02 unreachable=0 lr=2.0e-04 tokens_per_s=812.3 eta_s=41
+
+Every quantity is in bits per token: ``loss_bpt`` = DataBPT + lambda * ParamBPT (the regularised
+objective), ``data_bpt`` the window's mean target-token cross-entropy, ``param_bpt`` the adapter's
+update ||dW||^2 / (2 sigma^2 N ln 2) at the logged step. ``s`` is the raw S of the last step,
+``s_hat`` the smoothed S the controller acts on; the controller's target band is
+``target_s * exp(+-band)``. ``unreachable`` is +1 while lambda has sat on lambda_max (S stays above
+target even at the strongest allowed regularisation) or -1 on lambda_min (S stays below target
+even with almost none) for a whole window after warm-up, else 0; scu=off/fixed always log 0.
 
 and one line at the end with the held-out evaluation::
 
@@ -25,11 +33,15 @@ EVAL_PREFIX = "[scu-eval]"
 TRAIN_KEYS: dict[str, str] = {
     "step": "{:d}",
     "epoch": "{:.3f}",
-    "loss": "{:.4f}",
+    "loss_bpt": "{:.4f}",
     "data_bpt": "{:.4f}",
     "param_bpt": "{:.4g}",
     "s": "{:.4g}",
+    "s_hat": "{:.4g}",
+    "target_s": "{:.4g}",
+    "band": "{:.3g}",
     "lambda": "{:.4g}",
+    "unreachable": "{:d}",
     "lr": "{:.1e}",
     "tokens_per_s": "{:.1f}",
     "eta_s": "{:d}",

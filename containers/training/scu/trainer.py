@@ -27,7 +27,7 @@ from scu.evaluate import causal_ce_sum
 from scu.metrics_format import format_train_line
 from scu.modeling import trainable_parameters
 from scu.paths import ContractPaths
-from scu.regulariser import LN2, param_bpt
+from scu.regulariser import LN2, add_penalty_grad, lora_factors, param_bpt
 
 log = logging.getLogger("scu.trainer")
 
@@ -57,7 +57,7 @@ class TrainResult:
     last: dict[str, float] = field(default_factory=dict)
 
 
-def make_controller(cfg: ResolvedConfig) -> PIController:
+def make_controller(cfg: ResolvedConfig, total_steps: int) -> PIController:
     return PIController(
         ControllerConfig(
             target_s=cfg.target_s,
@@ -65,11 +65,12 @@ def make_controller(cfg: ResolvedConfig) -> PIController:
             ki=cfg.ki,
             ema_alpha=cfg.ema_alpha,
             deadband=cfg.deadband,
-            i_leak=cfg.i_leak,
-            i_max=cfg.i_max,
+            band=cfg.band,
             lambda_init=cfg.lambda_init,
             lambda_min=cfg.lambda_min,
             lambda_max=cfg.lambda_max,
+            warmup_steps=math.ceil(cfg.controller_warmup * total_steps),
+            saturation_window=max(5, min(20, total_steps // 5)),
         )
     )
 
@@ -124,7 +125,14 @@ def train(
     paths: ContractPaths,
     stop: StopFlag,
 ) -> TrainResult:
+    """The penalty lambda * ParamBPT * ln 2 (nats/token) is part of the loss, but its gradient joins
+    the data gradient *after* clipping, so clipping never scales it (a clip that included it scaled
+    every step ~60x at lambda = 10); AdamW then steps on the sum. (A decoupled update, w -= lr *
+    grad(penalty) after the step as AdamW decouples weight decay, was tried: it is a plain gradient
+    step on a penalty whose curvature grows as 1/(sigma^2 N), and it diverged to NaN at lambda = 10
+    on small data where this form stays stable.)"""
     params = trainable_parameters(model)
+    factors = lora_factors(model)
     per_epoch, total_steps = plan_steps(cfg, len(examples), info)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
@@ -133,7 +141,7 @@ def train(
         num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    controller = make_controller(cfg)
+    controller = make_controller(cfg, total_steps)
     fingerprint = fingerprint_of(cfg.model_dump())
     pos = Position()
     ckpt = latest_checkpoint(paths.checkpoint_dir)
@@ -169,10 +177,11 @@ def train(
             )
         barrier(info)
 
-    window_stats = {"loss": 0.0, "data_bpt": 0.0, "n": 0, "tokens": 0.0}
+    window_stats = {"loss_bpt": 0.0, "data_bpt": 0.0, "n": 0, "tokens": 0.0}
     window_start = clock()
     run_start, run_start_step = clock(), pos.global_step
     last: dict[str, float] = {}
+    unreachable = controller.unreachable if cfg.scu == "on" else 0
 
     while pos.global_step < total_steps:
         batches = rank_batches(len(examples), cfg.batch_size, cfg.seed, pos.epoch, info.rank, info.world_size)
@@ -186,7 +195,6 @@ def train(
             torch.manual_seed((cfg.seed * 1_000_003 + info.rank * 10_007 + pos.global_step) % (2**63))
             ce_acc = torch.zeros((), dtype=torch.float64, device=device)  # no host sync per micro-batch
             input_tokens, interrupted = 0, False
-            pbpt_t: torch.Tensor | None = None
             for j, mb in enumerate(window):
                 # Inside an accumulation window, stop at once (the partial gradients are dropped and the
                 # checkpoint is the last optimizer-step boundary); between steps the check is below.
@@ -201,9 +209,6 @@ def train(
                     )
                     ce_sum, _ = causal_ce_sum(out.logits, mb["labels"].to(device))
                     loss = ce_sum / max(local_targets, 1)
-                    if last_mb and lam > 0.0:
-                        pbpt_t = param_bpt(params, cfg.prior_sigma, n_tokens)
-                        loss = loss + lam * pbpt_t * LN2
                     (scaler.scale(loss) if scaler else loss).backward()
                 ce_acc += ce_sum.detach().double()
                 input_tokens += int(mb["attention_mask"].sum())  # a CPU tensor: no device sync
@@ -211,10 +216,12 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 save(pos)
                 return TrainResult("interrupted", pos.global_step, total_steps, last)
+            if scaler:
+                scaler.unscale_(optimizer)
             if cfg.max_grad_norm > 0:
-                if scaler:
-                    scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if lam > 0.0:  # a function of the weights only, the same on every rank: no all-reduce
+                add_penalty_grad(factors, params, cfg.prior_sigma, n_tokens, lam)
             lr = float(scheduler.get_last_lr()[0])
             if scaler:
                 scaler.step(optimizer)
@@ -223,17 +230,16 @@ def train(
                 optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            if pbpt_t is None:
-                with torch.no_grad():
-                    pbpt_t = param_bpt(params, cfg.prior_sigma, n_tokens)
-            pbpt = float(pbpt_t.detach())
+            with torch.no_grad():  # after the step in every mode: the adapter the next step starts from
+                pbpt = float(param_bpt(factors, cfg.prior_sigma, n_tokens))
             ce_g, tok_g, in_g = all_reduce_sum(
                 [float(ce_acc), float(local_targets), float(input_tokens)], info, device
             )
             data_bpt = ce_g / max(tok_g, 1.0) / LN2
             s = s_ratio(data_bpt, pbpt)
+            controller_lam = controller.update(data_bpt, pbpt)  # tracks S_hat in every mode
             if cfg.scu == "on":
-                controller.update(s)
+                unreachable = _report_unreachable(controller, unreachable, pos.global_step + 1, info)
             pos.global_step += 1
             pos.batch_idx += len(window)
             epoch_done = pos.batch_idx >= len(batches)
@@ -242,7 +248,7 @@ def train(
             if step_sleep:
                 time.sleep(step_sleep)
 
-            window_stats["loss"] += data_bpt * LN2 + lam * pbpt * LN2
+            window_stats["loss_bpt"] += data_bpt + lam * pbpt
             window_stats["data_bpt"] += data_bpt
             window_stats["n"] += 1
             window_stats["tokens"] += in_g
@@ -253,17 +259,21 @@ def train(
                 last = {
                     "step": pos.global_step,
                     "epoch": pos.epoch + pos.batch_idx / max(per_epoch, 1),
-                    "loss": window_stats["loss"] / n,
+                    "loss_bpt": window_stats["loss_bpt"] / n,
                     "data_bpt": window_stats["data_bpt"] / n,
                     "param_bpt": pbpt,
                     "s": s,
-                    "lambda": current_lambda(cfg, controller),
+                    "s_hat": controller.state.s_hat if controller.state.s_hat is not None else s,
+                    "target_s": cfg.target_s,
+                    "band": cfg.band,
+                    "lambda": controller_lam if cfg.scu == "on" else lam,
+                    "unreachable": unreachable,
                     "lr": lr,
                     "tokens_per_s": window_stats["tokens"] / max(now - window_start, 1e-9),
                     "eta_s": round(per_step * (total_steps - pos.global_step)),
                 }
                 writer.write(last)
-                window_stats = {"loss": 0.0, "data_bpt": 0.0, "n": 0, "tokens": 0.0}
+                window_stats = {"loss_bpt": 0.0, "data_bpt": 0.0, "n": 0, "tokens": 0.0}
                 window_start = clock()
             stop_now = any_rank(stop.is_set, info, device)
             done = pos.global_step >= total_steps
@@ -274,3 +284,28 @@ def train(
             if epoch_done:
                 break  # next epoch: a new order
     return TrainResult("completed", pos.global_step, total_steps, last)
+
+
+def _report_unreachable(controller: PIController, before: int, step: int, info: DistInfo) -> int:
+    """Log once when lambda starts (or stops) sitting on a bound for a whole window."""
+    now = controller.unreachable
+    if now != before and info.is_main:
+        cfg, s_hat = controller.config, controller.state.s_hat
+        if now == 0:
+            print(
+                f"[scu-warning] step {step}: lambda left its bound (S_hat {s_hat:.4g}, target {cfg.target_s:g})"
+            )
+        else:
+            bound, value = ("maximum", cfg.lambda_max) if now > 0 else ("minimum", cfg.lambda_min)
+            hint = (
+                "S stays above the target even at the strongest allowed regularisation: raise "
+                "lambda_max or target_s"
+                if now > 0
+                else "S stays below the target with almost no regularisation: lower target_s or lambda_min"
+            )
+            print(
+                f"[scu-warning] step {step}: target S*={cfg.target_s:g} unreachable, lambda pinned at its "
+                f"{bound} {value:g} for {cfg.saturation_window} steps (S_hat {s_hat:.4g}); {hint}",
+                flush=True,
+            )
+    return now
