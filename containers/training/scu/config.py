@@ -29,7 +29,7 @@ class TrainConfig(BaseModel):
     lambda_min: float = Field(default=1e-4, gt=0.0)
     lambda_max: float = Field(default=10.0, gt=0.0)
     kp: float = Field(default=0.5, ge=0.0, le=10.0)
-    ki: float = Field(default=0.1, ge=0.0, le=10.0)
+    ki: float = Field(default=0.2, ge=0.0, le=10.0)
     ema_alpha: float = Field(default=0.1, gt=0.0, le=1.0)
     deadband: float = Field(default=0.02, ge=0.0, le=1.0)  # log units: holds the integral
     band: float = Field(default=0.1, gt=0.0, le=2.0)  # log units: the reported target band

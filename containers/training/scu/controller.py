@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 class ControllerConfig:
     target_s: float
     kp: float = 0.5
-    ki: float = 0.1
+    ki: float = 0.2
     ema_alpha: float = 0.1
     deadband: float = 0.02  # log units: |e| <= deadband holds the integral
     band: float = 0.1  # log units: S_hat within S* * exp(+-band) is "in band" (reported)
