@@ -110,9 +110,12 @@ FULL = Plan(
 QUICK = Plan(
     mode="quick",
     domains=("docs",),
-    regimes=(Regime("sub-epoch", 3_000, 1, 1, 1, 1), Regime("small", 400, 12, 1, 1, 1)),
+    # On the 2-core dev box, 3k / 400 x 12 / 2k tokens took 19 min (about 15 without a 4-min stall from
+    # other load; --dry-run estimated 12); these sizes estimate 10, so about 12.5 min. At 400 tokens x 10
+    # epochs lambda=0 still overfits clearly (select BPT 0.14 above its best epoch, epoch 4).
+    regimes=(Regime("sub-epoch", 2_500, 1, 1, 1, 1), Regime("small", 400, 10, 1, 1, 1)),
     runs=("off", "fixed1", "scu"),
-    report_tokens=2_000,
+    report_tokens=1_600,
     select_tokens=600,
 )
 
@@ -355,12 +358,14 @@ def run_cell(ctx: Context, run: str, ev: Any) -> list[dict[str, Any]]:
         "tokens": qd.tokens(ctx.train, "all"),
         "planned_steps": total,
     }
-    source = engine_source(ctx.engine)
+    if engine_source(ctx.engine) != ctx.engine_source:  # cells of two engines must not mix
+        reason = "the engine source changed since the benchmark started: run it again (new config hash)"
+        return [ctx.cell(r, status="failed", reason=reason, train=train_info) for r in rows]
     t0 = time.perf_counter()
     reason = run_engine(root, ctx.engine, hp, ctx.train, ctx.val, ctx.threads)
     wall = time.perf_counter() - t0
-    if engine_source(ctx.engine) != source or source != ctx.engine_source:
-        reason = reason or "the engine source changed during the benchmark: rerun this cell"
+    if engine_source(ctx.engine) != ctx.engine_source:
+        reason = reason or "the engine source changed during this run: run the benchmark again"
     if reason:
         return [ctx.cell(r, status="failed", reason=reason, wall_s=wall, train=train_info) for r in rows]
     t1 = time.perf_counter()
