@@ -359,8 +359,8 @@ def run_cell(ctx: Context, run: str, ev: Any) -> list[dict[str, Any]]:
         "planned_steps": total,
     }
     if engine_source(ctx.engine) != ctx.engine_source:  # cells of two engines must not mix
-        reason = "the engine source changed since the benchmark started: run it again (new config hash)"
-        return [ctx.cell(r, status="failed", reason=reason, train=train_info) for r in rows]
+        stale = "the engine source changed since the benchmark started: run it again (new config hash)"
+        return [ctx.cell(r, status="failed", reason=stale, train=train_info) for r in rows]
     t0 = time.perf_counter()
     reason = run_engine(root, ctx.engine, hp, ctx.train, ctx.val, ctx.threads)
     wall = time.perf_counter() - t0
