@@ -45,7 +45,7 @@ def test_error_is_relative_so_the_gain_does_not_depend_on_the_target() -> None:
     moves = []
     for target in (0.003, 0.03, 0.2):
         c = fresh(target)
-        moves.append(c.update(3.0, param_for(target, 3.0, 2.0)) / 1.0)
+        moves.append(c.update(3.0, param_for(target, 3.0, 2.0)) / c.config.lambda_init)
     assert moves[0] == pytest.approx(moves[1]) == pytest.approx(moves[2])
 
 
@@ -54,7 +54,7 @@ def test_zero_param_bpt_is_a_clipped_error_not_a_crash() -> None:
     lam = c.update(4.0, 0.0)  # B = 0 at init: S = 0, ln(S/S*) = -inf, clipped to -1
     assert c.log_error == -math.inf
     cfg = c.config
-    assert lam == pytest.approx(math.exp(-cfg.kp - cfg.ki))  # Kp*e + Ki*e with e = -1
+    assert lam == pytest.approx(cfg.lambda_init * math.exp(-cfg.kp - cfg.ki))  # Kp*e + Ki*e, e = -1
 
 
 @given(
@@ -93,7 +93,7 @@ def test_update_is_monotone_in_param_bpt(
 def test_positional_form_has_proportional_action() -> None:
     """lambda = lambda0 * exp(Kp e + I): with Ki = 0 the error moves lambda at once and a zero
     error brings it straight back (an incremental form would keep the move: no P action)."""
-    c = fresh(0.05, ki=0.0)
+    c = fresh(0.05, ki=0.0, lambda_init=1.0)
     up = c.update(3.0, param_for(0.05, 3.0, math.e))  # e = +1 (EMA of a constant DataBPT)
     assert up == pytest.approx(math.exp(0.5))
     back = c.update(3.0, param_for(0.05, 3.0, 1.0))
@@ -102,7 +102,7 @@ def test_positional_form_has_proportional_action() -> None:
 
 def test_deadband_holds_the_integral() -> None:
     c = fresh(0.05)
-    c.state = ControllerState(lam=1.0, integral=0.7, data_ema=3.0, updates=10)
+    c.state = ControllerState(lam=c.lam, integral=0.7, data_ema=3.0, updates=10)
     c.update(3.0, param_for(0.05, 3.0, math.exp(0.01)))
     assert c.state.integral == 0.7
     assert c.in_band()
@@ -113,7 +113,7 @@ def test_warmup_freezes_the_integral() -> None:
     for _ in range(5):
         c.update(3.0, 0.0)
     assert c.state.integral == 0.0
-    assert c.lam == pytest.approx(math.exp(-c.config.kp))
+    assert c.lam == pytest.approx(c.config.lambda_init * math.exp(-c.config.kp))
     c.update(3.0, 0.0)
     assert c.state.integral == pytest.approx(-c.config.ki)
 
@@ -125,7 +125,8 @@ def test_anti_windup_at_upper_bound(target: float, n: int) -> None:
         c.update(1.0, 1e6)  # S ~ 1: far above any target; lambda climbs to lambda_max and sits
     assert c.lam == c.config.lambda_max
     # the integral stopped where lambda reached the bound: it did not keep winding up
-    assert c.state.integral <= math.log(c.config.lambda_max) - c.config.kp + c.config.ki + 1e-9
+    cfg = c.config
+    assert c.state.integral <= math.log(cfg.lambda_max / cfg.lambda_init) - cfg.kp + cfg.ki + 1e-9
     assert c.unreachable == 1
     # so lambda leaves the bound within a few steps once S drops below the target
     for _ in range(8):
@@ -149,7 +150,7 @@ def test_unreachable_at_lower_bound_and_not_before_a_window() -> None:
 def test_non_finite_or_negative_inputs_are_skipped() -> None:
     c = fresh(0.02)
     for d, p in ((math.nan, 0.1), (3.0, math.inf), (-1.0, 0.1), (0.0, 0.0)):
-        assert c.update(d, p) == 1.0
+        assert c.update(d, p) == pytest.approx(c.config.lambda_init)
     assert c.state.skipped == 4 and c.state.updates == 0
 
 

@@ -81,7 +81,7 @@ FACTS = Facts(
 
 def test_smart_defaults_from_facts() -> None:
     r = resolve(TrainConfig(), FACTS, "m", qlora_available=False)
-    assert r.target_s == pytest.approx(0.15)  # S* = 0.3 / passes, 2 epochs
+    assert r.target_s == pytest.approx(0.5)
     assert r.lora_r == 16 and r.lora_alpha == 32 and r.learning_rate == 2e-4
     assert r.block_size == 512 and r.precision == "bf16" and r.epochs == 2
     assert r.batch_size * r.grad_accum <= 16
@@ -97,7 +97,7 @@ def test_defaults_scale_with_model_size_and_data() -> None:
         qlora_available=True,
     )
     assert small.lora_r < big.lora_r and small.learning_rate > big.learning_rate
-    assert small.target_s < big.target_s and small.block_size == 64  # 3 epochs vs 1 and big.block_size == 4096
+    assert small.target_s == big.target_s == 0.5 and small.block_size == 64 and big.block_size == 4096
     assert small.precision == "fp32" and big.gradient_checkpointing and big.epochs == 1
 
 
@@ -109,17 +109,10 @@ def test_overrides_win_and_qlora_falls_back() -> None:
     assert "lora_r" not in r.defaulted and "lora_alpha" in r.defaulted and r.lora_alpha == 8
 
 
-def test_target_s_rule_follows_passes_over_the_data() -> None:
-    from scu import defaults
-
-    assert defaults.target_s(1.0) == pytest.approx(0.3)
-    assert defaults.target_s(15.0) == pytest.approx(0.02)
-    assert defaults.target_s(1000.0) == defaults.TARGET_S_MIN
-    assert defaults.target_s(0.1) == defaults.TARGET_S_MAX
-    # max_steps overrides epochs: passes = steps * sequences per step / rows
+def test_target_s_default_and_override() -> None:
     facts = Facts(135_000_000, 100, 20_000, 200, 2048, False)
-    r = resolve(TrainConfig(max_steps=100, batch_size=4, grad_accum=2), facts, "m", qlora_available=False)
-    assert r.target_s == pytest.approx(0.3 / 8.0)
+    assert resolve(TrainConfig(), facts, "m", qlora_available=False).target_s == 0.5
+    assert resolve(TrainConfig(target_s=0.2), facts, "m", qlora_available=False).target_s == 0.2
 
 
 def test_non_finite_hyperparameters_are_refused() -> None:

@@ -24,7 +24,7 @@ class TrainConfig(BaseModel):
     # SCU
     scu: Literal["on", "off", "fixed"] = "on"
     target_s: float | None = Field(default=None, gt=0.0, lt=1.0)
-    lambda_init: float = Field(default=1.0, gt=0.0)
+    lambda_init: float = Field(default=0.01, gt=0.0)
     lambda_fixed: float | None = Field(default=None, ge=0.0)
     lambda_min: float = Field(default=1e-4, gt=0.0)
     lambda_max: float = Field(default=10.0, gt=0.0)
@@ -177,12 +177,6 @@ def resolve(
     )
     n_epochs = pick("epochs", defaults.epochs(facts.train_tokens))
     accum = pick("grad_accum", defaults.grad_accum(facts.train_rows, n_epochs, micro, facts.world_size))
-    # passes over the data the run will make (max_steps overrides epochs)
-    passes = (
-        cfg.max_steps * micro * accum * facts.world_size / max(facts.train_rows, 1)
-        if cfg.max_steps
-        else n_epochs
-    )
     if cfg.precision == "auto":
         chosen.append("precision")
         precision = ("bf16" if bf16_ok else "fp16") if facts.cuda else "fp32"
@@ -193,7 +187,7 @@ def resolve(
         base_model=base_model,
         method=method,
         method_requested=cfg.method,
-        target_s=pick("target_s", defaults.target_s(passes)),
+        target_s=pick("target_s", defaults.target_s()),
         lora_r=r,
         lora_alpha=pick("lora_alpha", float(defaults.lora_alpha(r))),
         learning_rate=pick("learning_rate", defaults.learning_rate(facts.n_params)),
