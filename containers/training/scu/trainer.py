@@ -237,7 +237,7 @@ def train(
             )
             data_bpt = ce_g / max(tok_g, 1.0) / LN2
             s = s_ratio(data_bpt, pbpt)
-            controller_lam = controller.update(data_bpt, pbpt)  # tracks S_hat in every mode
+            controller.update(data_bpt, pbpt)  # tracks S_hat in every mode; lambda only with scu=on
             if cfg.scu == "on":
                 unreachable = _report_unreachable(controller, unreachable, pos.global_step + 1, info)
             pos.global_step += 1
@@ -266,7 +266,7 @@ def train(
                     "s_hat": controller.state.s_hat if controller.state.s_hat is not None else s,
                     "target_s": cfg.target_s,
                     "band": cfg.band,
-                    "lambda": controller_lam if cfg.scu == "on" else lam,
+                    "lambda": current_lambda(cfg, controller),
                     "unreachable": unreachable,
                     "lr": lr,
                     "tokens_per_s": window_stats["tokens"] / max(now - window_start, 1e-9),
