@@ -65,3 +65,10 @@ class StorageError(FastunerError):
 class BackendError(FastunerError):
     code = "backend_error"
     status = 502
+
+
+class UnsafePath(FastunerError):
+    """A store key or a file whose path goes through a symbolic link (or is not a plain file)."""
+
+    code = "unsafe_path"
+    status = 422
