@@ -50,6 +50,17 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
     janitor_interval_seconds: Annotated[float, Field(gt=0)] = 30.0
     orphan_grace_seconds: Annotated[int, Field(ge=0)] = 900
+    launch_grace_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=300.0,
+        description="a `launching` job whose launcher cannot be seen alive is resolved (relaunched or "
+        "failed) after this; a launcher known dead on this host is resolved at once",
+    )
+    launch_retries: Annotated[int, Field(ge=0, le=20)] = Field(
+        default=3, description="retries of a transient launch error (throttling, 5xx, connection) with backoff"
+    )
+    launch_retry_wait_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=1.0, description="first backoff of a launch retry; grows exponentially (capped at 30 s)"
+    )
     default_inference_instance_type: str = "ml.g5.xlarge"
     auto_migrate: bool = Field(default=True, description="run `alembic upgrade head` when the app starts")
     background_tasks: bool = Field(default=True, description="run the reconciler loop in the API process")

@@ -96,6 +96,9 @@ class FineTuneJobRow(Base):
     estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     adapter_id: Mapped[str | None] = mapped_column(String(ID_MAX_LEN))
     backend_state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The recorded launch intent (spec inputs not derivable from the row, launcher, attempts, last
+    # launch error): lets a crashed launch be adopted, redone or failed from the row alone.
+    launch: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]

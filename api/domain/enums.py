@@ -25,7 +25,8 @@ class DatasetStatus(StrEnum):
 
 
 class JobStatus(StrEnum):
-    QUEUED = "queued"
+    QUEUED = "queued"  # legacy: rows written before `launching` existed
+    LAUNCHING = "launching"  # the launch is recorded (backend job name), not yet confirmed
     PROVISIONING = "provisioning"
     RUNNING = "running"
     CANCELLING = "cancelling"
