@@ -47,11 +47,10 @@ class LocalBackend:
     # -- launch -------------------------------------------------------------------------------
     def start_training(self, spec: TrainingSpec) -> dict[str, Any]:
         root = self.jobs_dir / spec.job_name
-        launch = root / LAUNCH_FILE
-        if launch.is_file():  # idempotent: this job was launched already
-            state: dict[str, Any] = json.loads(launch.read_text())
-            return state
-        if root.exists():  # a launch that died half-way: start clean
+        found = self.find_training(spec.job_name)
+        if found is not None:  # idempotent: this job was launched already
+            return found
+        if root.exists():  # a launch that died half-way, before its runner started: start clean
             shutil.rmtree(root)
         config = root / "input" / "config"
         config.mkdir(parents=True)
@@ -73,8 +72,33 @@ class LocalBackend:
         state = {"root": str(root), "pid": pid, "started_at": datetime.now(UTC).isoformat()}
         tmp = root / (LAUNCH_FILE + ".tmp")
         tmp.write_text(json.dumps(state))
-        tmp.replace(launch)
+        tmp.replace(root / LAUNCH_FILE)
         log.info("local training started", extra={"job_name": spec.job_name, "pid": pid})
+        return state
+
+    def find_training(self, job_name: str) -> dict[str, Any] | None:
+        """The state of the job launched under ``job_name``, from its work dir alone; None if none was.
+
+        ``launch.json`` is written just after the runner starts; a caller killed in between leaves a
+        runner (found by its command line, which names the work dir) or its exit file without it.
+        Such a job is adopted: the state is rebuilt and ``launch.json`` written, so nothing is
+        started twice under one name.
+        """
+        root = self.jobs_dir / job_name
+        launch = root / LAUNCH_FILE
+        if launch.is_file():
+            state: dict[str, Any] = json.loads(launch.read_text())
+            return state
+        pid = _runner_pid(root)
+        if pid is None and not (root / EXIT_FILE).is_file():
+            return None
+        hyper = root / "input" / "config" / "hyperparameters.json"
+        started = datetime.fromtimestamp(hyper.stat().st_mtime, UTC) if hyper.is_file() else datetime.now(UTC)
+        state = {"root": str(root), "pid": pid or 0, "started_at": started.isoformat()}
+        tmp = root / (LAUNCH_FILE + ".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(launch)
+        log.info("adopted a local training job launched without a record", extra={"job_name": job_name})
         return state
 
     # -- status -------------------------------------------------------------------------------
@@ -148,6 +172,19 @@ class LocalBackend:
 
     def _root(self, job_name: str, state: dict[str, Any]) -> Path:
         return Path(state["root"]) if "root" in state else self.jobs_dir / job_name
+
+
+def _runner_pid(root: Path) -> int | None:
+    """The pid of a live ``local_runner`` supervising ``root`` (Linux ``/proc``), if any."""
+    want = [b"-m", b"api.backends.local_runner", os.fsencode(root)]
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:4] == want and alive(int(entry.name), RUNNER_MARKER):
+            return int(entry.name)
+    return None
 
 
 def _parse_time(value: Any) -> datetime | None:
