@@ -96,12 +96,41 @@ class Settings(BaseSettings):
     )
 
     max_upload_bytes: Annotated[int, Field(gt=0)] = 2 * 1024**3
+    # -- HTTP hardening (api/middleware.py, api/ratelimit.py, api/server.py). Upload routes
+    # (multipart: dataset upload/validate, batch inference) take up to max_upload_bytes; every
+    # other route up to max_json_body_bytes.
+    max_json_body_bytes: Annotated[int, Field(gt=0)] = Field(
+        default=1024**2, description="body cap of every route that is not an upload route"
+    )
+    header_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=10.0, description="a request's line and headers must arrive within this (else 408, closed)"
+    )
+    body_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=60.0,
+        description="longest wait for the next chunk of a request body; a non-upload body must "
+        "arrive whole within it (else 408, closed)",
+    )
+    rate_limit: str = Field(
+        default="20/second;600/minute",
+        description="per-tenant request rate (`limits` notation, `;`-separated); empty: unlimited",
+    )
+    rate_limits: dict[str, str] = Field(
+        default_factory=dict, description="per-tenant overrides of rate_limit, e.g. {\"acme\": \"50/second\"}"
+    )
+    rate_limit_storage_uri: str = Field(
+        default="memory://", description="`limits` storage (memory:// per process; redis://… shared)"
+    )
     limits: ValidationLimits = ValidationLimits()
     log_level: str = "INFO"
     log_json: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        from limits import parse_many  # the rate strings fail at start-up, not on the first request
+
+        for rate in [self.rate_limit, *self.rate_limits.values()]:
+            if rate.strip():
+                parse_many(rate)
         if self.store == "s3" and not self.s3_bucket:
             raise ValueError("FASTUNER_S3_BUCKET is required when FASTUNER_STORE=s3")
         if self.backend == "sagemaker" and self.store != "s3":
