@@ -3,7 +3,8 @@
 A backend launches the training container (``containers/training``) under the SageMaker container
 contract and reports on it. The control plane keeps whatever the backend returns from
 ``start_training`` in the job row (``backend_state``) and hands it back on every later call, so a
-backend holds no state of its own that a restart could lose.
+backend holds no state of its own that a restart could lose. Job names are deterministic and
+recorded before the launch; ``find_training`` recovers the state from the name alone.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ class ComputeBackend(Protocol):
 
     def start_training(self, spec: TrainingSpec) -> dict[str, Any]:
         """Launch; idempotent for the same ``spec.job_name``. Returns the state to keep."""
+        ...
+
+    def find_training(self, job_name: str) -> dict[str, Any] | None:
+        """The state ``start_training`` would have returned for the job named ``job_name``, or None
+        when the backend has no job of that name. Needs nothing but the name: this is how a launch
+        whose caller died before recording the state is adopted instead of started twice."""
         ...
 
     def describe_training(self, job_name: str, state: dict[str, Any]) -> TrainingStatus: ...

@@ -220,6 +220,14 @@ class SageMakerBackend:
         log.info("training job %s already exists; reusing it", spec.job_name)
         return {"training_job_arn": existing["TrainingJobArn"], "output_s3": output_s3}
 
+    def find_training(self, job_name: str) -> dict[str, Any] | None:
+        """``DescribeTrainingJob`` by name: the state to keep, or None when no job has that name."""
+        desc = self._describe(job_name)
+        if desc is None:
+            return None
+        output_s3 = str((desc.get("OutputDataConfig") or {}).get("S3OutputPath", "")).rstrip("/")
+        return {"training_job_arn": desc["TrainingJobArn"], "output_s3": output_s3}
+
     def _check_channels(self, spec: TrainingSpec) -> None:
         for channel, key in spec.channels.items():
             keys = sorted(info.key for info in self.store.list(key))
