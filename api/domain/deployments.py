@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from api.domain import userjson
 from api.domain.enums import DeploymentStatus
 from api.domain.text import RequestBody
 
@@ -119,10 +120,10 @@ BATCH_INPUT_KEYS = ("messages", "input", "prompt", "inputs", "instruction")
 def parse_batch_line(line: str) -> str | list[ChatMessage]:
     """One line of a batch file: a plain prompt, a JSON string, or an object with one of
     ``messages`` / ``input`` / ``prompt`` / ``inputs`` / ``instruction``. Raises ValueError."""
-    import json
-
     try:
-        obj = json.loads(line)
+        obj = userjson.loads(line)
+    except userjson.JSONDepthError as exc:
+        raise ValueError(f"invalid line: {exc}") from None
     except ValueError:
         return line.strip()
     if isinstance(obj, str):

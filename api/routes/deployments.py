@@ -24,6 +24,9 @@ from api.domain.deployments import (
 )
 from api.domain.errors import BadRequest, FastunerError
 from api.errors import error_responses
+from api.logging import get_logger
+
+log = get_logger("routes.deployments")
 
 router = APIRouter(prefix="/deployments", tags=["deployments"], responses=error_responses(401))
 inference_router = APIRouter(tags=["inference"], responses=error_responses(401))
@@ -148,6 +151,10 @@ async def inference_batch(request: Request, ctx: Ctx, tenant: Tenant) -> Streami
                 record["error"] = {"code": "invalid_line", "message": str(exc)}
             except FastunerError as exc:
                 record["error"] = {"code": exc.code, "message": exc.message}
+            except Exception:  # one line's surprise must not cut the stream short for the lines after it
+                log.exception("batch inference line failed", extra={"line": number})
+                record.pop("input", None)
+                record["error"] = {"code": "internal_error", "message": "this line could not be processed"}
             yield (json.dumps(record) + "\n").encode()
 
     return StreamingResponse(iterate_in_threadpool(results()), media_type="application/x-ndjson")

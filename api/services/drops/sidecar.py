@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from api.domain import userjson
 from api.domain.datasets import DatasetOptions, SplitRatios, ValidationLimits
 from api.domain.enums import DatasetFormat, TaskType, TuneMethod
 from api.domain.finetune import FineTuneRequest, HyperValue
@@ -81,7 +82,9 @@ class DropPlan:
 
 def parse(raw: bytes) -> Sidecar:
     try:
-        data = json.loads(raw)
+        data = userjson.loads(raw)
+    except userjson.JSONDepthError as exc:
+        raise SidecarError([f"not accepted: {exc}"]) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SidecarError([f"not valid JSON: {exc}"]) from exc
     try:

@@ -24,6 +24,33 @@ from loraserve.errors import ServeError
 from loraserve.logs import log_event
 from loraserve.schemas import InvocationRequest, InvocationResponse, Output, describe_validation_error
 
+MAX_REQUEST_DEPTH = 64
+
+
+class RequestTooDeep(ValueError):
+    """A request body nested deeper than MAX_REQUEST_DEPTH."""
+
+
+def loads_request(raw: bytes | str, max_depth: int = MAX_REQUEST_DEPTH) -> Any:
+    """``json.loads`` that refuses documents nested deeper than ``max_depth`` with RequestTooDeep
+    instead of raising RecursionError (10^5 ``[`` would) or handing the validators a deep tree."""
+    too_deep = RequestTooDeep(
+        f"JSON nested deeper than {max_depth} levels (arrays/objects inside each other)"
+    )
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise too_deep from None
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            if level >= max_depth:
+                raise too_deep
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return value
+
 
 def _error(status: int, code: str, message: str, request_id: str | None = None) -> JSONResponse:
     headers = {"X-Request-Id": request_id} if request_id else None
@@ -106,7 +133,9 @@ def create_app(
         request_id = request.headers.get("x-amzn-requestid") or uuid.uuid4().hex
         raw = await request.body()
         try:
-            payload = json.loads(raw)
+            payload = loads_request(raw)
+        except RequestTooDeep as exc:
+            return _error(400, "invalid_json", f"the request body is not accepted: {exc}", request_id)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return _error(400, "invalid_json", f"the request body is not valid JSON: {exc}", request_id)
         if not isinstance(payload, dict):

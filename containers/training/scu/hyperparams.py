@@ -19,19 +19,45 @@ class HyperparameterError(ValueError):
 _IGNORED_PREFIXES = ("sagemaker_", "_")
 
 
+MAX_VALUE_DEPTH = 8  # a hyperparameter value is a scalar or a flat list (target_modules)
+
+
+def _json_value(text: str) -> Any:
+    """``json.loads`` of one value; raises ``json.JSONDecodeError`` for bad JSON and
+    HyperparameterError for nesting deeper than any hyperparameter has (never RecursionError)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        value = None
+    else:
+        stack: list[tuple[Any, int]] = [(value, 0)]
+        while stack:
+            item, level = stack.pop()
+            if isinstance(item, list | dict):
+                if level >= MAX_VALUE_DEPTH:
+                    break
+                children = item.values() if isinstance(item, dict) else item
+                stack.extend((c, level + 1) for c in children)
+        else:
+            return value
+    raise HyperparameterError(
+        f"Invalid hyperparameters: a value is nested deeper than {MAX_VALUE_DEPTH} levels of JSON arrays/objects."
+    )
+
+
 def _unwrap(value: Any) -> Any:
     """Undo JSON-encoding of strings (``"\\"x\\""`` -> ``x``); leave plain strings to pydantic."""
     while isinstance(value, str):
         text = value.strip()
         if len(text) >= 2 and text[0] == text[-1] == '"':
             try:
-                value = json.loads(text)
+                value = _json_value(text)
                 continue
             except json.JSONDecodeError:
                 return value
         if text[:1] == "[":
             try:
-                return json.loads(text)
+                return _json_value(text)
             except json.JSONDecodeError:
                 return value
         return text
@@ -76,6 +102,8 @@ def load_hyperparameters(path: Path) -> TrainConfig:
         raw = json.loads(path.read_text(encoding="utf-8") or "{}")
     except json.JSONDecodeError as exc:
         raise HyperparameterError(f"Invalid hyperparameters: {path} is not valid JSON ({exc}).") from None
+    except RecursionError:
+        raise HyperparameterError(f"Invalid hyperparameters: {path} is nested too deeply.") from None
     if not isinstance(raw, dict):
         raise HyperparameterError(f"Invalid hyperparameters: {path} must hold a JSON object.")
     return parse_hyperparameters(raw)
