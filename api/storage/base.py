@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
+
+from api.logging import get_logger
+
+log = get_logger("storage")
 
 
 @dataclass(frozen=True)
@@ -13,6 +20,7 @@ class ObjectInfo:
     key: str
     size: int
     etag: str | None = None
+    modified: datetime | None = None  # last write (UTC), where the store knows it
 
 
 @runtime_checkable
@@ -53,12 +61,31 @@ class ObjectStore(Protocol):
 
 
 def upload_dir(store: ObjectStore, local_dir: Path, prefix: str) -> list[ObjectInfo]:
-    """Upload every file below ``local_dir`` under ``prefix`` (keys keep the relative layout)."""
+    """Upload every plain file below ``local_dir`` under ``prefix`` (keys keep the relative layout).
+
+    Symbolic links (to files or folders) and special files are skipped with a warning, never
+    followed: what is uploaded (an adapter, then served and archived) holds only the folder's own
+    files.
+    """
     out: list[ObjectInfo] = []
-    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+    for path in plain_files(local_dir):
         rel = path.relative_to(local_dir).as_posix()
         out.append(store.put_file(f"{prefix.rstrip('/')}/{rel}", path))
     return out
+
+
+def plain_files(local_dir: Path) -> list[Path]:
+    """The plain files below ``local_dir`` (sorted), walked without following links; links skipped."""
+    found: list[Path] = []
+    for top, dirs, files in os.walk(local_dir, followlinks=False):
+        for name in [*dirs, *files]:
+            path = Path(top) / name
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                log.warning("skipping a symbolic link or special file", extra={"path": str(path)})
+            elif stat.S_ISREG(mode):
+                found.append(path)
+    return sorted(found)
 
 
 def download_prefix(store: ObjectStore, prefix: str, local_dir: Path) -> list[Path]:

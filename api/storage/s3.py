@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
@@ -92,7 +93,10 @@ class S3Store:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
             for obj in page.get("Contents", []):
                 yield ObjectInfo(
-                    key=obj["Key"][len(self.prefix) :], size=obj["Size"], etag=obj["ETag"].strip('"')
+                    key=obj["Key"][len(self.prefix) :],
+                    size=obj["Size"],
+                    etag=obj["ETag"].strip('"'),
+                    modified=obj.get("LastModified"),
                 )
 
     def delete(self, key: str) -> None:
@@ -106,6 +110,32 @@ class S3Store:
                 Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
             )
         return len(keys)
+
+    def sweep_partials(self, older_than: float, prefix: str = "") -> tuple[int, int]:
+        """Abort multipart uploads under ``prefix`` begun before ``older_than`` (epoch seconds).
+
+        A process killed during a large ``put_file`` leaves its parts billed but invisible to
+        listings. Returns (uploads aborted, bytes of their parts).
+        """
+        cutoff = datetime.fromtimestamp(older_than, UTC)
+        aborted = size = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            for upload in page.get("Uploads", []):
+                initiated = upload.get("Initiated")
+                if initiated is None or initiated >= cutoff:
+                    continue
+                key, upload_id = upload["Key"], upload["UploadId"]
+                try:
+                    parts = self.client.list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                    size += sum(p.get("Size", 0) for p in parts.get("Parts", []))
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                        raise
+                    continue
+                aborted += 1
+        return aborted, size
 
 
 def _is_missing(exc: ClientError) -> bool:
