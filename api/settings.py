@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -37,8 +38,8 @@ class Settings(BaseSettings):
     training_image_uri: str | None = Field(default=None, description="ECR URI of containers/training")
     inference_image_uri: str | None = Field(default=None, description="ECR URI of containers/inference")
     default_instance_type: str = Field(default="ml.g5.xlarge", description="SageMaker training default")
-    # Base models users may fine-tune (fnmatch patterns). Existing local model folders are also
-    # allowed on the local backend.
+    # Hub ids users may fine-tune: fnmatch patterns matched per `/`-separated segment (`*` never
+    # crosses a `/`). On the local backend, model folders under `model_roots` are allowed too.
     allowed_models: list[str] = [
         "HuggingFaceTB/SmolLM2-*",
         "meta-llama/*",
@@ -47,6 +48,11 @@ class Settings(BaseSettings):
         "google/gemma-*",
         "microsoft/Phi-*",
     ]
+    # Local backend: the folders local base models may come from (a model is a folder holding
+    # config.json anywhere below one of them). Unset: {home}/models and the Hugging Face hub cache.
+    model_roots: list[Path] | None = Field(
+        default=None, description="roots of local base-model folders; default {home}/models and the HF cache"
+    )
     reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
     janitor_interval_seconds: Annotated[float, Field(gt=0)] = 30.0
     orphan_grace_seconds: Annotated[int, Field(ge=0)] = 900
@@ -146,6 +152,17 @@ class Settings(BaseSettings):
     @property
     def resolved_store_root(self) -> Path:
         return (self.store_root or self.home / "store").expanduser()
+
+    @property
+    def resolved_model_roots(self) -> list[Path]:
+        """Where local base models may live (resolved; see ``model_roots``)."""
+        if self.model_roots is not None:
+            roots = list(self.model_roots)
+        else:
+            hub_cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+            hf_home = Path(os.environ.get("HF_HOME") or "~/.cache/huggingface").expanduser()
+            roots = [self.home / "models", Path(hub_cache) if hub_cache else hf_home / "hub"]
+        return [root.expanduser().resolve() for root in roots]
 
     @property
     def api_key_file(self) -> Path:
