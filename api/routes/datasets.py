@@ -18,6 +18,7 @@ from api.deps import Ctx, Tenant
 from api.domain.datasets import Dataset, DatasetOptions, Manifest, SplitRatios, ValidationReport
 from api.domain.errors import BadRequest
 from api.errors import error_responses
+from api.services import scratch
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=error_responses(401))
 
@@ -88,8 +89,8 @@ def _spooled_upload(form: FormData, work_dir: Path) -> Iterator[tuple[Path, str 
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise BadRequest("multipart field 'file' (the JSONL dataset) is required")
-    work_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".jsonl", dir=work_dir)
+    # In this process's owned scratch: a crash leaves nothing a sweep would not remove.
+    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".jsonl", dir=scratch.owner_dir(work_dir))
     path = Path(name)
     try:
         with open(fd, "wb") as out:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api import faults
 from api.db import models
 from api.db.repositories import datasets as repo
 from api.db.session import Database
@@ -28,6 +27,7 @@ from api.domain.enums import DatasetFormat, DatasetStatus, TaskType
 from api.domain.errors import BadRequest, Conflict, NotFound, StorageError, ValidationFailed
 from api.domain.ids import has_prefix, new_id
 from api.logging import get_logger
+from api.services import scratch
 from api.services.datasets.pipeline import PipelineResult, process
 from api.settings import Settings
 from api.storage.base import ObjectStore
@@ -79,15 +79,18 @@ class DatasetService:
             if existing is not None:
                 return existing
         dataset_id = dataset_id or new_id("ds")
-        self.settings.work_dir.mkdir(parents=True, exist_ok=True)
-        out_dir = Path(tempfile.mkdtemp(prefix=f"{dataset_id}-", dir=self.settings.work_dir))
-        try:
+        faults.point("dataset.before_process")
+        # Split files go to this process's owned scratch and the objects under a claimed prefix:
+        # after a crash the sweep removes both (api.services.sweep); meanwhile it leaves them be.
+        with (
+            scratch.claim(dataset_prefix(tenant_id, dataset_id)),
+            scratch.directory(self.settings.work_dir, f"{dataset_id}-") as out_dir,
+        ):
             result = process(source, options, out_dir)
+            faults.point("dataset.after_split")
             if not result.report.ok:
                 raise ValidationFailed(_failure_summary(result.report), details=result.report.model_dump())
             return self._store(tenant_id, dataset_id, source, options, result, filename)
-        finally:
-            shutil.rmtree(out_dir, ignore_errors=True)
 
     def _store(
         self,
@@ -108,6 +111,7 @@ class DatasetService:
             self._cleanup(prefix)
             log.error("storing dataset failed", extra={"dataset_id": dataset_id, "error": str(exc)})
             raise StorageError(f"could not store dataset {dataset_id}: {exc}") from exc
+        faults.point("dataset.before_row")
         row = models.DatasetRow(
             id=dataset_id,
             tenant_id=tenant_id,
@@ -157,6 +161,7 @@ class DatasetService:
         for name, out in result.splits.items():
             key = split_key(tenant_id, dataset_id, name)
             self.store.put_file(key, out.path)
+            faults.point("dataset.after_first_object")
             splits[name] = SplitFile(
                 uri=self.store.uri(key), rows=out.rows, sha256=out.sha256, bytes=out.bytes
             )

@@ -10,9 +10,7 @@ errors end as ``pending`` and are retried later.
 
 from __future__ import annotations
 
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 from api.db.repositories import drops as repo
@@ -27,11 +25,13 @@ from api.domain.errors import (
     Forbidden,
     NotFound,
     QuotaExceeded,
+    UnsafePath,
     ValidationFailed,
 )
 from api.domain.finetune import FineTuneJob
 from api.domain.ids import new_id
 from api.logging import get_logger
+from api.services import scratch
 from api.services.datasets.service import DatasetService
 from api.services.drops import keys, sidecar
 from api.services.drops.keys import DropKey, Location
@@ -44,7 +44,7 @@ from api.settings import Settings
 
 log = get_logger("drops")
 # What the user must fix (final); anything else but a quota is worth retrying.
-_REJECTING = (BadRequest, Forbidden, Conflict, NotFound)
+_REJECTING = (BadRequest, Forbidden, Conflict, NotFound, UnsafePath)
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,8 @@ class DropHandler:
             return Outcome("ignored", ref.key, "the object is gone")
         if ref.etag is not None and seen.etag != ref.etag:
             return Outcome("ignored", ref.key, "superseded by a newer version of the object")
+        if seen.unsafe and not drop.problem:
+            drop = replace(drop, problem=seen.unsafe)  # a symbolic link is rejected, never read
         claim = self.ledger.claim(
             tenant_id=drop.tenant_id,
             bucket=self.location.bucket,
@@ -204,6 +206,8 @@ class DropHandler:
             raw = self.objects.store.get_bytes(drop.sidecar_key)
         except FileNotFoundError:
             return sidecar.Sidecar()
+        except UnsafePath as exc:
+            raise sidecar.SidecarError([exc.message]) from exc
         return sidecar.parse(raw)
 
     def _dataset(self, at: _Attempt, options: DatasetOptions) -> Dataset:
@@ -213,9 +217,8 @@ class DropHandler:
             return self.datasets.get(at.drop.tenant_id, dataset_id)  # made by an earlier attempt
         except NotFound:
             pass
-        self.settings.work_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="drop-", dir=self.settings.work_dir) as tmp:
-            source = Path(tmp) / "source.jsonl"
+        with scratch.directory(self.settings.work_dir, "drop-") as tmp:
+            source = tmp / "source.jsonl"
             if not self.objects.fetch(at.drop.key, at.etag, source):
                 raise _Superseded
             return self.datasets.create(

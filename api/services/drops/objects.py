@@ -4,6 +4,9 @@ S3 lists etags; the local store does not, so for it the etag is the MD5 of the c
 :class:`~api.storage.local.LocalStore` returns on put), cached by size and mtime. A file copied
 into the local store appears while it is still being written, so it counts only once its mtime
 is ``settle_seconds`` old (S3 objects appear whole).
+
+A symbolic link in the local store is never read: it is listed as an ``unsafe`` object (with a
+stable pseudo-etag) so the handler can reject it with a reason instead of ignoring it silently.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from api.domain.errors import UnsafePath
 from api.storage.base import ObjectStore
 from api.storage.local import LocalStore, file_etag
 
@@ -23,6 +27,7 @@ class Seen:
     key: str
     etag: str
     settled: bool = True
+    unsafe: str | None = None  # why it must never be read (a symbolic link); None: a plain object
 
 
 class Objects:
@@ -39,12 +44,18 @@ class Objects:
             seen = self._seen(info.key, info.etag)
             if seen is not None:
                 yield seen
+        if isinstance(self.store, LocalStore):
+            for key in self.store.unsafe_keys(prefix):
+                if want(key):
+                    yield _unsafe(key)
 
     def current(self, key: str) -> Seen | None:
         """The object now at ``key`` (None if there is none)."""
         for info in self.store.list(key):
             if info.key == key:
                 return self._seen(key, info.etag)
+        if isinstance(self.store, LocalStore) and key in self.store.unsafe_keys(key):
+            return _unsafe(key)
         return None
 
     def fetch(self, key: str, etag: str, dest: Path) -> bool:
@@ -67,17 +78,24 @@ class Objects:
             return Seen(key, etag)
         if not isinstance(self.store, LocalStore):
             return Seen(key, _md5_stream(self.store, key))
-        path = self.store.root / key
         try:
-            st = path.stat()
+            st = self.store.stat(key)  # never through a link
+            cached = self._md5.get(key)
+            if cached is None or cached[:2] != (st.st_size, st.st_mtime_ns):
+                cached = (st.st_size, st.st_mtime_ns, _md5_stream(self.store, key))
         except FileNotFoundError:
             return None
-        cached = self._md5.get(key)
-        if cached is None or cached[:2] != (st.st_size, st.st_mtime_ns):
-            cached = (st.st_size, st.st_mtime_ns, file_etag(path))
-            self._md5[key] = cached
+        except UnsafePath:  # replaced by a link since it was listed
+            return _unsafe(key)
+        self._md5[key] = cached
         settled = time.time() - st.st_mtime >= self.settle_seconds
         return Seen(key, cached[2], settled)
+
+
+def _unsafe(key: str) -> Seen:
+    """A link at ``key``: its pseudo-etag is stable, so it is rejected once, not on every scan."""
+    etag = "symlink-" + hashlib.md5(key.encode(), usedforsecurity=False).hexdigest()
+    return Seen(key, etag, True, f"{key} is a symbolic link; drops must be plain files")
 
 
 def _md5_stream(store: ObjectStore, key: str) -> str:
