@@ -13,7 +13,8 @@ from api.background import Background
 from api.context import AppContext
 from api.errors import install_error_handlers
 from api.logging import configure_logging
-from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from api.middleware import AuthMiddleware, RequestIdMiddleware, RequestLimitsMiddleware
+from api.ratelimit import RateLimitMiddleware, TenantRateLimiter
 from api.routes import adapters, datasets, deployments, finetune, health, tenant
 from api.services.auth import read_secret
 from api.settings import Settings, get_settings
@@ -60,7 +61,17 @@ def create_app(
     app.state.ctx = ctx
     app.state.local_api_key = local_api_key
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    # Outermost last: request id → limits (body caps, body timeouts) → auth → rate limit → app;
+    # none reads the body, so bad requests are refused before it is parsed (api/middleware.py).
+    limiter = TenantRateLimiter(settings.rate_limit, settings.rate_limits, settings.rate_limit_storage_uri)
+    app.add_middleware(RateLimitMiddleware, limiter=limiter)
+    app.add_middleware(AuthMiddleware, authenticate=ctx.auth.authenticate)
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        max_json_bytes=settings.max_json_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        body_timeout=settings.body_timeout_seconds,
+    )
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(health.router, prefix="/v0")

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.context import AppContext
+from api.middleware import TENANT_STATE
 
 
 def get_ctx(request: Request) -> AppContext:
@@ -22,9 +23,19 @@ _bearer = HTTPBearer(auto_error=False, description="API key (`fastuner admin cre
 
 
 def get_tenant(
-    ctx: Ctx, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request,
+    ctx: Ctx,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    """The tenant the bearer API key belongs to; every resource lookup is scoped to it."""
+    """The tenant the bearer API key belongs to; every resource lookup is scoped to it.
+
+    :class:`api.middleware.AuthMiddleware` has checked the key before the body was read and left
+    the tenant in the request state; without the middleware (an app assembled otherwise) the key is
+    checked here, by the same service.
+    """
+    tenant = request.scope.get("state", {}).get(TENANT_STATE)
+    if isinstance(tenant, str) and tenant:
+        return tenant
     header = f"{credentials.scheme} {credentials.credentials}" if credentials else None
     return ctx.auth.authenticate(header)
 

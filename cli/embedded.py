@@ -21,14 +21,16 @@ STARTUP_TIMEOUT_S = 60.0
 def serve_in_thread() -> Iterator[str]:
     """Start the app from the environment's settings; yields its base URL; stops it on exit."""
     from api.app import create_app
+    from api.server import uvicorn_options
     from api.settings import get_settings
 
     settings = get_settings()
     if "FASTUNER_LOG_LEVEL" not in os.environ:  # keep the terminal for the command's own output
         settings = settings.model_copy(update={"log_level": "WARNING"})
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on"
-    )
+        create_app(settings), host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on",
+        **uvicorn_options(settings),
+    )  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="fastuner-embedded-api", daemon=True)
     thread.start()

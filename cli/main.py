@@ -90,12 +90,19 @@ def whoami(state: State) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 def server(host: str, port: int) -> None:
-    """Run the REST API (OpenAPI docs at /docs)."""
+    """Run the REST API (OpenAPI docs at /docs).
+
+    Slow clients are cut off (FASTUNER_HEADER_TIMEOUT_SECONDS, FASTUNER_BODY_TIMEOUT_SECONDS); in
+    production put a reverse proxy in front too (README: "Running behind a reverse proxy").
+    """
     import uvicorn
 
     from api.app import create_app
+    from api.server import uvicorn_options
+    from api.settings import get_settings
 
-    uvicorn.run(create_app(), host=host, port=port)
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=host, port=port, **uvicorn_options(settings))
 
 
 def _register() -> None:
