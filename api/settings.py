@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
     janitor_interval_seconds: Annotated[float, Field(gt=0)] = 30.0
     orphan_grace_seconds: Annotated[int, Field(ge=0)] = 900
+    # The sweep (api.services.sweep): scratch of dead processes in {home}/work, partial writes in the
+    # store, and dataset/adapter objects with no row, once nothing in them changed for the grace.
+    sweep_interval_seconds: Annotated[float, Field(gt=0)] = 600.0
+    sweep_grace_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=3600.0, description="keep longer than one dataset/adapter upload to the store takes"
+    )
     launch_grace_seconds: Annotated[float, Field(ge=0)] = Field(
         default=300.0,
         description="a `launching` job whose launcher cannot be seen alive is resolved (relaunched or "
