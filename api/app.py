@@ -17,6 +17,7 @@ from api.middleware import AuthMiddleware, RequestIdMiddleware, RequestLimitsMid
 from api.ratelimit import RateLimitMiddleware, TenantRateLimiter
 from api.routes import adapters, datasets, deployments, finetune, health, tenant
 from api.services.auth import read_secret
+from api.services.sweep import Sweeper
 from api.settings import Settings, get_settings
 from api.storage.base import ObjectStore
 
@@ -44,6 +45,8 @@ def create_app(
             background.start(settings.reconcile_interval_seconds, "reconciler", ctx.reconciler.run_once)
             background.start(settings.reconcile_interval_seconds, "deployments", ctx.deployments.sync_once)
             background.start(settings.janitor_interval_seconds, "janitor", ctx.janitor.run_once)
+            sweeper = Sweeper(ctx.db, ctx.store, settings)  # orphans of interrupted uploads
+            background.start(settings.sweep_interval_seconds, "sweep", sweeper.run_once)
         if settings.drop_scan:
             background.start(settings.drop_scan_interval_seconds, "drops", ctx.drops.scan_once)
         try:
