@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -166,9 +167,20 @@ class LocalBackend:
 
     def fetch_model(self, job_name: str, state: dict[str, Any], dest: Path) -> None:
         model = self._root(job_name, state) / "model"
-        if not (model / "adapter_config.json").is_file():
+        if model.is_symlink() or not (model / "adapter_config.json").is_file():
             raise BackendError(f"job {job_name} left no adapter in {model}")
-        shutil.copytree(model, dest, dirs_exist_ok=True)
+        # Never follow a link out of the job's folder (an adapter must hold only its own files).
+        unsafe = sorted(
+            (Path(top) / name).relative_to(model).as_posix()
+            for top, dirs, files in os.walk(model)
+            for name in (*dirs, *files)
+            if not stat.S_ISREG(m := (Path(top) / name).lstat().st_mode) and not stat.S_ISDIR(m)
+        )
+        if unsafe:
+            raise BackendError(
+                f"the adapter of job {job_name} holds symbolic links or special files: {unsafe}"
+            )
+        shutil.copytree(model, dest, symlinks=True, dirs_exist_ok=True)
 
     def _root(self, job_name: str, state: dict[str, Any]) -> Path:
         return Path(state["root"]) if "root" in state else self.jobs_dir / job_name
