@@ -128,9 +128,9 @@ def test_failed_job_surfaces_the_reason(tmp_path: Path, tiny_model: Path) -> Non
             "/v0/finetune",
             json={"dataset_id": ds["id"], "base_model": str(tiny_model), "hyperparameters": {"bogus": 1}},
         )
-        assert bad.status_code == 400 and "bogus" in bad.json()["message"]  # caught before any compute
-        broken = tmp_path / "broken-model"
-        broken.mkdir()
+        assert bad.status_code == 422 and "bogus" in bad.json()["message"]  # caught before any compute
+        broken = tiny_model.parent / "broken-model"  # under the model roots, like every local model
+        broken.mkdir(exist_ok=True)
         (broken / "config.json").write_text('{"model_type": "llama", "vocab_size": 10}')
         job = client.post("/v0/finetune", json={"dataset_id": ds["id"], "base_model": str(broken)}).json()
         done = _wait(client, job["id"], lambda j: j["status"] == "failed")

@@ -67,13 +67,15 @@ def params_from_config(cfg: dict[str, Any]) -> ModelFacts | None:
     return ModelFacts(embed + head + layers * per_layer + hidden, hidden, layers)
 
 
-def model_facts(base_model: str) -> ModelFacts | None:
-    path = Path(base_model).expanduser()
-    if (path / "config.json").is_file():
+def model_facts(base_model: str, local_dir: Path | None = None) -> ModelFacts | None:
+    """From ``local_dir``'s config.json (a folder preflight has allowed) or the table of hub ids;
+    ``base_model`` itself is never read as a path."""
+    if local_dir is not None:
         try:
-            return params_from_config(json.loads((path / "config.json").read_text()))
-        except (OSError, ValueError):
+            config = json.loads((local_dir / "config.json").read_text())
+        except (OSError, ValueError, RecursionError):
             return None
+        return params_from_config(config) if isinstance(config, dict) else None
     n = KNOWN_MODELS.get(base_model)
     return ModelFacts(n) if n else None
 

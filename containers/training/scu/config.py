@@ -3,7 +3,7 @@ after smart defaults (``ResolvedConfig``, written to ``model/fastuner_config.jso
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -11,6 +11,12 @@ from scu import defaults
 from scu.defaults import Facts
 
 _NONE_STRINGS = {"", "null", "none", "auto"}
+
+# Upper bounds of the numeric hyperparameters (every one is also finite: allow_inf_nan=False). The
+# table in containers/training/README.md lists them; the control plane checks the same model.
+MAX_STEPS = 1_000_000
+LAMBDA_LIMIT = 1e4
+MAX_PROCESSES = 256  # processes per node; the control plane also caps it at the node's GPUs/cores
 
 
 class TrainConfig(BaseModel):
@@ -24,34 +30,36 @@ class TrainConfig(BaseModel):
     # SCU
     scu: Literal["on", "off", "fixed"] = "on"
     target_s: float | None = Field(default=None, gt=0.0, lt=1.0)
-    lambda_init: float = Field(default=0.01, gt=0.0)
-    lambda_fixed: float | None = Field(default=None, ge=0.0)
-    lambda_min: float = Field(default=1e-4, gt=0.0)
-    lambda_max: float = Field(default=10.0, gt=0.0)
+    lambda_init: float = Field(default=0.01, gt=0.0, le=LAMBDA_LIMIT)
+    lambda_fixed: float | None = Field(default=None, ge=0.0, le=LAMBDA_LIMIT)
+    lambda_min: float = Field(default=1e-4, gt=0.0, le=LAMBDA_LIMIT)
+    lambda_max: float = Field(default=10.0, gt=0.0, le=LAMBDA_LIMIT)
     kp: float = Field(default=0.5, ge=0.0, le=10.0)
     ki: float = Field(default=0.2, ge=0.0, le=10.0)
     ema_alpha: float = Field(default=0.1, gt=0.0, le=1.0)
     deadband: float = Field(default=0.02, ge=0.0, le=1.0)  # log units: holds the integral
     band: float = Field(default=0.1, gt=0.0, le=2.0)  # log units: the reported target band
     controller_warmup: float = Field(default=0.1, ge=0.0, lt=1.0)  # fraction of steps, integral frozen
-    prior_sigma: float = Field(default=0.01, gt=0.0)
+    prior_sigma: float = Field(default=0.01, gt=0.0, le=10.0)
     # LoRA
     lora_r: int | None = Field(default=None, ge=1, le=1024)
-    lora_alpha: float | None = Field(default=None, gt=0.0)
+    lora_alpha: float | None = Field(default=None, gt=0.0, le=16384.0)
     lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | None = None
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        default=None, max_length=256
+    )
     # optimisation
     learning_rate: float | None = Field(default=None, gt=0.0, lt=1.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0, le=10.0)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(default=0.03, ge=0.0, lt=1.0)
-    max_grad_norm: float = Field(default=1.0, ge=0.0)
-    batch_size: int | None = Field(default=None, ge=1)
-    grad_accum: int | None = Field(default=None, ge=1)
-    block_size: int | None = Field(default=None, ge=8)
+    max_grad_norm: float = Field(default=1.0, ge=0.0, le=1e4)
+    batch_size: int | None = Field(default=None, ge=1, le=4096)
+    grad_accum: int | None = Field(default=None, ge=1, le=4096)
+    block_size: int | None = Field(default=None, ge=8, le=131072)
     epochs: float | None = Field(default=None, gt=0.0, le=1000.0)
-    max_steps: int | None = Field(default=None, ge=1)
-    seed: int = 42
+    max_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
     # data
     packing: bool = False
     train_on_inputs: bool = False
@@ -59,11 +67,11 @@ class TrainConfig(BaseModel):
     # runtime
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool | None = None
-    log_every: int = Field(default=10, ge=1)
-    checkpoint_every: int = Field(default=100, ge=1)
-    keep_checkpoints: int = Field(default=2, ge=1)
-    eval_batch_size: int | None = Field(default=None, ge=1)
-    num_processes: int | None = Field(default=None, ge=1)
+    log_every: int = Field(default=10, ge=1, le=MAX_STEPS)
+    checkpoint_every: int = Field(default=100, ge=1, le=MAX_STEPS)
+    keep_checkpoints: int = Field(default=2, ge=1, le=100)
+    eval_batch_size: int | None = Field(default=None, ge=1, le=4096)
+    num_processes: int | None = Field(default=None, ge=1, le=MAX_PROCESSES)
     master_port: int = Field(default=29500, ge=1, le=65535)
 
     @model_validator(mode="before")
