@@ -78,7 +78,7 @@ def test_train_survives_restart_and_registers_adapter(tmp_path: Path, tiny_model
         steps = [p["step"] for p in second.get(f"/v0/finetune/{job['id']}/metrics").json()]
         assert steps == sorted(set(steps)) and steps[-1] == 12
         kinds = [e["message"] for e in second.get(f"/v0/finetune/{job['id']}/events").json()]
-        assert kinds[:2] == ["job queued", "queued → provisioning"] and "running → completed" in kinds
+        assert kinds[:2] == ["job launching", "launching → provisioning"] and "running → completed" in kinds
         with second.stream("GET", f"/v0/finetune/{job['id']}/metrics", params={"follow": "true"}) as sse:
             assert sse.headers["content-type"].startswith("text/event-stream")
             body = sse.read().decode()

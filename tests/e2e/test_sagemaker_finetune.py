@@ -168,7 +168,7 @@ def test_start_sends_exactly_the_training_job_request(env: SageMakerEnv, spot: b
     # The estimate the job was priced with: spot at a discount.
     assert job["estimate"]["spot"] is spot and job["cost_estimate_usd"] > 0
     assert job["estimate"]["hourly_usd"] == (round(1.408 * 0.35, 4) if spot else 1.408)
-    assert messages(env.events(ft)) == ["job queued", "queued → provisioning"]
+    assert messages(env.events(ft)) == ["job launching", "launching → provisioning"]
 
 
 # -- status mapping, metrics, adapter registration ------------------------------------------
@@ -218,8 +218,8 @@ def test_running_job_streams_metrics_then_completes_with_an_adapter(env: SageMak
     assert (job["status"], job["adapter_id"], job["billable_seconds"]) == ("completed", adp, 2520)
     assert job["ended_at"].startswith("2026-11-23T10:42:00")
     assert messages(env.events(ft)) == [
-        "job queued",
-        "queued → provisioning",
+        "job launching",
+        "launching → provisioning",
         "provisioning → running",
         "running → completed",
         f"adapter {adp} registered",
@@ -457,10 +457,11 @@ def test_throttling_that_never_ends_fails_the_launch_with_a_clear_error(
     creates = inject(env.backend.sagemaker, "CreateTrainingJob", [throttled] * 50)
     resp = env.start(ds["id"])
     assert resp.status_code == 502 and resp.json()["code"] == "backend_error"
-    assert "ThrottlingException" in resp.json()["message"]
-    assert creates["attempts"] == 11 and env.moto_jobs() == {}
+    assert "ThrottlingException" in resp.json()["message"] and resp.json()["details"]["transient"] is True
+    assert creates["attempts"] == 11 and env.moto_jobs() == {}  # botocore's retries, not multiplied
     [job] = env.client.get("/v0/finetune").json()["items"]
     assert job["status"] == "failed" and "ThrottlingException" in job["failure_reason"]
+    assert job["failure_reason"].startswith("launch failed (transient")
     assert env.reconcile()["checked"] == 0
 
 

@@ -1,9 +1,11 @@
 """The reconciler: brings every non-terminal job in line with its backend.
 
-For each job it describes the backend job, records transitions (compare-and-set on the row, so
-several reconcilers may run at once), ingests new metrics and, when training has completed,
-registers the adapter before the job is marked completed. Safe to run at any time, any number
-of times.
+A job whose launch is not recorded yet (``launching``, crashed mid-launch) is first resolved by its
+backend job name (:meth:`Launcher.resolve <api.services.finetune.launch.Launcher.resolve>`:
+adopted, relaunched, cancelled or failed). For each launched job it describes the backend job,
+records transitions (compare-and-set on the row, so several reconcilers may run at once), ingests
+new metrics and, when training has completed, registers the adapter before the job is marked
+completed. Safe to run at any time, any number of times.
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ from api.domain.metrics import (
     unreachable_onsets,
 )
 from api.logging import get_logger, job_id_var
+from api.services.finetune.launch import Launcher
 from api.settings import Settings
 from api.storage.base import ObjectStore, upload_dir
 
 log = get_logger("reconciler")
-LAUNCH_GRACE = timedelta(minutes=10)
 # How long after a backend reports completion a model that cannot be fetched or is unusable (no
 # archive, no adapter_config.json, an unsafe or corrupt archive) is retried before the job fails.
 REGISTER_GRACE = timedelta(minutes=15)
@@ -68,6 +70,7 @@ class Reconciler:
         self.store = store
         self.backend = backend
         self.settings = settings
+        self.launcher = Launcher(db, backend, settings)
 
     def run_once(self, tenant_id: str | None = None) -> ReconcileReport:
         """Sync every non-terminal job (or only ``tenant_id``'s) with its backend."""
@@ -92,9 +95,18 @@ class Reconciler:
             if job is None or JobStatus(job.status).terminal:
                 return
             name, state = job.backend_job_name, dict(job.backend_state)
-            if not state or name is None:
-                self._expire_unlaunched(session, job, report)
-                return
+        if not state:  # the launch is not recorded: adopt, relaunch, cancel or fail it by name
+            outcome = self.launcher.resolve(tenant_id, job_id)
+            if outcome is not None:
+                report.transitions.append(f"{job_id}: launch {outcome}")
+            with self.db.session() as session:
+                job = repo.get(session, tenant_id, job_id)
+                if job is None or JobStatus(job.status).terminal or not job.backend_state:
+                    return
+                name, state = job.backend_job_name, dict(job.backend_state)
+        if name is None:
+            return
+        with self.db.session() as session:
             after = repo.last_metric_step(session, job_id)
         observed = self.backend.describe_training(name, state)
         report.metrics_ingested += self._ingest(
@@ -136,16 +148,6 @@ class Reconciler:
             )  # fmt: skip
             report.transitions.append(f"{job.id}: {message}")
             log.info("job transition", extra={"from": current.value, "to": target.value})
-
-    def _expire_unlaunched(self, session: Any, job: models.FineTuneJobRow, report: ReconcileReport) -> None:
-        if job.status != JobStatus.QUEUED.value or datetime.now(UTC) - job.created_at <= LAUNCH_GRACE:
-            return
-        if repo.compare_and_set(
-            session, job, status=JobStatus.FAILED.value, failure_reason="the launch never completed",
-            ended_at=datetime.now(UTC),
-        ):  # fmt: skip
-            repo.add_event(session, job.tenant_id, job.id, "status", "queued → failed", reason="launch lost")
-            report.transitions.append(f"{job.id}: queued → failed")
 
     def _ingest(self, tenant_id: str, job_id: str, records: list[dict[str, float]]) -> int:
         """Store the records of steps not stored yet, and an event where the SCU target turns unreachable.

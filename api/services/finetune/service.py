@@ -1,4 +1,4 @@
-"""Fine-tune use-cases: start (preflight → row → launch), list, get, cancel, events, metrics."""
+"""Fine-tune use-cases: start (preflight → recorded launch → launch), list, get, cancel, events, metrics."""
 
 from __future__ import annotations
 
@@ -7,31 +7,29 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from api.backends.base import ComputeBackend, TrainingSpec
+from api.backends.base import ComputeBackend
 from api.db import models
 from api.db.repositories import jobs as repo
 from api.db.session import Database
 from api.domain.enums import JobStatus, TuneMethod
-from api.domain.errors import BackendError, Conflict, FastunerError, NotFound
+from api.domain.errors import Conflict, NotFound
 from api.domain.finetune import CostEstimate, DryRun, FineTuneJob, FineTuneRequest, JobEvent, MetricPoint
 from api.domain.ids import new_id
 from api.logging import get_logger
 from api.services.datasets.service import DatasetService, split_key
 from api.services.finetune import preflight
+from api.services.finetune.launch import UNLAUNCHED, Launcher, launch_record
 from api.services.tenants import TenantService
 from api.settings import Settings
 
 log = get_logger("finetune")
 CHANNELS = ("train", "validation")
+REPLAY_WAIT_S = 30.0  # a replay or cancel waits this long for a launch in progress in this process
 
 
 def job_name_for(job_id: str) -> str:
     """Deterministic, unique, SageMaker-safe (<= 63 chars of [a-zA-Z0-9-]): a retried start reuses it."""
     return "fastuner-" + job_id.replace("_", "-")
-
-
-def job_prefix(tenant_id: str, job_id: str) -> str:
-    return f"{tenant_id}/jobs/{job_id}"
 
 
 class FineTuneService:
@@ -48,17 +46,23 @@ class FineTuneService:
         self.datasets = datasets
         self.backend = backend
         self.settings = settings
+        self.launcher = Launcher(db, backend, settings)
 
     # -- start --------------------------------------------------------------------------------
     def start(
         self, tenant_id: str, req: FineTuneRequest, *, idempotency_key: str | None = None
     ) -> FineTuneJob | DryRun:
+        """Preflight, record the launch (``launching``, backend job name), then launch.
+
+        The row is committed before the backend is called, so a crash at any point leaves a row the
+        reconciler resolves by the job's name (see :mod:`api.services.finetune.launch`).
+        """
         request_hash = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
         if idempotency_key is not None and not req.dry_run:
             with self.db.session() as session:
                 existing = repo.by_idempotency_key(session, tenant_id, idempotency_key)
-                if existing is not None:
-                    return self._replay(session, existing, request_hash)
+            if existing is not None:
+                return self._replay(existing, request_hash)
         dataset = self.datasets.get(tenant_id, req.dataset_id)
         manifest = self.datasets.manifest(tenant_id, req.dataset_id)
         checked = preflight.run(req, dataset, manifest, self.settings)
@@ -72,6 +76,10 @@ class FineTuneService:
                 warnings=checked.warnings,
             )
         job_id = new_id("ft")
+        name = job_name_for(job_id)
+        channels = {
+            c: split_key(tenant_id, dataset.id, c) for c in CHANNELS if dataset.row_counts.get(c, 0) > 0
+        }
         row = models.FineTuneJobRow(
             id=job_id,
             tenant_id=tenant_id,
@@ -80,82 +88,80 @@ class FineTuneService:
             method=req.method.value,
             hyperparameters=checked.hyperparameters,
             backend=self.backend.name,
-            backend_job_name=job_name_for(job_id),
+            backend_job_name=name,
             instance_type=checked.instance.name,
             instance_count=req.instance_count,
             spot=req.spot,
-            status=JobStatus.QUEUED.value,
+            status=JobStatus.LAUNCHING.value,
             idempotency_key=idempotency_key,
             request_hash=request_hash,
             cost_estimate_usd=checked.estimate.estimated_cost_usd,
             estimate=checked.estimate.model_dump(mode="json"),
             backend_state={},
+            launch=launch_record(
+                channels, max_runtime_seconds=req.max_runtime_seconds, volume_gb=req.volume_gb
+            ),
         )
-        try:
-            with self.db.session() as session:
-                self.tenants.admit_job(session, tenant_id, checked.instance.name)
-                session.add(row)
-                repo.add_event(session, tenant_id, job_id, "created", "job queued", warnings=checked.warnings)
-        except IntegrityError:
-            if idempotency_key is None:
-                raise
-            with self.db.session() as session:  # a concurrent request with the same key won
-                existing = repo.by_idempotency_key(session, tenant_id, idempotency_key)
+        with self.launcher.claim(name) as claimed:
+            assert claimed  # a fresh id: nobody else holds its name
+            try:
+                with self.db.session() as session:
+                    self.tenants.admit_job(session, tenant_id, checked.instance.name)
+                    session.add(row)
+                    repo.add_event(
+                        session, tenant_id, job_id, "created", "job launching", warnings=checked.warnings
+                    )
+            except IntegrityError:
+                if idempotency_key is None:
+                    raise
+                with self.db.session() as session:  # a concurrent request with the same key won
+                    existing = repo.by_idempotency_key(session, tenant_id, idempotency_key)
                 if existing is None:
                     raise
-                return self._replay(session, existing, request_hash)
-        self._launch(row, req)
+                return self._replay(existing, request_hash)
+            self.launcher.launch(tenant_id, job_id)
         return self.get(tenant_id, job_id)
 
-    def _replay(self, session: Any, existing: models.FineTuneJobRow, request_hash: str) -> FineTuneJob:
+    def _replay(self, existing: models.FineTuneJobRow, request_hash: str) -> FineTuneJob:
+        """The job a start with an Idempotency-Key already used made — never one never launched.
+
+        * Its launch is not recorded yet (``launching``): resolved first, inline (waiting up to
+          :data:`REPLAY_WAIT_S` for a launch of it in progress in this process): adopted if the
+          backend has the job, launched again if its launcher is gone. If it may still be launching
+          elsewhere, :class:`Conflict` (retry shortly) rather than a job that may never run.
+        * Its launch failed for a transient cause (throttling, 5xx, connection; nothing was
+          created): the same job is launched again under the same name — a retry is what the
+          client asks for, and the name still guarantees at most one backend job. A launch that
+          failed for a permanent cause (invalid request, missing input) replays the failure.
+        * Anything else is returned as it stands.
+        """
         if existing.request_hash != request_hash:
             raise Conflict(
                 "this Idempotency-Key was used for a different request",
                 details={"job_id": existing.id},
             )
-        return self._to_model(session, existing)
-
-    def _launch(self, row: models.FineTuneJobRow, req: FineTuneRequest) -> None:
-        assert row.backend_job_name is not None
-        counts = self.datasets.get(row.tenant_id, row.dataset_id).row_counts
-        spec = TrainingSpec(
-            job_id=row.id,
-            tenant_id=row.tenant_id,
-            job_name=row.backend_job_name,
-            hyperparameters=row.hyperparameters,
-            channels={
-                c: split_key(row.tenant_id, row.dataset_id, c) for c in CHANNELS if counts.get(c, 0) > 0
-            },
-            output_prefix=f"{job_prefix(row.tenant_id, row.id)}/output",
-            checkpoint_prefix=f"{job_prefix(row.tenant_id, row.id)}/checkpoints",
-            instance_type=row.instance_type,
-            instance_count=row.instance_count,
-            spot=row.spot,
-            max_runtime_seconds=req.max_runtime_seconds,
-            max_wait_seconds=2 * req.max_runtime_seconds if req.spot else None,
-            volume_gb=req.volume_gb,
-            tags={"fastuner:tenant": row.tenant_id, "fastuner:job": row.id, "fastuner:managed": "true"},
-        )
-        try:
-            state = self.backend.start_training(spec)
-        except Exception as exc:
-            reason = exc.message if isinstance(exc, FastunerError) else f"{type(exc).__name__}: {exc}"
-            log.error("launch failed", extra={"job_id": row.id, "error": reason})
+        tenant_id, job_id = existing.tenant_id, existing.id
+        if not existing.backend_state and existing.status in UNLAUNCHED:
+            self.launcher.resolve(tenant_id, job_id, wait_s=REPLAY_WAIT_S)
+            job = self.get(tenant_id, job_id)
             with self.db.session() as session:
-                job = repo.get(session, row.tenant_id, row.id)
-                assert job is not None
-                repo.compare_and_set(
-                    session, job, status=JobStatus.FAILED.value, failure_reason=f"launch failed: {reason}"
+                launched = bool(self._row(session, tenant_id, job_id).backend_state)
+            if not launched and not job.status.terminal:
+                raise Conflict(
+                    f"job {job_id} is still launching; retry shortly",
+                    details={"job_id": job_id, "status": job.status.value},
                 )
-                repo.add_event(session, row.tenant_id, row.id, "status", "queued → failed", reason=reason)
-            raise BackendError(f"could not launch job {row.id}: {reason}") from exc
-        with self.db.session() as session:
-            job = repo.get(session, row.tenant_id, row.id)
-            assert job is not None
-            if job.status == JobStatus.QUEUED.value:
-                repo.compare_and_set(session, job, status=JobStatus.PROVISIONING.value, backend_state=state)
-                repo.add_event(session, row.tenant_id, row.id, "status", "queued → provisioning")
-        log.info("job launched", extra={"job_id": row.id, "backend": self.backend.name})
+            return job
+        error = (existing.launch or {}).get("error")
+        if existing.status == JobStatus.FAILED.value and isinstance(error, dict) and error.get("transient"):
+            assert existing.backend_job_name is not None
+            with self.launcher.claim(existing.backend_job_name, REPLAY_WAIT_S) as claimed:
+                if claimed and self.launcher.retry_failed(
+                    existing,
+                    lambda session: self.tenants.admit_job(session, tenant_id, existing.instance_type),
+                ):
+                    self.launcher.launch(tenant_id, job_id)
+        return self.get(tenant_id, job_id)
 
     # -- read ---------------------------------------------------------------------------------
     def get(self, tenant_id: str, job_id: str) -> FineTuneJob:
@@ -197,6 +203,12 @@ class FineTuneService:
 
     # -- cancel -------------------------------------------------------------------------------
     def cancel(self, tenant_id: str, job_id: str) -> FineTuneJob:
+        """Stop the job: ``cancelling`` until the backend job has stopped, then ``cancelled``.
+
+        A job whose launch is not recorded yet is marked ``cancelling`` first (so no one launches
+        it again), then resolved by name: a backend job found is recorded and stopped; if none
+        exists and no launch of it can still be in flight, it is ``cancelled`` at once.
+        """
         with self.db.session() as session:
             job = self._row(session, tenant_id, job_id)
             status = JobStatus(job.status)
@@ -210,11 +222,13 @@ class FineTuneService:
         with self.db.session() as session:
             job = self._row(session, tenant_id, job_id)
             before = job.status
-            # A job not launched yet is simply cancelled; a running one ends via the reconciler.
-            target = JobStatus.CANCELLED if not state else JobStatus.CANCELLING
-            if not JobStatus(before).terminal and repo.compare_and_set(session, job, status=target.value):
-                repo.add_event(session, tenant_id, job_id, "status", f"{before} → {target.value}", by="user")
-            return self._to_model(session, job)
+            if not JobStatus(before).terminal and repo.compare_and_set(
+                session, job, status=JobStatus.CANCELLING.value
+            ):
+                repo.add_event(session, tenant_id, job_id, "status", f"{before} → cancelling", by="user")
+        if not state:
+            self.launcher.resolve(tenant_id, job_id, wait_s=REPLAY_WAIT_S)
+        return self.get(tenant_id, job_id)
 
     # -- helpers ------------------------------------------------------------------------------
     def _row(self, session: Any, tenant_id: str, job_id: str) -> models.FineTuneJobRow:
