@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from api import faults
 from api.domain.errors import UnsafePath
 from api.logging import get_logger
 from api.storage.base import ObjectInfo, check_key
@@ -129,6 +130,7 @@ class LocalStore:
                     fh.seek(0)
                     for chunk in iter(lambda: fh.read(1 << 20), b""):
                         h.update(chunk)
+                faults.point("store.before_rename")  # crash tests: a partial write left behind
                 # Replaces a link at the destination itself, never what it points at.
                 os.replace(tmp, parts[-1], src_dir_fd=dfd, dst_dir_fd=dfd)
             except BaseException:
