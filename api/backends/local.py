@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from api.backends.base import TrainingSpec, TrainingStatus
-from api.backends.local_runner import EXIT_FILE
+from api.backends.local_runner import DEFAULT_STOP_GRACE_S, EXIT_FILE, MAX_RUNTIME_FILE
 from api.backends.processes import alive, reap, spawn_detached, tail_file
 from api.domain.enums import JobStatus
 from api.domain.errors import BackendError
@@ -30,6 +30,8 @@ from api.storage.base import ObjectStore
 log = get_logger("backend.local")
 
 EXIT_INTERRUPTED = 143
+EXIT_KILLED = 137
+MAX_RUNTIME_SECONDARY = "MaxRuntimeExceeded"  # SageMaker's SecondaryStatus for the same stop
 STOP_FILE = "stop_requested"
 LAUNCH_FILE = "launch.json"
 LOG_FILE = "logs.txt"
@@ -40,10 +42,18 @@ RUNNER_MARKER = b"api.backends.local_runner"
 class LocalBackend:
     name = "local"
 
-    def __init__(self, store: ObjectStore, jobs_dir: Path, *, python: str | None = None) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        jobs_dir: Path,
+        *,
+        python: str | None = None,
+        stop_grace_s: float = DEFAULT_STOP_GRACE_S,
+    ) -> None:
         self.store = store
         self.jobs_dir = jobs_dir
         self.python = python or sys.executable
+        self.stop_grace_s = stop_grace_s  # after max runtime: SIGTERM, then SIGKILL this much later
 
     # -- launch -------------------------------------------------------------------------------
     def start_training(self, spec: TrainingSpec) -> dict[str, Any]:
@@ -65,7 +75,8 @@ class LocalBackend:
         for sub in ("model", "checkpoints", "output/data"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         cmd = [
-            self.python, "-m", "api.backends.local_runner", str(root), "--",
+            self.python, "-m", "api.backends.local_runner", str(root),
+            "--max-runtime", str(spec.max_runtime_seconds), "--stop-grace", f"{self.stop_grace_s:g}", "--",
             self.python, "-m", "scu.entry", "train",
         ]  # fmt: skip
         env = dict(os.environ, OPT_ML_ROOT=str(root), PYTHONUNBUFFERED="1")
@@ -117,6 +128,15 @@ class LocalBackend:
                 return TrainingStatus(JobStatus.COMPLETED, "Completed", None, started, ended, billable)
             if code == EXIT_INTERRUPTED and (root / STOP_FILE).exists():
                 return TrainingStatus(JobStatus.CANCELLED, "Stopped", None, started, ended, billable)
+            if (root / MAX_RUNTIME_FILE).exists():  # like SageMaker: a stopping condition is a failure
+                return TrainingStatus(
+                    JobStatus.FAILED,
+                    MAX_RUNTIME_SECONDARY,
+                    _max_runtime_reason(root, code),
+                    started,
+                    ended,
+                    billable,
+                )
             return TrainingStatus(
                 JobStatus.FAILED, "Failed", self._failure_reason(root, code), started, ended, billable
             )
@@ -130,6 +150,8 @@ class LocalBackend:
             )
         if (root / STOP_FILE).exists():
             return TrainingStatus(JobStatus.CANCELLING, "Stopping", None, started)
+        if (root / MAX_RUNTIME_FILE).exists():  # stopping at its limit: saving a checkpoint
+            return TrainingStatus(JobStatus.RUNNING, MAX_RUNTIME_SECONDARY, None, started)
         training = (root / "output" / "data" / "metrics.jsonl").is_file()
         return TrainingStatus(
             JobStatus.RUNNING if training else JobStatus.PROVISIONING,
@@ -197,6 +219,24 @@ def _runner_pid(root: Path) -> int | None:
         if argv[1:4] == want and alive(int(entry.name), RUNNER_MARKER):
             return int(entry.name)
     return None
+
+
+def _max_runtime_reason(root: Path, code: int) -> str:
+    limit = (root / MAX_RUNTIME_FILE).read_text(errors="replace").strip() or "?"
+    reason = (
+        f"max runtime: the job exceeded its maximum runtime (max_runtime_seconds = {limit} s) and was stopped"
+    )
+    try:
+        status = json.loads((root / "output" / "data" / "status.json").read_text())
+    except (OSError, ValueError):
+        status = None
+    if code == EXIT_INTERRUPTED and isinstance(status, dict) and status.get("status") == "interrupted":
+        return (
+            f"{reason} after saving a checkpoint at step {status.get('step')} of {status.get('total_steps')}"
+        )
+    if code == EXIT_KILLED:
+        return f"{reason}; it did not stop within the grace period and was killed"
+    return reason
 
 
 def _parse_time(value: Any) -> datetime | None:
