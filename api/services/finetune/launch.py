@@ -37,7 +37,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from api import faults
 from api.backends.base import ComputeBackend, TrainingSpec
@@ -199,11 +206,8 @@ class Launcher:
         retrying = Retrying(
             retry=retry_if_exception(_retry_here),
             stop=stop_after_attempt(self.settings.launch_retries + 1),
-            wait=wait_exponential_jitter(
-                initial=self.settings.launch_retry_wait_seconds,
-                max=RETRY_WAIT_CAP_S,
-                jitter=self.settings.launch_retry_wait_seconds,
-            ),
+            wait=wait_exponential(multiplier=self.settings.launch_retry_wait_seconds, max=RETRY_WAIT_CAP_S)
+            + wait_random(0, self.settings.launch_retry_wait_seconds),  # full backoff plus jitter
             before=count,
             before_sleep=note,
             reraise=True,
