@@ -8,7 +8,10 @@ in-process. Unset, a point costs one environment lookup.
 
 Points in use: ``finetune.before_launch`` (launch recorded, backend not called yet),
 ``finetune.after_backend_call`` (backend job started, its state not recorded),
-``finetune.after_db_write`` (launch recorded, response not sent).
+``finetune.after_db_write`` (launch recorded, response not sent); dataset upload:
+``dataset.before_process`` (upload spooled to scratch), ``dataset.after_split`` (split files in
+scratch), ``store.before_rename`` (a local-store write half done), ``dataset.after_first_object``
+(one split stored), ``dataset.before_row`` (every object stored, no row yet).
 """
 
 from __future__ import annotations
