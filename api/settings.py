@@ -140,9 +140,12 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         from limits import parse_many  # the rate strings fail at start-up, not on the first request
 
-        for rate in [self.rate_limit, *self.rate_limits.values()]:
-            if rate.strip():
-                parse_many(rate)
+        rates = {"rate_limit": self.rate_limit, **{f"rate_limits[{t}]": r for t, r in self.rate_limits.items()}}
+        for name, rate in rates.items():
+            try:
+                parse_many(rate.strip() or "1/second")  # "" (no limit) is fine
+            except ValueError as exc:
+                raise ValueError(f"{name}: not a rate limit ({exc})") from None
         if self.store == "s3" and not self.s3_bucket:
             raise ValueError("FASTUNER_S3_BUCKET is required when FASTUNER_STORE=s3")
         if self.backend == "sagemaker" and self.store != "s3":
