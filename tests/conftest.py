@@ -15,6 +15,10 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+# The per-tenant rate limit (api/ratelimit.py) has its own tests (tests/security/test_rate_limit.py);
+# elsewhere tests fire requests far faster than a client would (the OpenAPI fuzzer: 1000+), so the
+# limiter stays on but out of reach. Servers started as subprocesses inherit it.
+os.environ.setdefault("FASTUNER_RATE_LIMIT", "1000/second")
 
 PG_URL = os.environ.get("FASTUNER_TEST_POSTGRES_URL")
 
