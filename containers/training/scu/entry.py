@@ -2,7 +2,8 @@
 ``fastuner-train make-tiny-model PATH``.
 
 Reads the SageMaker layout under ``$OPT_ML_ROOT`` (default ``/opt/ml``). Exit status: 0 done,
-1 failed (reason in ``output/failure``), 143 stopped by SIGTERM after saving a checkpoint.
+1 failed (reason in ``output/failure``; e.g. "Training diverged: the loss became non-finite at
+step N …", and then ``model/`` holds no adapter), 143 stopped by SIGTERM after saving a checkpoint.
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ def run_train() -> int:
     from scu.checkpoint import ResumeMismatch
     from scu.data import DataError
     from scu.job import JobError, run_job
+    from scu.trainer import TrainingDiverged
 
     try:
         return run_job(paths, cfg)
+    except TrainingDiverged as exc:
+        message = str(exc)
     except (DataError, JobError, ResumeMismatch) as exc:
         message = f"{type(exc).__name__.replace('Error', ' error').replace('Mismatch', ' mismatch')}: {exc}"
     except Exception as exc:

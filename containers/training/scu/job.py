@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ from scu.evaluate import evaluate_adapter
 from scu.metrics_format import format_eval_line
 from scu.modeling import apply_lora, load_base_model, load_tokenizer, model_facts, qlora_available
 from scu.paths import EXIT_INTERRUPTED, EXIT_OK, ContractPaths
-from scu.trainer import StopFlag, train
+from scu.trainer import StopFlag, TrainingDiverged, train
 
 log = logging.getLogger("scu.job")
 
@@ -157,6 +158,15 @@ def _run(paths: ContractPaths, cfg: TrainConfig, info: DistInfo, device: torch.d
         return EXIT_INTERRUPTED
 
     report = evaluate_adapter(model, val_examples, rcfg.eval_batch_size, pad_id, device, info)
+    adapter_bpt = report.get("adapter", {}).get("bpt") if report.get("tokens") else 0.0
+    if adapter_bpt is None or not math.isfinite(float(adapter_bpt)):  # same on every rank
+        raise TrainingDiverged(
+            result.global_step,
+            result.total_steps,
+            float(adapter_bpt) if adapter_bpt is not None else float("nan"),
+            float(result.last.get("param_bpt", float("nan"))),
+            where=f"the trained adapter's held-out loss is non-finite after step {result.global_step}",
+        )
     if info.is_main:
         report.update(source=val_source, steps=result.global_step, scu=rcfg.scu, target_s=rcfg.target_s)
         _finish(paths, model, rcfg, report, val_examples or examples, pad_id, device)

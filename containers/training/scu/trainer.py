@@ -49,6 +49,21 @@ class StopFlag:
         return self._event.is_set()
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss (data or parameter bits) became NaN or infinite: the run is lost, and no adapter is
+    written. The message is the job's failure reason."""
+
+    def __init__(
+        self, step: int, total_steps: int, data_bpt: float, param_bpt: float, *, where: str = ""
+    ) -> None:
+        what = where or f"the loss became non-finite at step {step} of {total_steps}"
+        super().__init__(
+            f"Training diverged: {what} (data_bpt={data_bpt}, param_bpt={param_bpt}); no adapter was saved. "
+            "Lower learning_rate or lambda_max, keep max_grad_norm > 0, or check the base model's weights."
+        )
+        self.step = step
+
+
 @dataclass
 class TrainResult:
     status: str  # "completed" | "interrupted"
@@ -236,6 +251,8 @@ def train(
                 [float(ce_acc), float(local_targets), float(input_tokens)], info, device
             )
             data_bpt = ce_g / max(tok_g, 1.0) / LN2
+            if not (math.isfinite(data_bpt) and math.isfinite(pbpt)):  # the same on every rank
+                raise TrainingDiverged(pos.global_step + 1, total_steps, data_bpt, pbpt)
             s = s_ratio(data_bpt, pbpt)
             controller.update(data_bpt, pbpt)  # tracks S_hat in every mode; lambda only with scu=on
             if cfg.scu == "on":
