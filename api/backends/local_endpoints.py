@@ -24,6 +24,7 @@ from api.domain.enums import DeploymentStatus
 from api.domain.errors import BackendError
 from api.logging import get_logger
 from api.storage.base import ObjectStore
+from api.storage.local import LocalStore
 
 log = get_logger("backend.local_endpoints")
 
@@ -53,7 +54,11 @@ class LocalEndpoints:
         env = dict(
             os.environ,
             FASTUNER_BASE_MODEL=spec.base_model,
-            FASTUNER_ADAPTER_PREFIX=self.store.uri(spec.adapter_prefix),
+            FASTUNER_ADAPTER_PREFIX=(  # a path the server on this host can read, or s3://
+                self.store.file_uri(spec.adapter_prefix)
+                if isinstance(self.store, LocalStore)
+                else self.store.uri(spec.adapter_prefix)
+            ),
             FASTUNER_PRELOAD_ADAPTERS=",".join(spec.adapter_ids),
             FASTUNER_ADAPTER_CACHE_DIR=str(root / "adapter-cache"),
             FASTUNER_LOG_LEVEL="INFO",

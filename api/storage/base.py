@@ -28,7 +28,8 @@ class ObjectStore(Protocol):
     """Keys are ``/``-separated relative paths (``tenant/datasets/ds_x/train.jsonl``)."""
 
     def uri(self, key: str) -> str:
-        """A URI for the object: ``s3://bucket/key`` or ``file:///abs/path``."""
+        """A URI for the object: ``s3://bucket/key``, or ``store://key`` for the local store (never a
+        server path: these URIs appear in API responses)."""
         ...
 
     def key_from_uri(self, uri: str) -> str:

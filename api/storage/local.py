@@ -55,6 +55,9 @@ _Entries = list[_Entry]
 _Keys = list[str]
 
 
+STORE_SCHEME = "store://"
+
+
 class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().resolve()
@@ -64,12 +67,19 @@ class LocalStore:
         return self.root / check_key(key)
 
     def uri(self, key: str) -> str:
+        """``store://{key}``: relative to the store, so API responses never show server paths."""
+        return STORE_SCHEME + check_key(key)
+
+    def file_uri(self, key: str) -> str:
+        """``file:///abs/path`` of the object, for processes on this host (the local inference server)."""
         return self._path(key).as_uri()
 
     def key_from_uri(self, uri: str) -> str:
-        prefix = self.root.as_uri() + "/"
+        if uri.startswith(STORE_SCHEME):
+            return check_key(uri[len(STORE_SCHEME) :])
+        prefix = self.root.as_uri() + "/"  # rows written before store:// URIs
         if not uri.startswith(prefix):
-            raise ValueError(f"{uri} is not inside {self.root}")
+            raise ValueError(f"{uri} is not an object of this store")
         return check_key(uri[len(prefix) :])
 
     # -- walking without following links -------------------------------------------------------
