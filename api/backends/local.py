@@ -63,6 +63,8 @@ class LocalBackend:
             return found
         if root.exists():  # a launch that died half-way, before its runner started: start clean
             shutil.rmtree(root)
+        _private_dir(self.jobs_dir)
+        root.mkdir(mode=0o700)  # the job's data, model and logs: its owner's only
         config = root / "input" / "config"
         config.mkdir(parents=True)
         (config / "hyperparameters.json").write_text(json.dumps(spec.hyperparameters, indent=2))
@@ -206,6 +208,15 @@ class LocalBackend:
 
     def _root(self, job_name: str, state: dict[str, Any]) -> Path:
         return Path(state["root"]) if "root" in state else self.jobs_dir / job_name
+
+
+def _private_dir(path: Path) -> None:
+    """``path`` (and a ``work`` folder above it that this makes) as a 0700 folder, whatever the umask."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.mkdir(exist_ok=True, mode=0o700)
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        path.chmod(0o700)
 
 
 def _runner_pid(root: Path) -> int | None:

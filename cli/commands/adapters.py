@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from cli.output import console, kv_table, print_json, table
 from cli.state import State, pass_state
@@ -30,7 +31,9 @@ def list_(state: State, limit: int, cursor: str | None) -> None:
         base = a.eval_metrics.get("base", {}).get("bpt")
         ours = a.eval_metrics.get("adapter", {}).get("bpt")
         bpt = f"{base:.3f} → {ours:.3f}" if base is not None and ours is not None else ""
-        rows.append((a.id, a.base_model[-40:], a.job_id, bpt, a.created_at.strftime("%Y-%m-%d %H:%M")))
+        rows.append(
+            (a.id, escape(a.base_model[-40:]), a.job_id, bpt, a.created_at.strftime("%Y-%m-%d %H:%M"))
+        )
     console.print(table(None, ["id", "base model", "job", "val BPT base → adapter", "created"], rows))
     if next_cursor:
         console.print(f"[dim]more: --cursor '{next_cursor}'[/]")

@@ -68,7 +68,10 @@ def list_keys(state: object, tenant: str | None) -> None:
     if _json(state):
         print_json(keys)
         return
-    rows = [(k.id, k.tenant_id, k.prefix + "…", k.name, k.created_at, k.revoked_at or "") for k in keys]
+    rows = [
+        (k.id, k.tenant_id, escape(k.prefix) + "…", escape(k.name or ""), k.created_at, k.revoked_at or "")
+        for k in keys
+    ]
     console.print(table("API keys", ["id", "tenant", "prefix", "name", "created", "revoked"], rows))
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from api.domain.datasets import Dataset, ValidationReport
@@ -119,7 +120,7 @@ def list_(state: State, limit: int, cursor: str | None) -> None:
     rows = [
         (
             d.id,
-            d.name,
+            escape(d.name),
             d.format.value,
             d.task_type.value,
             _counts(d.row_counts),
