@@ -10,7 +10,11 @@ not know about.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,3 +102,33 @@ def test_kill_during_job_start_ends_truthfully(
         assert processes_of(home, exclude={second.proc.pid}) == {}  # nothing runs untracked
     finally:
         second.stop()
+
+
+def test_a_runner_started_but_not_recorded_is_adopted_not_started_again(tmp_path: Path) -> None:
+    """The local backend's own window: killed after spawning the runner, before ``launch.json``."""
+    from api.backends.base import TrainingSpec
+    from api.backends.local import LocalBackend
+    from api.backends.processes import spawn_detached
+    from api.storage.local import LocalStore
+
+    backend = LocalBackend(LocalStore(tmp_path / "store"), tmp_path / "jobs")
+    root = tmp_path / "jobs" / "fastuner-ft-x"
+    (root / "input" / "config").mkdir(parents=True)
+    (root / "input" / "config" / "hyperparameters.json").write_text("{}")
+    cmd = [sys.executable, "-m", "api.backends.local_runner", str(root), "--", "sleep", "30"]
+    pid = spawn_detached(cmd, log_path=root / "logs.txt", env=dict(os.environ), cwd=root)
+    try:
+        deadline = time.monotonic() + 20
+        while (
+            b"local_runner" not in Path(f"/proc/{pid}/cmdline").read_bytes() and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)  # until the runner has exec'd
+        state = backend.find_training("fastuner-ft-x")
+        assert state is not None and state["pid"] == pid and (root / "launch.json").is_file()
+        spec = TrainingSpec(job_id="ft_x", tenant_id="t", job_name="fastuner-ft-x", hyperparameters={},
+                            channels={}, output_prefix="o", checkpoint_prefix="c", instance_type="local")  # fmt: skip
+        assert backend.start_training(spec) == state  # adopted: no second runner
+        assert [p for p, cmd in processes_of(tmp_path).items() if "local_runner" in cmd] == [pid]
+        assert backend.find_training("fastuner-ft-never") is None
+    finally:
+        os.killpg(pid, signal.SIGKILL)  # the runner and its child

@@ -41,8 +41,10 @@ ADAPTER = {
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[SageMakerEnv]:
-    with mocked_aws(), SageMakerEnv(sagemaker_settings(tmp_path / "home", launch_retry_wait_seconds=0)) as e:
+def env(tmp_path: Path, db_url: str) -> Iterator[SageMakerEnv]:
+    """On SQLite and on PostgreSQL."""
+    settings = sagemaker_settings(tmp_path / "home", db_url, launch_retry_wait_seconds=0)
+    with mocked_aws(), SageMakerEnv(settings) as e:
         yield e
 
 
