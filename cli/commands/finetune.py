@@ -219,7 +219,7 @@ def _float(value: Any) -> float | None:
 @click.option(
     "--status",
     type=click.Choice(
-        ["queued", "provisioning", "running", "cancelling", "completed", "failed", "cancelled"]
+        ["queued", "launching", "provisioning", "running", "cancelling", "completed", "failed", "cancelled"]
     ),
 )
 @click.option("--cursor")
