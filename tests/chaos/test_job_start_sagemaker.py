@@ -11,6 +11,8 @@ errors say whether they were transient.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -237,3 +239,44 @@ def test_other_transient_errors_are_retried_with_backoff(
 def _reset(calls: list[int]) -> dict[str, Any]:
     calls.append(1)
     raise ConnectionResetError("connection reset")
+
+
+def test_cancel_while_the_launch_is_in_flight_stops_what_it_launches(
+    env: SageMakerEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stops: list[str] = []
+    monkeypatch.setattr(env.backend, "_call_stop", stops.append)
+    entered, go = threading.Event(), threading.Event()
+    real = env.backend.start_training
+
+    def slow(spec: Any) -> dict[str, Any]:
+        entered.set()
+        assert go.wait(30)
+        state = real(spec)
+        env.set_state(spec.job_id, "InProgress", "Starting", training_end_time=None)
+        return state
+
+    monkeypatch.setattr(env.backend, "start_training", slow)
+    ds = env.upload_dataset()
+    req = FineTuneRequest(dataset_id=ds["id"], base_model=SMOL, instance_type="ml.g5.xlarge")
+    results: dict[str, Any] = {}
+    starter = threading.Thread(
+        target=lambda: results.update(start=env.app.state.ctx.finetune.start(TENANT, req))
+    )
+    starter.start()
+    assert entered.wait(30)
+    [job] = env.client.get("/v0/finetune").json()["items"]
+    canceller = threading.Thread(
+        target=lambda: results.update(cancel=env.app.state.ctx.finetune.cancel(TENANT, job["id"]))
+    )
+    canceller.start()
+    while env.job(job["id"])["status"] != "cancelling":  # the cancel waits for the launch
+        time.sleep(0.02)
+    go.set()
+    starter.join(30)
+    canceller.join(30)
+    assert results["cancel"].status.value == "cancelling"
+    assert stops == [job_name_of(job["id"])]  # what the launch created was stopped
+    env.set_state(job["id"], "Stopped", "Stopped", training_end_time=datetime.now(UTC))
+    env.reconcile()
+    assert env.job(job["id"])["status"] == "cancelled"

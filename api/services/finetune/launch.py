@@ -240,7 +240,9 @@ class Launcher:
     def _fail(self, tenant_id: str, job_id: str, exc: Exception, attempts: int) -> None:
         reason = exc.message if isinstance(exc, FastunerError) else f"{type(exc).__name__}: {exc}"
         transient = is_transient(exc)
-        kind = f"transient, {attempts} attempts" if transient else "permanent"
+        kind = (
+            ("transient" + (f", {attempts} attempts" if attempts > 1 else "")) if transient else "permanent"
+        )
         failure = f"launch failed ({kind}): {reason}"
         log.error("launch failed", extra={"job_id": job_id, "error": reason, "transient": transient})
         for _ in range(CAS_TRIES):
@@ -250,12 +252,15 @@ class Launcher:
                     return
                 before = job.status
                 launch = dict(job.launch or {}, error={"reason": reason, "transient": transient})
-                if repo.compare_and_set(
-                    session, job, status=JobStatus.FAILED.value, failure_reason=failure, launch=launch,
-                    ended_at=datetime.now(UTC),
-                ):  # fmt: skip
+                # Cancelled while launching: nothing runs, so it ends as the user asked.
+                values: dict[str, Any] = (
+                    {"status": JobStatus.CANCELLED.value}
+                    if before == JobStatus.CANCELLING.value
+                    else {"status": JobStatus.FAILED.value, "failure_reason": failure}
+                )
+                if repo.compare_and_set(session, job, launch=launch, ended_at=datetime.now(UTC), **values):
                     repo.add_event(
-                        session, tenant_id, job_id, "status", f"{before} → failed",
+                        session, tenant_id, job_id, "status", f"{before} → {values['status']}",
                         reason=failure, transient=transient,
                     )  # fmt: skip
                     return
