@@ -3,7 +3,7 @@
 * a batch-inference line of 10^5 nested brackets gets its own ``invalid_line`` error and the lines
   after it still run (it used to end the stream with HTTP 200, an empty body and a traceback);
 * a drop sidecar nested 10^5 deep is ``rejected`` at once (it used to be retried as ``pending``);
-* a hyperparameter value nested that deep is a 400 at ``POST /v0/finetune``, not a 500;
+* a hyperparameter value nested that deep is a 422 at ``POST /v0/finetune``, not a 500;
 * the inference server answers such a body with 400 ``invalid_json``.
 On SQLite and PostgreSQL where a database is involved.
 """
@@ -142,7 +142,7 @@ def test_an_unexpected_error_on_one_line_does_not_end_the_stream(
 # -- hyperparameters --------------------------------------------------------------------------
 
 
-def test_deep_hyperparameter_values_are_a_400(client: TestClient, tmp_path: Path) -> None:
+def test_deep_hyperparameter_values_are_a_422(client: TestClient, tmp_path: Path) -> None:
     ds = upload(client, write_jsonl(tmp_path / "d.jsonl", rows())).json()
     for value in (deep_list(), "[" * DEEP):
         resp = client.post(
@@ -154,7 +154,7 @@ def test_deep_hyperparameter_values_are_a_400(client: TestClient, tmp_path: Path
                 "hyperparameters": {"target_modules": value},
             },
         )
-        assert resp.status_code == 400, resp.text
+        assert resp.status_code == 422, resp.text
         assert "nested deeper" in resp.json()["message"]
 
 
