@@ -27,6 +27,8 @@ def serve_in_thread() -> Iterator[str]:
     settings = get_settings()
     if "FASTUNER_LOG_LEVEL" not in os.environ:  # keep the terminal for the command's own output
         settings = settings.model_copy(update={"log_level": "WARNING"})
+    if "FASTUNER_RATE_LIMIT" not in os.environ:  # one CLI command talking to itself on loopback
+        settings = settings.model_copy(update={"rate_limit": ""})
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on",
         **uvicorn_options(settings),
