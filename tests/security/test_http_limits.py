@@ -325,8 +325,9 @@ def test_a_connection_that_sends_nothing_is_closed(server: Server) -> None:
 def test_the_header_deadline_restarts_per_request_on_a_keep_alive_connection(server: Server) -> None:
     auth = f"Authorization: Bearer {server.key}\r\n".encode()
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        for _ in range(3):  # each request well within the deadline, together well beyond it
-            time.sleep(TIMEOUT_S * 0.6)
+        for i in range(3):  # each request well within the deadline, together well beyond it
+            if i:
+                time.sleep(TIMEOUT_S * 0.6)
             sock.sendall(b"GET /v0/tenant HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n")
             data, closed = _read_reply(sock, time.monotonic(), 5)
             assert data.startswith(b"HTTP/1.1 200") and not closed, data
