@@ -27,7 +27,17 @@ T = TypeVar("T", bound=BaseModel)
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=600.0)
 RETRIES = 2
 RETRY_DELAY_S = 0.2
+RATE_LIMIT_RETRIES = 3
+MAX_RETRY_AFTER_S = 30.0
 RETRYABLE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    """The server's ``Retry-After`` in seconds (capped), or the base delay when absent or odd."""
+    try:
+        return min(max(float(resp.headers.get("Retry-After", "")), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return RETRY_DELAY_S
 
 
 class ApiError(Exception):
@@ -70,14 +80,24 @@ class FastunerClient:
         # closed just as the request went out.
         headers = kwargs.get("headers") or {}
         retries = RETRIES if method in ("GET", "HEAD") or "Idempotency-Key" in headers else 0
-        for attempt in range(retries + 1):
+        # A 429 was refused before any work, so it is safe to repeat whatever the method, after
+        # the server's Retry-After; a streamed upload is not repeated (its file has been read).
+        throttle_retries = RATE_LIMIT_RETRIES if "files" not in kwargs else 0
+        attempt = 0
+        while True:
             try:
                 resp = self.http.request(method, path, **kwargs)
-                break
             except RETRYABLE:
-                if attempt == retries:
+                if attempt >= retries:
                     raise
                 time.sleep(RETRY_DELAY_S * 2**attempt)
+                attempt += 1
+                continue
+            if resp.status_code == 429 and throttle_retries > 0:
+                throttle_retries -= 1
+                time.sleep(_retry_after(resp))
+                continue
+            break
         if resp.status_code >= 400:
             raise _api_error(resp)
         return resp

@@ -68,3 +68,31 @@ def test_unsafe_requests_are_not_repeated(call: str) -> None:
     with pytest.raises(httpx.ReadError):
         client._request("POST" if call == "upload_like_post" else "DELETE", "/v0/x", **kwargs)
     assert len(seen) == 1
+
+
+def _throttled(limit: int, answer: httpx.Response, seen: list[httpx.Request]) -> FastunerClient:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) <= limit:
+            body = {"code": "rate_limited", "message": "slow down", "request_id": "r"}
+            return httpx.Response(429, json=body, headers={"Retry-After": "0"})
+        return answer
+
+    return FastunerClient(httpx.Client(transport=httpx.MockTransport(handler), base_url="http://api"))
+
+
+def test_a_429_is_retried_after_retry_after_then_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(sdk.time, "sleep", slept.append)
+    seen: list[httpx.Request] = []
+    assert _throttled(2, httpx.Response(200, json=TENANT), seen).tenant().tenant_id == "acme"
+    assert len(seen) == 3 and slept == [0.0, 0.0]
+    seen.clear()
+    with pytest.raises(ApiError) as err:
+        _throttled(99, httpx.Response(200, json=TENANT), seen).tenant()
+    assert err.value.status == 429 and len(seen) == sdk.RATE_LIMIT_RETRIES + 1
+
+
+def test_retry_after_is_capped_and_tolerates_junk() -> None:
+    assert sdk._retry_after(httpx.Response(429, headers={"Retry-After": "9999"})) == sdk.MAX_RETRY_AFTER_S
+    assert sdk._retry_after(httpx.Response(429, headers={"Retry-After": "soon"})) == sdk.RETRY_DELAY_S
