@@ -504,8 +504,10 @@ def test_preflight_refuses_before_any_compute(
 ) -> None:
     ds = env.upload_dataset()
     resp = env.start(ds["id"], **body)
-    assert resp.status_code == 400, resp.text
-    assert resp.json()["code"] == "bad_request"
+    # Hyperparameters the engine refuses are request validation errors (422), the rest a 400.
+    status, code = (422, "invalid_request") if "hyperparameters" in body else (400, "bad_request")
+    assert resp.status_code == status, resp.text
+    assert resp.json()["code"] == code
     for fragment in fragments:
         assert fragment in resp.json()["message"]
     assert env.calls.params == {}  # not even a DescribeTrainingJob
