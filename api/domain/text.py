@@ -8,23 +8,28 @@ from typing import Any
 
 from pydantic import BaseModel, model_validator
 
+from api.domain.userjson import MAX_JSON_DEPTH, depth_error, nesting_depth
+
 
 def has_lone_surrogate(value: Any) -> bool:
     """Whether a string anywhere in ``value`` (keys included) holds an unpaired UTF-16 surrogate.
 
     JSON can spell one (``"\\ud800"``) and Python's parser keeps it, but it is not Unicode text: it
-    cannot be encoded as UTF-8 for a database, a log line or a response.
+    cannot be encoded as UTF-8 for a database, a log line or a response. Iterative: safe at any depth.
     """
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(has_lone_surrogate(k) or has_lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(has_lone_surrogate(v) for v in value)
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
     return False
 
 
@@ -34,11 +39,14 @@ def has_control_char(text: str) -> bool:
 
 
 class RequestBody(BaseModel):
-    """Base of the JSON request bodies: refuses one that is not Unicode text (see has_lone_surrogate)."""
+    """Base of the JSON request bodies: refuses one that is not Unicode text (see has_lone_surrogate)
+    or that nests arrays/objects deeper than ``MAX_JSON_DEPTH`` (validators recurse per level)."""
 
     @model_validator(mode="before")
     @classmethod
     def _unicode_text(cls, data: Any) -> Any:
+        if nesting_depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:  # before anything recurses into it
+            raise depth_error()
         if has_lone_surrogate(data):
             raise ValueError(
                 "text must be valid Unicode: the body holds an unpaired surrogate escape (\\ud800-\\udfff)"
