@@ -183,7 +183,7 @@ def _consistent(server: Server) -> None:
     for ds, tenant in _dataset_rows(server.home).items():
         manifest = json.loads((store / tenant / "datasets" / ds / "manifest.json").read_text())
         for split in manifest["splits"].values():
-            path = Path(split["uri"].removeprefix("file://"))
+            path = store / split["uri"].removeprefix("store://")
             assert path.is_file() and path.stat().st_size == split["bytes"], (ds, split)
 
 

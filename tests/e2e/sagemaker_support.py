@@ -276,3 +276,8 @@ class SageMakerEnv:
 
     def keys(self, prefix: str = "") -> list[str]:
         return sorted(info.key for info in self.store.list(prefix))
+
+
+def leftover_scratch(work_dir: Path) -> list[Path]:
+    """Files under ``work_dir`` other than the live process's scratch lease (which it keeps while alive)."""
+    return [p for p in work_dir.rglob("*") if p.is_file() and p.name != ".lease"]

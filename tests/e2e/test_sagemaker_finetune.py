@@ -31,6 +31,7 @@ from tests.e2e.sagemaker_support import (
     aws_error,
     inject,
     job_name_of,
+    leftover_scratch,
     mocked_aws,
     sagemaker_settings,
 )
@@ -309,7 +310,7 @@ def test_completed_without_a_usable_model_registers_nothing(
         assert env.client.get(f"/v0/adapters/adp_{ft.removeprefix('ft_')}").status_code == 404
         assert env.keys() == before  # no orphan objects
         assert env.keys(f"{TENANT}/adapters/") == []
-    assert not any(env.settings.work_dir.iterdir())  # scratch folders cleaned up
+    assert leftover_scratch(env.settings.work_dir) == []  # scratch folders cleaned up
 
     # Once SageMaker's archive is there (say, a slow upload), the next pass registers it.
     env.put_model(ft, ADAPTER_FILES)
@@ -339,7 +340,7 @@ def test_a_model_that_stays_unusable_fails_the_job_after_a_grace_period(
     assert env.events(ft)[-1]["data"]["reason"] == job["failure_reason"]
     assert env.keys() == before and env.keys(f"{TENANT}/adapters/") == []
     assert env.client.get("/v0/adapters").json()["items"] == []
-    assert not any(env.settings.work_dir.iterdir())
+    assert leftover_scratch(env.settings.work_dir) == []
     assert env.reconcile()["checked"] == 0
 
 
