@@ -29,8 +29,6 @@ Idempotency-Key retries a launch that failed transiently.
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +52,7 @@ from api.db.session import Database
 from api.domain.enums import JobStatus
 from api.domain.errors import BackendError, FastunerError
 from api.logging import get_logger
+from api.services.finetune.launcher import launcher_state, launcher_token
 from api.settings import Settings
 
 log = get_logger("finetune.launch")
@@ -120,35 +119,6 @@ def _retry_here(exc: BaseException) -> bool:
     if isinstance(exc, FastunerError) and isinstance(exc.details, dict) and "aws_error" in exc.details:
         return False
     return is_transient(exc)
-
-
-# -- who is launching -------------------------------------------------------------------------
-def _start_ticks(pid: int) -> str | None:
-    """The process's start time (clock ticks since boot, Linux): tells a reused pid apart."""
-    try:
-        stat = open(f"/proc/{pid}/stat", "rb").read()  # noqa: SIM115 - one read of a tiny file
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return fields[19].decode() if len(fields) > 19 else None
-
-
-def launcher_token() -> str:
-    return f"{socket.gethostname()}/{os.getpid()}/{_start_ticks(os.getpid()) or ''}"
-
-
-def launcher_state(token: str | None) -> str:
-    """``self``, ``alive`` (another process on this host), ``dead``, or ``unknown`` (elsewhere)."""
-    if not token or token.count("/") != 2:
-        return "unknown"
-    host, pid_text, ticks = token.split("/")
-    if host != socket.gethostname() or not pid_text.isdigit() or not ticks:
-        return "unknown"
-    pid = int(pid_text)
-    current = _start_ticks(pid)
-    if current != ticks:
-        return "dead"  # gone, or the pid now belongs to another process
-    return "self" if pid == os.getpid() else "alive"
 
 
 # -- one launcher per job name at a time, within this process ---------------------------------
