@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import StreamingResponse
@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from api.context import AppContext
 from api.deps import Ctx, Tenant
 from api.domain.deployments import (
     Deployment,
@@ -116,48 +117,85 @@ _BATCH_DOC: dict[str, Any] = {
     responses={200: {"content": {"application/x-ndjson": {}}}, **error_responses(400, 404, 409, 413, 502)},
 )
 async def inference_batch(request: Request, ctx: Ctx, tenant: Tenant) -> StreamingResponse:
-    """Generate for every line of an uploaded file; streams one JSON result (or error) per line."""
+    """Generate for every line of an uploaded file; streams one JSON result (or error) per line.
+
+    The file is read a line at a time from the multipart spool (never whole into memory); a line
+    over ``max_json_body_bytes`` or not UTF-8 is that line's error and the lines after it still run.
+    """
     form = await request.form(max_files=1, max_fields=4)
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise BadRequest("multipart field 'file' is required")
-        text = (await upload.read()).decode("utf-8")
         target = {k: v for k in ("adapter_id", "deployment_id") if isinstance(v := form.get(k), str) and v}
         raw_params = form.get("parameters")
         params = GenerationParameters.model_validate_json(raw_params if isinstance(raw_params, str) else "{}")
-    except UnicodeDecodeError as exc:
-        raise BadRequest("the batch file must be UTF-8") from exc
+        await run_in_threadpool(
+            ctx.deployments.resolve_target, tenant, target.get("deployment_id"), target.get("adapter_id")
+        )
     except ValidationError as exc:
-        raise BadRequest(f"parameters: {exc.errors()[0]['msg']}") from exc
-    finally:
         await form.close()
-    await run_in_threadpool(
-        ctx.deployments.resolve_target, tenant, target.get("deployment_id"), target.get("adapter_id")
-    )
-    lines = [line for line in text.splitlines() if line.strip()]
+        raise BadRequest(f"parameters: {exc.errors()[0]['msg']}") from exc
+    except BaseException:
+        await form.close()
+        raise
+    max_line = ctx.settings.max_json_body_bytes
 
     def results() -> Iterator[bytes]:
-        for number, line in enumerate(lines, 1):
-            record: dict[str, Any] = {"line": number}
-            try:
-                inputs = parse_batch_line(line)
-                record["input"] = inputs
-                resp = ctx.deployments.infer(
-                    tenant, InferenceRequest(inputs=inputs, parameters=params, **target)
-                )
-                record.update(resp.outputs[0].model_dump())
-            except ValueError as exc:
-                record["error"] = {"code": "invalid_line", "message": str(exc)}
-            except FastunerError as exc:
-                record["error"] = {"code": exc.code, "message": exc.message}
-            except Exception:  # one line's surprise must not cut the stream short for the lines after it
-                log.exception("batch inference line failed", extra={"line": number})
-                record.pop("input", None)
-                record["error"] = {"code": "internal_error", "message": "this line could not be processed"}
-            yield (json.dumps(record) + "\n").encode()
+        try:
+            for number, line in batch_lines(upload.file, max_line):
+                yield (json.dumps(_batch_result(ctx, tenant, number, line, params, target)) + "\n").encode()
+        finally:
+            upload.file.close()
 
     return StreamingResponse(iterate_in_threadpool(results()), media_type="application/x-ndjson")
+
+
+def batch_lines(fh: IO[bytes], max_line: int) -> Iterator[tuple[int, str | ValueError]]:
+    """Non-blank lines of a batch file as ``(line number, text)``, or a ValueError for a line that
+    is too long (the rest of it is skipped unread into memory) or not UTF-8."""
+    number = 0
+    while raw := fh.readline(max_line + 1):
+        number += 1
+        if len(raw) > max_line and not raw.endswith(b"\n"):
+            while (rest := fh.readline(1 << 16)) and not rest.endswith(b"\n"):
+                pass
+            yield number, ValueError(f"line is longer than {max_line} bytes")
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield number, ValueError("line is not UTF-8")
+            continue
+        if text.strip():
+            yield number, text
+
+
+def _batch_result(
+    ctx: AppContext,
+    tenant: str,
+    number: int,
+    line: str | ValueError,
+    params: GenerationParameters,
+    target: dict[str, str],
+) -> dict[str, Any]:
+    record: dict[str, Any] = {"line": number}
+    try:
+        if isinstance(line, ValueError):
+            raise line
+        inputs = parse_batch_line(line)
+        record["input"] = inputs
+        resp = ctx.deployments.infer(tenant, InferenceRequest(inputs=inputs, parameters=params, **target))
+        record.update(resp.outputs[0].model_dump())
+    except ValueError as exc:
+        record["error"] = {"code": "invalid_line", "message": str(exc)}
+    except FastunerError as exc:
+        record["error"] = {"code": exc.code, "message": exc.message}
+    except Exception:  # one line's surprise must not cut the stream short for the lines after it
+        log.exception("batch inference line failed", extra={"line": number})
+        record.pop("input", None)
+        record["error"] = {"code": "internal_error", "message": "this line could not be processed"}
+    return record
 
 
 @ops_router.get("/costs", response_model=Costs)
