@@ -66,7 +66,9 @@ def openai_model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def openai_server(tmp_path_factory: pytest.TempPathFactory, openai_model_root: Path) -> Iterator[OpenAIServer]:
+def openai_server(
+    tmp_path_factory: pytest.TempPathFactory, openai_model_root: Path
+) -> Iterator[OpenAIServer]:
     from api.app import create_app
     from api.server import uvicorn_options
     from api.settings import Settings
