@@ -2,6 +2,8 @@
 
 The CLI then speaks real HTTP to it through the same SDK client as for a remote API, so there is
 one code path; uploads stream over the socket and the app's lifespan (background tasks) runs.
+The SDK serves it only when asked (``fastuner_sdk.connect(embedded=True)``); the CLI asks when no
+API URL is configured.
 """
 
 from __future__ import annotations
@@ -47,3 +49,11 @@ def serve_in_thread() -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def local_api_key() -> str | None:
+    """The key the API wrote for this machine's default tenant (``{home}/api_key``), if any."""
+    from api.services.auth import read_secret
+    from api.settings import get_settings
+
+    return read_secret(get_settings().api_key_file)

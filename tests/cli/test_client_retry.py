@@ -1,4 +1,6 @@
-"""The SDK retries what is safe to repeat when a connection drops, and nothing else."""
+"""The SDK retries what is safe to repeat when a connection drops, and nothing else.
+
+(The SDK lives in ``fastuner_sdk``; ``cli.client`` re-exports it, as these imports show.)"""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ import httpx
 import pytest
 
 from api.domain.finetune import FineTuneRequest
-from cli import client as sdk
 from cli.client import ApiError, FastunerClient
+from fastuner_sdk import _retry as sdk
 
 TENANT = {
     "tenant_id": "acme",
@@ -90,9 +92,9 @@ def test_a_429_is_retried_after_retry_after_then_reported(monkeypatch: pytest.Mo
     seen.clear()
     with pytest.raises(ApiError) as err:
         _throttled(99, httpx.Response(200, json=TENANT), seen).tenant()
-    assert err.value.status == 429 and len(seen) == sdk.RATE_LIMIT_RETRIES + 1
+    assert err.value.status == 429 and len(seen) == sdk.RETRIES + 1
 
 
 def test_retry_after_is_capped_and_tolerates_junk() -> None:
-    assert sdk._retry_after(httpx.Response(429, headers={"Retry-After": "9999"})) == sdk.MAX_RETRY_AFTER_S
-    assert sdk._retry_after(httpx.Response(429, headers={"Retry-After": "soon"})) == sdk.RETRY_DELAY_S
+    assert sdk.retry_after(httpx.Response(429, headers={"Retry-After": "9999"})) == sdk.MAX_RETRY_AFTER_S
+    assert sdk.retry_after(httpx.Response(429, headers={"Retry-After": "soon"})) is None  # -> backoff
