@@ -15,7 +15,17 @@ from api.errors import install_error_handlers
 from api.logging import configure_logging
 from api.middleware import AuthMiddleware, RequestIdMiddleware, RequestLimitsMiddleware
 from api.ratelimit import RateLimitMiddleware, TenantRateLimiter
-from api.routes import adapters, datasets, deployments, finetune, health, tenant
+from api.routes import (
+    adapters,
+    datasets,
+    deployments,
+    finetune,
+    health,
+    openai_files,
+    openai_jobs,
+    openai_models,
+    tenant,
+)
 from api.services.auth import read_secret
 from api.services.sweep import Sweeper
 from api.settings import Settings, get_settings
@@ -85,4 +95,8 @@ def create_app(
     app.include_router(deployments.router, prefix="/v0")
     app.include_router(deployments.inference_router, prefix="/v0")
     app.include_router(deployments.ops_router, prefix="/v0")
+    # OpenAI-compatible API (errors in OpenAI's shape there: api/errors.py)
+    app.include_router(openai_files.router, prefix="/v1")
+    app.include_router(openai_jobs.router, prefix="/v1")
+    app.include_router(openai_models.router, prefix="/v1")
     return app

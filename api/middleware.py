@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.domain.errors import PayloadTooLarge, Unauthorized
+from api.errors import is_openai_scope, openai_error_body, openai_status
 from api.logging import get_logger, request_id_var
 
 _VALID_RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -44,6 +45,7 @@ UPLOAD_ROUTES = frozenset(
         ("POST", "/v0/datasets"),
         ("POST", "/v0/datasets/validate"),
         ("POST", "/v0/inference/batch"),
+        ("POST", "/v1/files"),
     }
 )
 
@@ -224,7 +226,8 @@ async def send_error(
     headers: Iterable[tuple[bytes, bytes]] = (),
     close: bool = False,
 ) -> None:
-    """Answer in the API's error shape (``{code, message, request_id}``) without reading the body."""
+    """Answer in the API's error shape (``{code, message, request_id}``; OpenAI's on ``/v1``)
+    without reading the body."""
     body: dict[str, Any] = {
         "code": code,
         "message": message,
@@ -232,6 +235,9 @@ async def send_error(
     }
     if details is not None:
         body["details"] = details
+    if is_openai_scope(scope):
+        status = openai_status(status)
+        body = openai_error_body(status, "invalid_api_key" if status == 401 else code, message)
     payload = json.dumps(body).encode()
     raw = [
         (b"content-type", b"application/json"),
