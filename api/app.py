@@ -21,6 +21,7 @@ from api.routes import (
     deployments,
     finetune,
     health,
+    openai_chat,
     openai_files,
     openai_jobs,
     openai_models,
@@ -99,4 +100,5 @@ def create_app(
     app.include_router(openai_files.router, prefix="/v1")
     app.include_router(openai_jobs.router, prefix="/v1")
     app.include_router(openai_models.router, prefix="/v1")
+    app.include_router(openai_chat.router, prefix="/v1")
     return app

@@ -1,0 +1,217 @@
+"""OpenAI-compatible ``POST /v1/chat/completions`` and ``POST /v1/completions``.
+
+``model`` is an adapter id: the request goes to the deployment serving it (409
+``model_not_deployed`` with the command to deploy it when none does). ``stream: true`` answers
+OpenAI's Server-Sent Events: ``data: {chunk}`` events, then ``data: [DONE]``.
+
+Streaming today: the inference server does not stream tokens yet, so the stream opens at once
+(the assistant ``role`` chunk for chat, keep-alive comments while generating), then carries each
+choice's whole text as one content delta, a final chunk per choice with its ``finish_reason`` and,
+with ``stream_options.include_usage``, a usage chunk. The framing is the one token streaming will
+use: only the number of content deltas changes. Errors found before the stream opens (validation,
+unknown or undeployed model) are ordinary HTTP errors; one during generation is sent as an
+``{"error": {...}}`` event, which the OpenAI clients raise as ``APIError``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Response
+from sse_starlette.sse import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import Ctx, Tenant
+from api.domain.errors import BadRequest, FastunerError
+from api.domain.openai_chat import (
+    MAX_INPUTS,
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChunkChoice,
+    ChunkDelta,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionUsage,
+    finish_reason,
+)
+from api.errors import error_responses
+from api.logging import get_logger
+from api.services.openai_chat import Generated, OpenAIChatService, Prompt, Target
+
+log = get_logger("routes.openai_chat")
+
+router = APIRouter(tags=["openai"], responses=error_responses(401))
+
+_ERRORS = error_responses(400, 404, 409, 413, 422, 429, 502)
+_SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE chunks with stream: true"}
+}
+PING_SECONDS = 15  # SSE comments while generating, so idle-timeout proxies keep the stream open
+DEPLOYMENT_HEADER = "X-Fastuner-Deployment"
+
+
+def _usage(gen: Generated) -> CompletionUsage:
+    return CompletionUsage(
+        prompt_tokens=gen.prompt_tokens,
+        completion_tokens=gen.completion_tokens,
+        total_tokens=gen.prompt_tokens + gen.completion_tokens,
+    )
+
+
+def _openai_error(exc: FastunerError) -> dict[str, Any]:
+    """OpenAI's error object, for an error inside an already open stream."""
+    details = exc.details if isinstance(exc.details, dict) else {}
+    kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+    return {"message": exc.message, "type": kind, "param": details.get("param"), "code": exc.code}
+
+
+def _stream_error(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, FastunerError):
+        return _openai_error(exc)
+    log.exception("generation failed inside an open stream")
+    return {
+        "message": "internal server error",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+
+
+class _Call:
+    """One request: the service, the target and the prompts, resolved before any byte is sent."""
+
+    def __init__(self, ctx: Ctx, tenant: str, model: str) -> None:
+        self.service = OpenAIChatService(ctx.deployments)
+        self.tenant = tenant
+        self.model = model
+        self.created = int(time.time())
+
+    async def resolve(self) -> Target:
+        return await run_in_threadpool(self.service.resolve, self.tenant, self.model)
+
+    async def generate(self, target: Target, prompts: list[Prompt], req: Any) -> Generated:
+        return await run_in_threadpool(
+            self.service.generate, self.tenant, self.model, target, prompts, req.n, req.parameters()
+        )
+
+
+def _sse(events: AsyncIterator[str]) -> EventSourceResponse:
+    return EventSourceResponse(events, sep="\n", ping=PING_SECONDS)
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses={**_SSE_DOC, **_ERRORS},
+    summary="Chat completion with an adapter (OpenAI-compatible)",
+)
+async def chat_completions(
+    req: ChatCompletionRequest, ctx: Ctx, tenant: Tenant, response: Response
+) -> ChatCompletion | EventSourceResponse:
+    """OpenAI's ``chat.completions.create``: ``model`` = an adapter id served by a deployment."""
+    call = _Call(ctx, tenant, req.model)
+    conversation = req.conversation()
+    req.parameters()  # refuse unsupported parameters before anything runs
+    target = await call.resolve()
+    cid = "chatcmpl-" + secrets.token_hex(12)
+    if not req.stream:
+        gen = await call.generate(target, [conversation], req)
+        response.headers[DEPLOYMENT_HEADER] = gen.deployment_id
+        choices = [
+            ChatChoice(index=i, message=AssistantMessage(content=c.generated_text),
+                       finish_reason=finish_reason(c.finish_reason))
+            for i, c in enumerate(gen.choices)
+        ]  # fmt: skip
+        return ChatCompletion(
+            id=cid, created=call.created, model=req.model, choices=choices, usage=_usage(gen),
+            system_fingerprint=gen.deployment_id,
+        )  # fmt: skip
+
+    def chunk(choices: list[ChunkChoice], **extra: Any) -> str:
+        return ChatCompletionChunk(
+            id=cid, created=call.created, model=req.model, choices=choices,
+            system_fingerprint=target.deployment_id, **extra,
+        ).model_dump_json(exclude_none=False)  # fmt: skip
+
+    async def events() -> AsyncIterator[str]:
+        for i in range(req.n):
+            yield chunk([ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))])
+        try:
+            gen = await call.generate(target, [conversation], req)
+        except Exception as exc:
+            yield json.dumps({"error": _stream_error(exc)})
+            return
+        for i, c in enumerate(gen.choices):
+            if c.generated_text:
+                yield chunk([ChunkChoice(index=i, delta=ChunkDelta(content=c.generated_text))])
+        for i, c in enumerate(gen.choices):
+            yield chunk(
+                [ChunkChoice(index=i, delta=ChunkDelta(), finish_reason=finish_reason(c.finish_reason))]
+            )
+        if req.include_usage:
+            yield chunk([], usage=_usage(gen))
+        yield "[DONE]"
+
+    return _sse(events())
+
+
+@router.post(
+    "/completions",
+    response_model=Completion,
+    responses={**_SSE_DOC, **_ERRORS},
+    summary="Text completion with an adapter (OpenAI-compatible, legacy)",
+)
+async def completions(
+    req: CompletionRequest, ctx: Ctx, tenant: Tenant, response: Response
+) -> Completion | EventSourceResponse:
+    """OpenAI's ``completions.create``: ``prompt`` a string or a list of strings (``n`` choices each)."""
+    call = _Call(ctx, tenant, req.model)
+    prompts: list[Prompt] = list(req.prompts())
+    req.parameters()
+    if len(prompts) * req.n > MAX_INPUTS:
+        raise BadRequest(f"{len(prompts)} prompts × n={req.n} is over {MAX_INPUTS} generations in one "
+                         "request", details={"param": "prompt"})  # fmt: skip
+    target = await call.resolve()
+    cid = "cmpl-" + secrets.token_hex(12)
+    if not req.stream:
+        gen = await call.generate(target, prompts, req)
+        response.headers[DEPLOYMENT_HEADER] = gen.deployment_id
+        choices = [
+            CompletionChoice(index=i, text=c.generated_text, finish_reason=finish_reason(c.finish_reason))
+            for i, c in enumerate(gen.choices)
+        ]
+        return Completion(
+            id=cid, created=call.created, model=req.model, choices=choices, usage=_usage(gen),
+            system_fingerprint=gen.deployment_id,
+        )  # fmt: skip
+
+    def chunk(choices: list[CompletionChoice], **extra: Any) -> str:
+        return Completion(
+            id=cid, created=call.created, model=req.model, choices=choices,
+            system_fingerprint=target.deployment_id, **extra,
+        ).model_dump_json()  # fmt: skip
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            gen = await call.generate(target, prompts, req)
+        except Exception as exc:
+            yield json.dumps({"error": _stream_error(exc)})
+            return
+        for i, c in enumerate(gen.choices):
+            if c.generated_text:
+                yield chunk([CompletionChoice(index=i, text=c.generated_text, finish_reason=None)])
+        for i, c in enumerate(gen.choices):
+            yield chunk([CompletionChoice(index=i, text="", finish_reason=finish_reason(c.finish_reason))])
+        if req.include_usage:
+            yield chunk([], usage=_usage(gen))
+        yield "[DONE]"
+
+    return _sse(events())

@@ -1,0 +1,252 @@
+"""``/v1/chat/completions`` and ``/v1/completions`` driven by the real ``openai`` package against a
+real local deployment (an inference server subprocess) of an adapter trained on the tiny model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.openai.conftest import SAMPLE, OpenAIServer
+
+openai = pytest.importorskip("openai")
+
+pytestmark = pytest.mark.slow
+DEADLINE_S = 300.0
+MESSAGES = [{"role": "user", "content": "Shout this: amber lotus"}]
+
+
+@dataclass
+class Deployed:
+    server: OpenAIServer
+    key: str
+    http: httpx.Client  # /v0 with the tenant's key
+    adapter_id: str
+    deployment_id: str
+
+    def client(self, key: str | None = None) -> Any:
+        return self.server.client(key or self.key)
+
+    def ensure_deployed(self) -> None:
+        """In service again if a test (the 409 one) tore the deployment down."""
+        if self.http.get(f"/v0/deployments/{self.deployment_id}").json()["status"] == "in_service":
+            return
+        self.deployment_id = _deploy(self.http, self.adapter_id)
+
+
+def _until(fetch: Any, done: Any, what: str) -> Any:
+    deadline = time.monotonic() + DEADLINE_S
+    obj = fetch()
+    while not done(obj):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {obj}"
+        time.sleep(0.25)
+        obj = fetch()
+    return obj
+
+
+def _deploy(http: httpx.Client, adapter_id: str) -> str:
+    resp = http.post("/v0/deployments", json={"adapter_ids": [adapter_id], "ttl_seconds": 1800})
+    assert resp.status_code == 201, resp.text
+    dep = _until(lambda: http.get(f"/v0/deployments/{resp.json()['id']}").json(),
+                 lambda d: d["status"] != "creating", "the deployment")  # fmt: skip
+    assert dep["status"] == "in_service", dep
+    return str(dep["id"])
+
+
+@pytest.fixture(scope="module")
+def deployed(openai_server: OpenAIServer, tiny_model: Path) -> Iterator[Deployed]:
+    """An adapter fine-tuned (a few steps, through /v0) on the tiny model, deployed locally."""
+    key = openai_server.new_key()
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=openai_server.url, headers=headers, timeout=60) as http:
+        with SAMPLE.open("rb") as fh:
+            files = {"file": (SAMPLE.name, fh, "application/x-ndjson")}
+            ds = http.post("/v0/datasets", data={"name": "upper"}, files=files)
+        assert ds.status_code == 201, ds.text
+        job = http.post("/v0/finetune", json={
+            "dataset_id": ds.json()["id"], "base_model": str(tiny_model), "max_steps": 4,
+            "hyperparameters": {"seed": 1, "learning_rate": 0.05, "scu": "off"},
+        })  # fmt: skip
+        assert job.status_code in (200, 201, 202), job.text
+        done = _until(lambda: http.get(f"/v0/finetune/{job.json()['id']}").json(),
+                      lambda j: j["status"] in ("completed", "failed", "cancelled"), "the fine-tune")  # fmt: skip
+        assert done["status"] == "completed", done
+        dep = Deployed(openai_server, key, http, done["adapter_id"], "")
+        dep.deployment_id = _deploy(http, dep.adapter_id)
+        try:
+            yield dep
+        finally:
+            http.delete(f"/v0/deployments/{dep.deployment_id}")
+
+
+def _chat(client: Any, deployed: Deployed, **kw: Any) -> Any:
+    kw.setdefault("messages", MESSAGES)
+    kw.setdefault("max_tokens", 8)
+    kw.setdefault("temperature", 0)
+    return client.chat.completions.create(model=deployed.adapter_id, **kw)
+
+
+def test_chat_completion_and_its_stream_agree(deployed: Deployed) -> None:
+    deployed.ensure_deployed()
+    with deployed.client() as client:
+        resp = _chat(client, deployed, seed=7)
+        assert resp.object == "chat.completion" and resp.id.startswith("chatcmpl-")
+        assert resp.model == deployed.adapter_id and resp.system_fingerprint == deployed.deployment_id
+        [choice] = resp.choices
+        assert choice.index == 0 and choice.message.role == "assistant"
+        assert choice.finish_reason in ("stop", "length")
+        text = choice.message.content
+        assert text
+
+        # The same counts /v0/inference reports for the same request.
+        v0 = deployed.http.post("/v0/inference", json={
+            "adapter_id": deployed.adapter_id, "inputs": MESSAGES,
+            "parameters": {"max_new_tokens": 8, "temperature": 0, "seed": 7},
+        })  # fmt: skip
+        assert v0.status_code == 200, v0.text
+        out = v0.json()["outputs"][0]
+        assert out["generated_text"] == text
+        usage = resp.usage
+        assert (usage.prompt_tokens, usage.completion_tokens) == (
+            out["prompt_tokens"],
+            out["completion_tokens"],
+        )
+        assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+        stream = _chat(client, deployed, seed=7, stream=True, stream_options={"include_usage": True})
+        chunks = list(stream)
+        assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+        assert chunks[0].choices[0].delta.role == "assistant"
+        deltas = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+        assert "".join(deltas) == text
+        finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert finals == [choice.finish_reason]
+        assert chunks[-1].choices == [] and chunks[-1].usage == usage
+
+
+def test_stream_wire_format(deployed: Deployed) -> None:
+    """OpenAI's SSE framing on the wire: ``data: {json}`` events and a final ``data: [DONE]``."""
+    deployed.ensure_deployed()
+    body = {"model": deployed.adapter_id, "messages": MESSAGES, "max_tokens": 4, "temperature": 0,
+            "stream": True, "user": "ignored", "some_future_field": {"x": 1}}  # fmt: skip
+    with deployed.http.stream("POST", "/v1/chat/completions", json=body) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        raw = resp.read().decode()
+    events = [e for e in raw.split("\n\n") if e.strip() and not e.startswith(":")]
+    assert all(e.startswith("data: ") for e in events), raw
+    assert events[-1] == "data: [DONE]"
+
+
+def test_completions_usage_and_prompt_lists(deployed: Deployed) -> None:
+    deployed.ensure_deployed()
+    prompts = ["Shout this: amber lotus", "Shout this: ember"]
+    with deployed.client() as client:
+        singles = [
+            client.completions.create(model=deployed.adapter_id, prompt=p, max_tokens=6, temperature=0)
+            for p in prompts
+        ]
+        both = client.completions.create(
+            model=deployed.adapter_id, prompt=prompts, max_tokens=6, temperature=0
+        )
+        assert both.object == "text_completion" and both.id.startswith("cmpl-")
+        assert [c.index for c in both.choices] == [0, 1]
+        assert [c.text for c in both.choices] == [s.choices[0].text for s in singles]
+        assert both.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles)
+        assert both.usage.completion_tokens == sum(s.usage.completion_tokens for s in singles)
+
+        streamed = client.completions.create(
+            model=deployed.adapter_id, prompt=prompts[0], max_tokens=6, temperature=0, stream=True
+        )
+        chunks = list(streamed)
+        assert all(c.object == "text_completion" for c in chunks)
+        assert "".join(c.choices[0].text for c in chunks) == singles[0].choices[0].text
+        assert chunks[-1].choices[0].finish_reason == singles[0].choices[0].finish_reason
+
+
+def test_n_choices(deployed: Deployed) -> None:
+    deployed.ensure_deployed()
+    with deployed.client() as client:
+        greedy = _chat(client, deployed, n=2)
+        assert [c.index for c in greedy.choices] == [0, 1]
+        assert greedy.choices[0].message.content == greedy.choices[1].message.content
+        single = _chat(client, deployed).usage
+        assert greedy.usage.completion_tokens == 2 * single.completion_tokens
+        assert greedy.usage.prompt_tokens == single.prompt_tokens  # the prompt is counted once
+
+        sampled = [_chat(client, deployed, n=2, temperature=1.0, seed=123) for _ in range(2)]
+        texts = [[c.message.content for c in s.choices] for s in sampled]
+        assert texts[0] == texts[1]  # reproducible with a seed
+        assert texts[0][0] != texts[0][1]  # yet the choices differ (seed + index each)
+
+        streamed = list(_chat(client, deployed, n=2, stream=True))
+        for i in (0, 1):
+            mine = [c.choices[0] for c in streamed if c.choices and c.choices[0].index == i]
+            assert "".join(c.delta.content or "" for c in mine) == greedy.choices[i].message.content
+            assert mine[-1].finish_reason == greedy.choices[i].finish_reason
+
+
+def test_stop(deployed: Deployed) -> None:
+    deployed.ensure_deployed()
+    with deployed.client() as client:
+        full = _chat(client, deployed, max_tokens=16).choices[0].message.content
+        assert len(full) >= 4, full
+        stop = full[2:4] if full[2:4].strip() else full[1:3]
+        cut = full[: full.find(stop)]
+        stopped = _chat(client, deployed, max_tokens=16, stop=stop).choices[0]
+        assert stopped.message.content == cut and stopped.finish_reason == "stop"
+        listed = _chat(client, deployed, max_tokens=16, stop=["\u2603never", stop]).choices[0]
+        assert listed.message.content == cut
+
+
+def test_bad_values_are_400_in_openai_shape(deployed: Deployed) -> None:
+    deployed.ensure_deployed()
+    with deployed.client() as client:
+        for kw, param in [
+            ({"temperature": 3}, "temperature"),
+            ({"max_tokens": 100_000}, "max_tokens"),
+            ({"n": 0}, "n"),
+            ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+            ({"stop": [""]}, "stop"),
+        ]:
+            with pytest.raises(openai.BadRequestError) as info:
+                _chat(client, deployed, **kw)
+            assert info.value.status_code == 400
+            body = info.value.body
+            assert isinstance(body, dict) and body["type"] == "invalid_request_error", body
+            assert (body["param"] or "").startswith(param), body
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model=deployed.adapter_id, messages=[])
+
+
+def test_other_tenants_and_unknown_models_are_404(deployed: Deployed) -> None:
+    stranger = deployed.server.new_key()
+    with deployed.client(stranger) as client:
+        with pytest.raises(openai.NotFoundError) as info:
+            _chat(client, deployed)
+        assert info.value.code == "model_not_found" and deployed.adapter_id in info.value.message
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model=deployed.adapter_id, prompt="x", max_tokens=2)
+    with deployed.client() as client, pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="adp_doesnotexist", messages=MESSAGES)
+
+
+def test_undeployed_adapter_is_409_with_the_deploy_command(deployed: Deployed) -> None:
+    """Tears the deployment down (later tests redeploy through ``ensure_deployed``)."""
+    deployed.ensure_deployed()
+    assert deployed.http.delete(f"/v0/deployments/{deployed.deployment_id}").status_code == 200
+    with deployed.client() as client:
+        for call in (
+            lambda: _chat(client, deployed),
+            lambda: _chat(client, deployed, stream=True),
+            lambda: client.completions.create(model=deployed.adapter_id, prompt="x", max_tokens=2),
+        ):
+            with pytest.raises(openai.ConflictError) as info:
+                call()
+            assert info.value.status_code == 409 and info.value.code == "model_not_deployed"
+            assert f"fastuner deployments create {deployed.adapter_id}" in info.value.message
