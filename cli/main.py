@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from cli.client import ApiError
 from cli.output import console, err_console, kv_table, print_json
-from cli.state import State, pass_state
+from cli.state import State, add_global_options, pass_state, root_options
 
 
 class FastunerGroup(click.Group):
@@ -52,14 +52,15 @@ def _print_error_details(exc: ApiError) -> None:
 
 
 @click.group(cls=FastunerGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--api-url", envvar="FASTUNER_API_URL", help="Fastuner API; default: serve in-process.")
-@click.option("--api-key", envvar="FASTUNER_API_KEY", help="Bearer API key (when the API requires one).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@root_options
 @click.version_option(package_name="fastuner")
 @click.pass_context
-def cli(ctx: click.Context, api_url: str | None, api_key: str | None, as_json: bool) -> None:
-    """Fastuner: LoRA fine-tuning on SageMaker, or on this machine."""
-    ctx.obj = State(api_url=api_url, api_key=api_key, json=as_json)
+def cli(ctx: click.Context, api_url: str | None, api_key: str | None, json: bool) -> None:
+    """Fastuner: LoRA fine-tuning on SageMaker, or on this machine.
+
+    --api-url, --api-key and --json work before or after the command.
+    """
+    ctx.obj = State(api_url=api_url, api_key=api_key, json=json)
 
 
 @cli.command()
@@ -118,6 +119,8 @@ def _register() -> None:
     cli.add_command(deployments.costs)
     cli.add_command(admin.admin)
     cli.add_command(worker.worker)
+    for command in cli.commands.values():  # the global options also after the command
+        add_global_options(command)
 
 
 _register()

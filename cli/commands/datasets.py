@@ -30,7 +30,7 @@ def datasets() -> None:
     """Upload and inspect datasets."""
 
 
-def _with_progress(state: State, path: Path, action: str, call: Any) -> Any:
+def with_progress(state: State, path: Path, action: str, call: Any) -> Any:
     if state.json:
         return call(None)
     with Progress(
@@ -61,7 +61,7 @@ def upload(
 ) -> None:
     """Validate, dedup, split and store FILE (JSONL)."""
     client = state.client()
-    ds: Dataset = _with_progress(
+    ds: Dataset = with_progress(
         state,
         file,
         "uploading",
@@ -91,7 +91,7 @@ def validate(
 ) -> None:
     """Dry run: report problems and split counts, store nothing. Exit 1 if invalid."""
     client = state.client()
-    report: ValidationReport = _with_progress(
+    report: ValidationReport = with_progress(
         state,
         file,
         "validating",

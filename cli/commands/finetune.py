@@ -1,9 +1,9 @@
-"""``fastuner finetune``: start (with a live view under --wait), list, get, cancel, logs, metrics."""
+"""``fastuner finetune``: start (a dataset id or a JSONL file; a live view under --wait), wait, list,
+get, cancel, logs, metrics. The live view follows the job's event stream (no polling)."""
 
 from __future__ import annotations
 
 import math
-import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 from rich.console import Group
 from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
+from api.domain.datasets import Dataset, ValidationReport
 from api.domain.enums import TuneMethod
 from api.domain.finetune import DryRun, FineTuneJob, FineTuneRequest, MetricPoint
 from api.domain.metrics import (
@@ -26,12 +28,10 @@ from api.domain.metrics import (
     unreachable_message,
     unreachable_onsets,
 )
-from cli.client import FastunerClient
-from cli.output import console, kv_table, print_json, table
+from cli.client import ApiError, FastunerClient
+from cli.commands.datasets import print_report, with_progress
+from cli.output import console, err_console, kv_table, print_json, table
 from cli.state import State, pass_state
-
-POLL_SECONDS = 2.0
-TERMINAL = {"completed", "failed", "cancelled"}
 
 
 @click.group()
@@ -50,7 +50,12 @@ def _hyper(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @finetune.command()
-@click.option("--dataset", "dataset_id", required=True, help="dataset id (ds_…)")
+@click.option(
+    "--dataset",
+    "dataset_id",
+    required=True,
+    help="dataset id (ds_…), or a JSONL file: uploaded first (name = file name; also under --dry-run)",
+)
 @click.option("--model", "base_model", required=True, help="base model: allowed HF id or local folder")
 @click.option("--method", type=click.Choice(["lora", "qlora"]), default="lora", show_default=True)
 @click.option("--target-s", type=float, help="SCU target S (default: smart default)")
@@ -71,7 +76,8 @@ def start(state: State, dataset_id: str, base_model: str, method: str, target_s:
           epochs: float | None, max_steps: int | None, learning_rate: float | None, lora_r: int | None,
           hp: tuple[str, ...], instance_type: str | None, instance_count: int, spot: bool, max_runtime: int,
           dry_run: bool, wait: bool, idempotency_key: str | None) -> None:  # fmt: skip
-    """Start a fine-tune of MODEL on DATASET."""
+    """Start a fine-tune of MODEL on DATASET (an id, or a JSONL file to upload first)."""
+    dataset_id = _dataset_id(state, dataset_id)
     req = FineTuneRequest(
         dataset_id=dataset_id, base_model=base_model, method=TuneMethod(method),
         hyperparameters=_hyper(hp), target_s=target_s, epochs=epochs, max_steps=max_steps,
@@ -98,30 +104,99 @@ def start(state: State, dataset_id: str, base_model: str, method: str, target_s:
         print_json(result)
     else:
         print_job(result)
-    if wait and result.status.value != "completed":
-        raise SystemExit(1)
+    if wait:
+        exit_unless_completed(result)
+
+
+@finetune.command()
+@click.argument("job_id")
+@pass_state
+def wait(state: State, job_id: str) -> None:
+    """Follow a job live until it ends (its event stream: bits per token, Ŝ vs the band, λ).
+
+    Exit 0 when it completed, 1 when it failed or was cancelled (the reason goes to stderr).
+    """
+    job = follow(state.client(), job_id, quiet=state.json)
+    if state.json:
+        print_json(job)
+    else:
+        print_job(job)
+    exit_unless_completed(job)
+
+
+def exit_unless_completed(job: FineTuneJob) -> None:
+    if job.status.value == "completed":
+        return
+    reason = f": {job.failure_reason}" if job.failure_reason else ""
+    err_console.print(f"[bold red]✗[/] job {job.id} {job.status.value}{escape(reason)}", highlight=False)
+    raise SystemExit(1)
+
+
+def _dataset_id(state: State, value: str) -> str:
+    """``--dataset`` as given when it is an id; an existing file is uploaded (with progress) and
+    its new id returned. A file that fails validation shows the line-numbered report and exits 1."""
+    path = Path(value)
+    if not path.is_file():
+        if value.endswith((".jsonl", ".json")) or "/" in value:
+            raise click.BadParameter(f"no such file: {value}", param_hint="--dataset")
+        return value
+    client = state.client()
+    try:
+        ds: Dataset = with_progress(
+            state, path, "uploading", lambda cb: client.upload_dataset(path, on_progress=cb, name=path.stem)
+        )
+    except ApiError as exc:
+        report = _report(exc) if not state.json else None
+        if report is None:
+            raise
+        print_report(report)
+        err_console.print(f"[bold red]✗[/] {escape(str(path))} is not a valid dataset: nothing was started")
+        raise SystemExit(1) from None
+    if not state.json:
+        console.print(f"[green]✓[/] dataset [bold]{ds.id}[/] stored from {escape(path.name)}")
+    return ds.id
+
+
+def _report(exc: ApiError) -> ValidationReport | None:
+    if exc.code != "validation_failed" or not isinstance(exc.details, dict):
+        return None
+    try:
+        return ValidationReport.model_validate(exc.details)
+    except ValidationError:
+        return None
 
 
 def follow(client: FastunerClient, job_id: str, *, quiet: bool = False) -> FineTuneJob:
-    """Poll until the job ends; a Rich live view of status, progress and the latest bits per token,
-    S and Ŝ against the target band, λ, and a warning while the target is unreachable."""
+    """Follow the job on the API's event stream until it ends (no polling); a Rich live view of
+    status, progress and the latest bits per token, S and Ŝ against the target band, λ, and a
+    warning while the target is unreachable. Returns the final job."""
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[eta]}")
     )
     task = progress.add_task("training", total=1.0, eta="")
     job = client.get_job(job_id)
+    m: dict[str, float] = dict(job.latest_metrics or {})
+
+    def show() -> None:
+        eta = f"eta {int(m['eta_s'])}s" if "eta_s" in m and job.status.value == "running" else ""
+        progress.update(task, completed=_fraction(job, m), eta=eta)
+        if not quiet:
+            live.update(Group(_status_table(job, m), progress))
+
     with Live(console=console, refresh_per_second=4, transient=False, auto_refresh=not quiet) as live:
-        while True:
-            m = job.latest_metrics or {}
-            frac = _fraction(job, m)
-            eta = f"eta {int(m['eta_s'])}s" if "eta_s" in m and job.status.value == "running" else ""
-            progress.update(task, completed=frac, eta=eta)
-            if not quiet:
-                live.update(Group(_status_table(job, m), progress))
-            if job.status.value in TERMINAL:
-                break
-            time.sleep(POLL_SECONDS)
+        show()
+        if not job.status.terminal:
+            for update in client.follow_job(job_id, after=int(m.get("step", 0))):
+                if isinstance(update, MetricPoint):
+                    m = {"step": float(update.step), **update.values}
+                elif update.status != job.status.value:  # the stream says little; fetch the rest
+                    job = client.get_job(job_id)
+                show()
             job = client.get_job(job_id)
+            latest = job.latest_metrics or {}
+            if latest.get("step", 0.0) >= m.get("step", 0.0):
+                m = dict(latest)
+            show()
     if not quiet:
         console.print()
     return job

@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from api.domain.finetune import MetricPoint
 from cli import plot as plot_module
 from cli.client import FastunerClient
-from cli.commands import finetune as ft_cmd
 from cli.main import cli
 from cli.state import State
 
@@ -61,11 +60,14 @@ def api(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "POST" and request.url.path == "/v0/finetune":
             return httpx.Response(201, json=answers[f"/v0/finetune/{JOB_ID}"])
+        if request.url.params.get("follow") == "true":  # the event stream: the job's status
+            j = answers[f"/v0/finetune/{JOB_ID}"]
+            data = json.dumps({"status": j["status"], "adapter_id": j["adapter_id"]})
+            return httpx.Response(200, text=f"event: status\ndata: {data}\n\n")
         return httpx.Response(200, json=answers[request.url.path])
 
     client = FastunerClient(httpx.Client(transport=httpx.MockTransport(handler), base_url="http://api"))
     monkeypatch.setattr(State, "client", lambda self: client)
-    monkeypatch.setattr(ft_cmd, "POLL_SECONDS", 0.0)
     monkeypatch.setenv("COLUMNS", "200")  # one table row per line
     return answers
 
