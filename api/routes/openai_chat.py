@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Ctx, Tenant
 from api.domain.errors import BadRequest, FastunerError
+from api.domain.openai import error_param
 from api.domain.openai_chat import (
     MAX_INPUTS,
     AssistantMessage,
@@ -42,15 +43,15 @@ from api.domain.openai_chat import (
     CompletionUsage,
     finish_reason,
 )
-from api.errors import error_responses
+from api.errors import openai_error_body, openai_error_responses, openai_status
 from api.logging import get_logger
 from api.services.openai_chat import Generated, OpenAIChatService, Prompt, Target
 
 log = get_logger("routes.openai_chat")
 
-router = APIRouter(tags=["openai"], responses=error_responses(401))
+router = APIRouter(tags=["openai"], responses=openai_error_responses(401))
 
-_ERRORS = error_responses(400, 404, 409, 413, 422, 429, 502)
+_ERRORS = openai_error_responses(400, 404, 409, 413, 429, 502)
 _SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE chunks with stream: true"}
 }
@@ -66,23 +67,16 @@ def _usage(gen: Generated) -> CompletionUsage:
     )
 
 
-def _openai_error(exc: FastunerError) -> dict[str, Any]:
-    """OpenAI's error object, for an error inside an already open stream."""
-    details = exc.details if isinstance(exc.details, dict) else {}
-    kind = "server_error" if exc.status >= 500 else "invalid_request_error"
-    return {"message": exc.message, "type": kind, "param": details.get("param"), "code": exc.code}
-
-
-def _stream_error(exc: Exception) -> dict[str, Any]:
+def _stream_error(exc: Exception) -> str:
+    """The ``{"error": {...}}`` event for an error once the stream is open (the handlers in
+    api/errors.py answer those raised before it opens, in the same shape)."""
     if isinstance(exc, FastunerError):
-        return _openai_error(exc)
-    log.exception("generation failed inside an open stream")
-    return {
-        "message": "internal server error",
-        "type": "server_error",
-        "param": None,
-        "code": "internal_error",
-    }
+        code = getattr(exc, "openai_code", None) or exc.code
+        body = openai_error_body(openai_status(exc.status), code, exc.message, error_param(exc))
+    else:
+        log.exception("generation failed inside an open stream")
+        body = openai_error_body(500, "internal_error", "internal server error; quote the request id")
+    return json.dumps(body)
 
 
 class _Call:
@@ -147,7 +141,7 @@ async def chat_completions(
         try:
             gen = await call.generate(target, [conversation], req)
         except Exception as exc:
-            yield json.dumps({"error": _stream_error(exc)})
+            yield _stream_error(exc)
             return
         for i, c in enumerate(gen.choices):
             if c.generated_text:
@@ -203,7 +197,7 @@ async def completions(
         try:
             gen = await call.generate(target, prompts, req)
         except Exception as exc:
-            yield json.dumps({"error": _stream_error(exc)})
+            yield _stream_error(exc)
             return
         for i, c in enumerate(gen.choices):
             if c.generated_text:

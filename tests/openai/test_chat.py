@@ -85,10 +85,11 @@ def deployed(openai_server: OpenAIServer, tiny_model: Path) -> Iterator[Deployed
 
 
 def _chat(client: Any, deployed: Deployed, **kw: Any) -> Any:
+    kw.setdefault("model", deployed.adapter_id)
     kw.setdefault("messages", MESSAGES)
     kw.setdefault("max_tokens", 8)
     kw.setdefault("temperature", 0)
-    return client.chat.completions.create(model=deployed.adapter_id, **kw)
+    return client.chat.completions.create(**kw)
 
 
 def test_chat_completion_and_its_stream_agree(deployed: Deployed) -> None:
@@ -202,6 +203,39 @@ def test_stop(deployed: Deployed) -> None:
         assert stopped.message.content == cut and stopped.finish_reason == "stop"
         listed = _chat(client, deployed, max_tokens=16, stop=["\u2603never", stop]).choices[0]
         assert listed.message.content == cut
+
+
+def test_message_shapes_and_the_base_model(deployed: Deployed, tiny_model: Path) -> None:
+    """Text content parts are joined, ``developer`` is a system message, and ``model`` = the base
+    model's name is served (adapters off) by a deployment of it."""
+    deployed.ensure_deployed()
+    with deployed.client() as client:
+        plain = _chat(client, deployed, messages=[
+            {"role": "system", "content": "Be loud."}, {"role": "user", "content": "a\nb"}])  # fmt: skip
+        parts = _chat(client, deployed, messages=[
+            {"role": "developer", "content": [{"type": "text", "text": "Be loud."}]},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+             "name": "ignored"},
+        ])  # fmt: skip
+        assert parts.choices[0].message.content == plain.choices[0].message.content
+        base = _chat(client, deployed, model=str(tiny_model), max_tokens=12)
+        adapted = _chat(client, deployed, max_tokens=12)
+        assert base.model == str(tiny_model) and base.system_fingerprint == deployed.deployment_id
+        assert base.choices[0].message.content != adapted.choices[0].message.content
+
+
+def test_errors_after_the_stream_opened_are_error_events(deployed: Deployed) -> None:
+    """A prompt over the model's context is refused by the inference server: a 400 without
+    streaming; with streaming the stream is already open, so it is an error event (APIError)."""
+    deployed.ensure_deployed()
+    long = [{"role": "user", "content": "lotus " * 800}]
+    with deployed.client() as client:
+        with pytest.raises(openai.BadRequestError) as info:
+            _chat(client, deployed, messages=long)
+        assert "context" in info.value.message
+        with pytest.raises(openai.APIError) as streamed:
+            list(_chat(client, deployed, messages=long, stream=True))
+        assert "context" in streamed.value.message
 
 
 def test_bad_values_are_400_in_openai_shape(deployed: Deployed) -> None:
