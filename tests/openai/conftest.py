@@ -131,7 +131,9 @@ def wait_for_job(
     deadline = time.monotonic() + JOB_DEADLINE_S
     job = client.fine_tuning.jobs.retrieve(job_id)
     while not until(job):
-        if job.status in TERMINAL or time.monotonic() > deadline:
+        # Ended for good: our own status is final (OpenAI's "cancelled" starts while we cancel).
+        ended = getattr(job, "fastuner", {}).get("status") in ("completed", "failed", "cancelled")
+        if ended or time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} never reached the expected state: {job}")
         time.sleep(0.5)
         job = client.fine_tuning.jobs.retrieve(job_id)
