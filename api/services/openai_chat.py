@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from api.domain.deployments import ChatMessage, GenerationOutput, GenerationParameters, InferenceRequest
 from api.domain.enums import DeploymentStatus
-from api.domain.errors import Conflict, NotFound
+from api.domain.errors import BackendError, Conflict, NotFound
 from api.domain.openai_chat import ModelNotDeployed, ModelNotFound
 from api.services.deployments import DeploymentService
 
@@ -123,4 +123,6 @@ class OpenAIChatService:
             parameters=params,
         )
         resp = self.deployments.infer(tenant_id, req)
+        if len(resp.outputs) != len(inputs):  # it broke the container contract
+            raise BackendError(f"the endpoint answered {len(resp.outputs)} outputs for {len(inputs)} inputs")
         return resp.deployment_id, resp.outputs

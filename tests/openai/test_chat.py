@@ -7,16 +7,28 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
+from api.domain.deployments import GenerationOutput, GenerationParameters, InferenceRequest, InferenceResponse
+from api.domain.enums import DeploymentStatus
+from api.domain.errors import Conflict, NotFound
+from api.domain.openai_chat import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelNotDeployed,
+    ModelNotFound,
+    UnsupportedParameter,
+)
+from api.services.openai_chat import OpenAIChatService, Target
 from tests.openai.conftest import SAMPLE, OpenAIServer
 
 openai = pytest.importorskip("openai")
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # the tests on a real deployment (the unit tests at the end are fast)
 DEADLINE_S = 300.0
 MESSAGES = [{"role": "user", "content": "Shout this: amber lotus"}]
 
@@ -92,6 +104,7 @@ def _chat(client: Any, deployed: Deployed, **kw: Any) -> Any:
     return client.chat.completions.create(**kw)
 
 
+@slow
 def test_chat_completion_and_its_stream_agree(deployed: Deployed) -> None:
     deployed.ensure_deployed()
     with deployed.client() as client:
@@ -130,6 +143,7 @@ def test_chat_completion_and_its_stream_agree(deployed: Deployed) -> None:
         assert chunks[-1].choices == [] and chunks[-1].usage == usage
 
 
+@slow
 def test_stream_wire_format(deployed: Deployed) -> None:
     """OpenAI's SSE framing on the wire: ``data: {json}`` events and a final ``data: [DONE]``."""
     deployed.ensure_deployed()
@@ -144,6 +158,7 @@ def test_stream_wire_format(deployed: Deployed) -> None:
     assert events[-1] == "data: [DONE]"
 
 
+@slow
 def test_completions_usage_and_prompt_lists(deployed: Deployed) -> None:
     deployed.ensure_deployed()
     prompts = ["Shout this: amber lotus", "Shout this: ember"]
@@ -170,6 +185,7 @@ def test_completions_usage_and_prompt_lists(deployed: Deployed) -> None:
         assert chunks[-1].choices[0].finish_reason == singles[0].choices[0].finish_reason
 
 
+@slow
 def test_n_choices(deployed: Deployed) -> None:
     deployed.ensure_deployed()
     with deployed.client() as client:
@@ -192,6 +208,7 @@ def test_n_choices(deployed: Deployed) -> None:
             assert mine[-1].finish_reason == greedy.choices[i].finish_reason
 
 
+@slow
 def test_stop(deployed: Deployed) -> None:
     deployed.ensure_deployed()
     with deployed.client() as client:
@@ -205,6 +222,7 @@ def test_stop(deployed: Deployed) -> None:
         assert listed.message.content == cut
 
 
+@slow
 def test_message_shapes_and_the_base_model(deployed: Deployed, tiny_model: Path) -> None:
     """Text content parts are joined, ``developer`` is a system message, and ``model`` = the base
     model's name is served (adapters off) by a deployment of it."""
@@ -224,6 +242,7 @@ def test_message_shapes_and_the_base_model(deployed: Deployed, tiny_model: Path)
         assert base.choices[0].message.content != adapted.choices[0].message.content
 
 
+@slow
 def test_errors_after_the_stream_opened_are_error_events(deployed: Deployed) -> None:
     """A prompt over the model's context is refused by the inference server: a 400 without
     streaming; with streaming the stream is already open, so it is an error event (APIError)."""
@@ -238,6 +257,7 @@ def test_errors_after_the_stream_opened_are_error_events(deployed: Deployed) -> 
         assert "context" in streamed.value.message
 
 
+@slow
 def test_bad_values_are_400_in_openai_shape(deployed: Deployed) -> None:
     deployed.ensure_deployed()
     with deployed.client() as client:
@@ -258,6 +278,7 @@ def test_bad_values_are_400_in_openai_shape(deployed: Deployed) -> None:
             client.chat.completions.create(model=deployed.adapter_id, messages=[])
 
 
+@slow
 def test_other_tenants_and_unknown_models_are_404(deployed: Deployed) -> None:
     stranger = deployed.server.new_key()
     with deployed.client(stranger) as client:
@@ -270,6 +291,7 @@ def test_other_tenants_and_unknown_models_are_404(deployed: Deployed) -> None:
         client.chat.completions.create(model="adp_doesnotexist", messages=MESSAGES)
 
 
+@slow
 def test_undeployed_adapter_is_409_with_the_deploy_command(deployed: Deployed) -> None:
     """Tears the deployment down (later tests redeploy through ``ensure_deployed``)."""
     deployed.ensure_deployed()
@@ -284,3 +306,101 @@ def test_undeployed_adapter_is_409_with_the_deploy_command(deployed: Deployed) -
                 call()
             assert info.value.status_code == 409 and info.value.code == "model_not_deployed"
             assert f"fastuner deployments create {deployed.adapter_id}" in info.value.message
+
+
+# -- fast: request mapping and the choice layout, without a deployment ---------------------------
+def test_parameters_follow_openai_defaults_and_fields() -> None:
+    chat = ChatCompletionRequest.model_validate({"model": "adp_x", "messages": MESSAGES})
+    assert chat.parameters() == GenerationParameters(max_new_tokens=512, temperature=1.0, top_p=1.0)
+    legacy = CompletionRequest.model_validate({"model": "adp_x", "prompt": "hi"})
+    assert legacy.parameters().max_new_tokens == 16 and legacy.prompts() == ["hi"]
+    chat = ChatCompletionRequest.model_validate({
+        "model": "adp_x", "messages": MESSAGES, "max_tokens": 9, "max_completion_tokens": 5,
+        "temperature": 0.7, "top_p": 0.9, "stop": "END", "seed": -1, "user": "u", "unknown": [1],
+    })  # fmt: skip
+    assert chat.parameters() == GenerationParameters(
+        max_new_tokens=5, temperature=0.7, top_p=0.9, stop=["END"], seed=(1 << 63) - 1
+    )
+    greedy = ChatCompletionRequest.model_validate({"model": "adp_x", "messages": MESSAGES, "top_p": 0})
+    assert greedy.parameters().temperature == 0
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"tools": [{"type": "function"}]}, {"logprobs": True}, {"presence_penalty": 0.5},
+     {"logit_bias": {"1": 2}}, {"response_format": {"type": "json_object"}}],
+    ids=lambda e: next(iter(e)),
+)  # fmt: skip
+def test_unsupported_parameters_are_refused_by_name(extra: dict[str, Any]) -> None:
+    req = ChatCompletionRequest.model_validate({"model": "adp_x", "messages": MESSAGES, **extra})
+    with pytest.raises(UnsupportedParameter) as info:
+        req.parameters()
+    assert info.value.details == {"param": next(iter(extra))}
+    neutral = {"presence_penalty": 0, "logprobs": False, "response_format": {"type": "text"}, "tools": []}
+    ChatCompletionRequest.model_validate({"model": "adp_x", "messages": MESSAGES, **neutral}).parameters()
+
+
+class FakeDeployments:
+    """DeploymentService's surface the chat service uses: outputs name their prompt and seed."""
+
+    def __init__(self, *, serving: bool = True, creating: bool = False) -> None:
+        self.serving = serving
+        self.creating = creating
+        self.calls: list[InferenceRequest] = []
+
+    def resolve_target(self, tenant_id: str, deployment_id: str | None, adapter_id: str | None) -> Any:
+        if adapter_id != "adp_x":
+            raise NotFound("adapter not found")
+        if not self.serving:
+            raise Conflict("no deployment in service serves it")
+        return SimpleNamespace(id="dep_1")
+
+    def list_page(self, tenant_id: str, **_: Any) -> tuple[list[Any], None]:
+        status = DeploymentStatus.CREATING if self.creating else DeploymentStatus.IN_SERVICE
+        return [SimpleNamespace(id="dep_2", base_model="base-1", adapter_ids=["adp_x"], status=status)], None
+
+    def infer(self, tenant_id: str, req: InferenceRequest) -> InferenceResponse:
+        self.resolve_target(tenant_id, req.deployment_id, req.adapter_id)
+        self.calls.append(req)
+        assert isinstance(req.inputs, list)
+        outputs = [
+            GenerationOutput(generated_text=f"{p}|{req.parameters.seed}", prompt_tokens=len(str(p)),
+                             completion_tokens=2, finish_reason="stop")
+            for p in req.inputs
+        ]  # fmt: skip
+        return InferenceResponse(
+            deployment_id="dep_1", adapter_id=req.adapter_id, outputs=outputs, latency_ms=1
+        )
+
+
+def test_choices_are_laid_out_prompt_major_and_seeded_samples_differ() -> None:
+    fake = FakeDeployments()
+    service = OpenAIChatService(fake)  # type: ignore[arg-type]
+    target = service.resolve("t", "adp_x")
+    assert target == Target(adapter_id="adp_x", deployment_id="dep_1")
+    greedy = service.generate("t", "adp_x", target, ["a", "bb"], 2, GenerationParameters(seed=5))
+    assert [c.generated_text for c in greedy.choices] == ["a|5", "a|5", "bb|5", "bb|5"]
+    assert len(fake.calls) == 1 and greedy.prompt_tokens == 3 and greedy.completion_tokens == 8
+    sampled = service.generate(
+        "t", "adp_x", target, ["a", "bb"], 2, GenerationParameters(temperature=1, seed=5)
+    )
+    assert [c.generated_text for c in sampled.choices] == ["a|5", "a|6", "bb|5", "bb|6"]
+    assert len(fake.calls) == 3 and sampled.prompt_tokens == 3
+    base = service.resolve("t", "base-1")  # a base model a deployment of yours serves
+    assert base == Target(adapter_id=None, deployment_id="dep_2")
+
+
+def test_unknown_undeployed_and_creating_models() -> None:
+    with pytest.raises(ModelNotFound, match="`adp_other` does not exist"):
+        OpenAIChatService(FakeDeployments()).resolve("t", "adp_other")  # type: ignore[arg-type]
+    with pytest.raises(ModelNotDeployed, match="fastuner deployments create adp_x"):
+        OpenAIChatService(FakeDeployments(serving=False)).resolve("t", "adp_x")  # type: ignore[arg-type]
+    creating = OpenAIChatService(FakeDeployments(serving=False, creating=True))  # type: ignore[arg-type]
+    with pytest.raises(ModelNotDeployed, match="dep_2 is still creating"):
+        creating.resolve("t", "adp_x")
+    gone = FakeDeployments()  # torn down between resolve() and the call
+    service = OpenAIChatService(gone)  # type: ignore[arg-type]
+    target = service.resolve("t", "adp_x")
+    gone.serving = False
+    with pytest.raises(ModelNotDeployed, match="fastuner deployments create adp_x"):
+        service.generate("t", "adp_x", target, ["a"], 1, GenerationParameters())
