@@ -65,7 +65,7 @@ Call = Callable[[World], Any]
 def _path(template: str, w: World) -> str:
     return template.format(
         dataset_id=w.ids["dataset"], job_id=w.ids["job"], adapter_id=w.ids["adapter"],
-        deployment_id=w.ids["deployment"],
+        deployment_id=w.ids["deployment"], file_id=w.ids["dataset"], model_id=w.ids["adapter"],
     )  # fmt: skip
 
 
@@ -104,12 +104,31 @@ NOT_FOUND: dict[tuple[str, str], Call] = {
         "/v0/inference", json={"deployment_id": w.ids["deployment"], "inputs": "hi"}
     ),
     ("POST", "/v0/inference/batch"): lambda w: _batch(w, deployment_id=w.ids["deployment"]),
+    # The OpenAI-compatible API (errors in OpenAI's shape there).
+    ("GET", "/v1/files/{file_id}"): lambda w: None,
+    ("DELETE", "/v1/files/{file_id}"): lambda w: None,
+    ("GET", "/v1/fine_tuning/jobs/{job_id}"): lambda w: None,
+    ("POST", "/v1/fine_tuning/jobs/{job_id}/cancel"): lambda w: None,
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/events"): lambda w: None,
+    ("GET", "/v1/fine_tuning/jobs/{job_id}/checkpoints"): lambda w: None,
+    ("GET", "/v1/models/{model_id}"): lambda w: None,
+    ("POST", "/v1/fine_tuning/jobs"): lambda w: w.b.post(
+        "/v1/fine_tuning/jobs",
+        json={
+            "training_file": w.ids["dataset"],
+            "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "fastuner": {"instance_type": "ml.g5.xlarge"},
+        },
+    ),
 }
 EXTRA_NOT_FOUND: list[Call] = [  # the same operations, addressed another way
     lambda w: w.b.post("/v0/inference", json={"adapter_id": w.ids["adapter"], "inputs": "hi"}),
     lambda w: _batch(w, adapter_id=w.ids["adapter"]),
     lambda w: w.b.get(f"/v0/finetune/{w.ids['done']}"),
     lambda w: w.b.get(f"/v0/finetune/{w.ids['job']}/metrics", params={"stream": "true"}),
+    lambda w: w.b.get("/v1/files", params={"after": w.ids["dataset"]}),
+    lambda w: w.b.get("/v1/fine_tuning/jobs", params={"after": w.ids["job"]}),
+    lambda w: w.b.get(f"/v1/fine_tuning/jobs/{w.ids['done']}/checkpoints"),
 ]
 # Operations over "everything of mine": B sees only B's (nothing), and learns no id of A's.
 SCOPED: dict[tuple[str, str], Call] = {
@@ -121,9 +140,12 @@ SCOPED: dict[tuple[str, str], Call] = {
     ("GET", "/v0/tenant"): lambda w: w.b.get("/v0/tenant"),
     ("POST", "/v0/finetune/reconcile"): lambda w: w.b.post("/v0/finetune/reconcile"),
     ("POST", "/v0/janitor/run"): lambda w: w.b.post("/v0/janitor/run", params={"dry_run": "false"}),
+    ("GET", "/v1/files"): lambda w: w.b.get("/v1/files"),
+    ("GET", "/v1/fine_tuning/jobs"): lambda w: w.b.get("/v1/fine_tuning/jobs"),
+    ("GET", "/v1/models"): lambda w: w.b.get("/v1/models"),
 }
 # Operations on the caller's own new input (nothing of A's to address).
-OWN_INPUT = {("POST", "/v0/datasets"), ("POST", "/v0/datasets/validate")}
+OWN_INPUT = {("POST", "/v0/datasets"), ("POST", "/v0/datasets/validate"), ("POST", "/v1/files")}
 PUBLIC = {("GET", "/healthz"), ("GET", "/v0/healthz")}
 
 
@@ -141,6 +163,9 @@ def test_every_operation_is_classified(world: World) -> None:
 def _assert_not_found(resp: Any) -> None:
     assert resp.status_code == 404, (resp.status_code, resp.text)
     body = resp.json()
+    if "error" in body:  # /v1: OpenAI's shape, the request id in its header
+        assert body["error"]["code"] == "not_found" and resp.headers["x-request-id"], body
+        return
     assert body["code"] == "not_found" and body["request_id"], body
 
 
