@@ -120,6 +120,8 @@ class Seeded:
             "job_id": self.job_id,
             "adapter_id": self.adapter_id,
             "deployment_id": self.deployment_id,
+            "file_id": self.dataset_id,  # /v1 (OpenAI-compatible): a file is a dataset
+            "model_id": self.adapter_id,  # and a fine-tuned model an adapter
         }
 
 
@@ -207,8 +209,11 @@ def aim(case: schemathesis.Case, seeded: Seeded) -> bool:
         aimed = True
     if "base_model" in body:
         body["base_model"] = SMOL
+    if "training_file" in body:  # /v1/fine_tuning/jobs
+        body["training_file"], body["model"] = seeded.dataset_id, SMOL
+        aimed = True
     if "file" in body:
-        body["file"] = SAMPLE.read_bytes() if case.path.startswith("/v0/datasets") else PROMPTS
+        body["file"] = SAMPLE.read_bytes() if case.path.startswith(("/v0/datasets", "/v1/files")) else PROMPTS
         aimed = True
     return aimed
 
