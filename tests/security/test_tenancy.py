@@ -120,6 +120,13 @@ NOT_FOUND: dict[tuple[str, str], Call] = {
             "fastuner": {"instance_type": "ml.g5.xlarge"},
         },
     ),
+    ("POST", "/v1/chat/completions"): lambda w: w.b.post(
+        "/v1/chat/completions",
+        json={"model": w.ids["adapter"], "messages": [{"role": "user", "content": "hi"}]},
+    ),
+    ("POST", "/v1/completions"): lambda w: w.b.post(
+        "/v1/completions", json={"model": w.ids["adapter"], "prompt": "hi"}
+    ),
 }
 EXTRA_NOT_FOUND: list[Call] = [  # the same operations, addressed another way
     lambda w: w.b.post("/v0/inference", json={"adapter_id": w.ids["adapter"], "inputs": "hi"}),
@@ -164,7 +171,8 @@ def _assert_not_found(resp: Any) -> None:
     assert resp.status_code == 404, (resp.status_code, resp.text)
     body = resp.json()
     if "error" in body:  # /v1: OpenAI's shape, the request id in its header
-        assert body["error"]["code"] == "not_found" and resp.headers["x-request-id"], body
+        assert body["error"]["code"] in ("not_found", "model_not_found"), body
+        assert resp.headers["x-request-id"], body
         return
     assert body["code"] == "not_found" and body["request_id"], body
 
