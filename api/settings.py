@@ -68,7 +68,8 @@ class Settings(BaseSettings):
         "failed) after this; a launcher known dead on this host is resolved at once",
     )
     launch_retries: Annotated[int, Field(ge=0, le=20)] = Field(
-        default=3, description="retries of a transient launch error (throttling, 5xx, connection) with backoff"
+        default=3,
+        description="retries of a transient launch error (throttling, 5xx, connection) with backoff",
     )
     launch_retry_wait_seconds: Annotated[float, Field(ge=0)] = Field(
         default=1.0, description="first backoff of a launch retry; grows exponentially (capped at 30 s)"
@@ -127,7 +128,7 @@ class Settings(BaseSettings):
         description="per-tenant request rate (`limits` notation, `;`-separated); empty: unlimited",
     )
     rate_limits: dict[str, str] = Field(
-        default_factory=dict, description="per-tenant overrides of rate_limit, e.g. {\"acme\": \"50/second\"}"
+        default_factory=dict, description='per-tenant overrides of rate_limit, e.g. {"acme": "50/second"}'
     )
     rate_limit_storage_uri: str = Field(
         default="memory://", description="`limits` storage (memory:// per process; redis://… shared)"
@@ -140,7 +141,10 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         from limits import parse_many  # the rate strings fail at start-up, not on the first request
 
-        rates = {"rate_limit": self.rate_limit, **{f"rate_limits[{t}]": r for t, r in self.rate_limits.items()}}
+        rates = {
+            "rate_limit": self.rate_limit,
+            **{f"rate_limits[{t}]": r for t, r in self.rate_limits.items()},
+        }
         for name, rate in rates.items():
             try:
                 parse_many(rate.strip() or "1/second")  # "" (no limit) is fine

@@ -69,7 +69,9 @@ class TenantService:
     def _effective(self, row: TenantRow | None) -> EffectiveQuotas:
         s = self.settings
         return EffectiveQuotas(
-            max_concurrent_jobs=_pick(row.max_concurrent_jobs if row else None, s.default_max_concurrent_jobs),
+            max_concurrent_jobs=_pick(
+                row.max_concurrent_jobs if row else None, s.default_max_concurrent_jobs
+            ),
             max_endpoints=_pick(row.max_endpoints if row else None, s.default_max_endpoints),
             allowed_instance_types=(
                 row.allowed_instance_types

@@ -215,7 +215,6 @@ def inject(client: Any, operation: str, responses: list[Callable[..., AWSRespons
     return seen
 
 
-
 # -- construction -----------------------------------------------------------------------------
 def test_is_a_compute_backend_with_retrying_clients(store: S3Store) -> None:
     backend = SageMakerBackend(store, image_uri=IMAGE_URI, role_arn=ROLE_ARN, region=REGION)

@@ -69,7 +69,9 @@ def test_train_survives_restart_and_registers_adapter(tmp_path: Path, tiny_model
         assert done["adapter_id"] and done["billable_seconds"] is not None
         assert done["latest_metrics"]["step"] == 12
         latest = done["latest_metrics"]  # the engine's record reaches the API in bits per token
-        assert {"loss_bpt", "data_bpt", "param_bpt", "s_hat", "target_s", "band", "unreachable"} <= set(latest)
+        assert {"loss_bpt", "data_bpt", "param_bpt", "s_hat", "target_s", "band", "unreachable"} <= set(
+            latest
+        )
         assert latest["loss_bpt"] >= latest["data_bpt"] > 0
         adapter = second.get(f"/v0/adapters/{done['adapter_id']}").json()
         assert adapter["job_id"] == job["id"] and adapter["dataset_sha256"] == ds["content_sha256"]

@@ -31,7 +31,11 @@ def _app(home: Path, **overrides: object) -> TestClient:
 def test_requests_without_a_valid_key_are_401(tmp_path: Path, header: str | None) -> None:
     with _app(tmp_path) as client:
         headers = {} if header is None else {"Authorization": header}
-        for method, path in [("GET", "/v0/datasets"), ("GET", "/v0/finetune/ft_x"), ("POST", "/v0/janitor/run")]:
+        for method, path in [
+            ("GET", "/v0/datasets"),
+            ("GET", "/v0/finetune/ft_x"),
+            ("POST", "/v0/janitor/run"),
+        ]:
             resp = client.request(method, path, headers=headers)
             assert resp.status_code == 401, (method, path, resp.text)
             body = resp.json()

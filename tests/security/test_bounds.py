@@ -137,7 +137,9 @@ def test_num_processes_at_most_the_instance_gpus() -> None:
     preflight.check_processes(4, four)
     preflight.check_processes(None, cpu)
     preflight.check_processes(1, cpu)
-    with pytest.raises(BadRequest, match=r"num_processes=5 .*ml\.g5\.12xlarge can run \(4 GPU\(s\)\).*at most 4"):
+    with pytest.raises(
+        BadRequest, match=r"num_processes=5 .*ml\.g5\.12xlarge can run \(4 GPU\(s\)\).*at most 4"
+    ):
         preflight.check_processes(5, four)
     with pytest.raises(BadRequest, match="at most 1"):
         preflight.check_processes(2, cpu)

@@ -54,19 +54,25 @@ def lock(session: Session, tenant_id: str) -> TenantRow:
 
 
 def active_jobs(session: Session, tenant_id: str) -> int:
-    return session.scalar(
-        select(func.count())
-        .select_from(FineTuneJobRow)
-        .where(FineTuneJobRow.tenant_id == tenant_id, FineTuneJobRow.status.in_(ACTIVE_JOBS))
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(FineTuneJobRow)
+            .where(FineTuneJobRow.tenant_id == tenant_id, FineTuneJobRow.status.in_(ACTIVE_JOBS))
+        )
+        or 0
+    )
 
 
 def active_endpoints(session: Session, tenant_id: str) -> int:
-    return session.scalar(
-        select(func.count())
-        .select_from(DeploymentRow)
-        .where(DeploymentRow.tenant_id == tenant_id, DeploymentRow.status.in_(ACTIVE_ENDPOINTS))
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(DeploymentRow)
+            .where(DeploymentRow.tenant_id == tenant_id, DeploymentRow.status.in_(ACTIVE_ENDPOINTS))
+        )
+        or 0
+    )
 
 
 def key_by_hash(session: Session, secret_sha256: str) -> ApiKeyRow | None:
