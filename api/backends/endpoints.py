@@ -7,11 +7,14 @@ deployment), which is how the janitor finds orphans; untagged endpoints are neve
 
 from __future__ import annotations
 
+import json
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from api.domain.enums import DeploymentStatus
+from api.domain.errors import BackendError
 
 MANAGED_TAG = "fastuner:managed"
 
@@ -75,3 +78,56 @@ class EndpointBackend(Protocol):
     def list_managed(self) -> list[ManagedEndpoint]:
         """Every live endpoint carrying ``fastuner:managed=true`` (for orphan detection)."""
         ...
+
+
+STREAM_EVENT_TYPES = ("token", "done", "error")
+
+
+@runtime_checkable
+class StreamingEndpointBackend(EndpointBackend, Protocol):
+    """A backend whose servers stream tokens (the inference container's ``stream: true``).
+
+    A separate protocol so a backend without streaming still is an :class:`EndpointBackend`; the
+    service falls back to one ``invoke`` (the whole text as one delta) for those.
+    """
+
+    def invoke_stream(
+        self, endpoint_name: str, state: dict[str, Any], payload: dict[str, Any]
+    ) -> Generator[dict[str, Any], None, None]:
+        """POST ``payload`` with ``"stream": true`` to ``/invocations``; yields the server's events
+        as dicts, in order: ``{"type": "token", "text"}`` per new piece of text, then one
+        ``{"type": "done", "output": {...}, ...}`` or one ``{"type": "error", "code", "message"}``.
+
+        Raises InvocationError (on the first ``next``) when the server refuses the request with a
+        4xx/5xx before generating, BackendError when the endpoint cannot be reached or the stream
+        breaks. Closing the generator (``close()``) closes the upstream connection, which is how
+        the server learns the client went away and frees its slot.
+        """
+        ...
+
+
+def parse_sse_events(chunks: Iterable[bytes]) -> Generator[dict[str, Any], None, None]:
+    """The JSON ``data:`` of each Server-Sent Event in a byte stream cut anywhere (an HTTP body's
+    chunks, SageMaker's ``PayloadPart``s): events end at a blank line; comments and other fields
+    are skipped; an event whose data is not a JSON object is the endpoint breaking the contract
+    (``BackendError``); a partial event at the end of the stream is dropped, as the spec says."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        if buffer.endswith(b"\r"):  # a CRLF split across chunks: wait for the LF
+            continue
+        buffer = buffer.replace(b"\r\n", b"\n")
+        while (end := buffer.find(b"\n\n")) >= 0:
+            block, buffer = buffer[:end], buffer[end + 2 :]
+            data = [line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
+            if not data:
+                continue
+            try:
+                event = json.loads(b"\n".join(data))
+            except ValueError:
+                event = None
+            if not isinstance(event, dict):
+                raise BackendError(
+                    f"the endpoint streamed an event that is not a JSON object: {block[:200]!r}"
+                )
+            yield event

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Generator, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,7 @@ from api.backends.endpoints import (
     EndpointStatus,
     InvocationError,
     ManagedEndpoint,
+    parse_sse_events,
 )
 from api.backends.sagemaker import RETRY_CONFIG
 from api.domain.enums import DeploymentStatus
@@ -274,6 +275,49 @@ class SageMakerEndpoints:
                 f"endpoint {endpoint_name} answered with a body that is not a JSON object: {body[:200]!r}"
             )
         return result
+
+    def invoke_stream(
+        self, endpoint_name: str, state: dict[str, Any], payload: dict[str, Any]
+    ) -> Generator[dict[str, Any], None, None]:
+        """``InvokeEndpointWithResponseStream`` with ``"stream": true``: the server's SSE events
+        (``PayloadPart`` bytes cut anywhere, reassembled by ``parse_sse_events``). Errors before the
+        stream map like ``invoke``'s; ``ModelStreamError`` / ``InternalStreamFailure`` during it are
+        a ``BackendError``. Closing the generator closes the response stream."""
+        try:
+            response = self.runtime.invoke_endpoint_with_response_stream(
+                EndpointName=endpoint_name,
+                ContentType=CONTENT_TYPE,
+                Accept="text/event-stream",
+                Body=json.dumps({**payload, "stream": True}).encode(),
+            )
+        except ClientError as exc:
+            raise invocation_error(exc) from exc
+        except BotoCoreError as exc:
+            raise backend_error(f"could not invoke endpoint {endpoint_name}", exc) from exc
+        body = response["Body"]
+
+        def parts() -> Iterator[bytes]:
+            try:
+                for event in body:
+                    if "PayloadPart" in event:
+                        yield bytes(event["PayloadPart"].get("Bytes", b""))
+                    else:  # ModelStreamError / InternalStreamFailure given as events
+                        name = next(iter(event), "stream_error")
+                        detail: dict[str, Any] = dict(event.get(name) or {})  # type: ignore[call-overload]
+                        raise BackendError(
+                            f"endpoint {endpoint_name} stream failed: {name}: {detail.get('Message', '')}"
+                        )
+            except ClientError as exc:  # botocore raises error events as EventStreamError
+                raise backend_error(f"endpoint {endpoint_name} stream failed", exc) from exc
+            except BotoCoreError as exc:
+                raise backend_error(f"endpoint {endpoint_name} stream broke", exc) from exc
+
+        try:
+            yield from parse_sse_events(parts())
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
 
     # -- orphans ------------------------------------------------------------------------------
     def list_managed(self) -> list[ManagedEndpoint]:
