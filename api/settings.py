@@ -75,6 +75,28 @@ class Settings(BaseSettings):
         default=1.0, description="first backoff of a launch retry; grows exponentially (capped at 30 s)"
     )
     default_inference_instance_type: str = "ml.g5.xlarge"
+    # -- SageMaker deployments: `endpoint` = one container per endpoint (the inference server loads
+    # adapters from S3 per request); `components` = inference components: the base model as one
+    # component, each adapter as a component on it (api/backends/sagemaker_components.py).
+    sagemaker_deployment_mode: Literal["endpoint", "components"] = Field(
+        default="endpoint", description="how deployments are hosted on SageMaker (endpoint or components)"
+    )
+    sagemaker_base_model_artifacts: dict[str, str] = Field(
+        default_factory=dict,
+        description="components mode: hub id -> s3://…/model.tar.gz of the base model (served from "
+        '/opt/ml/model, not pulled from the hub), e.g. {"HuggingFaceTB/SmolLM2-135M": "s3://b/m.tar.gz"}',
+    )
+    inference_component_memory_mb: Annotated[int, Field(ge=128)] = Field(
+        default=8192, description="components mode: host memory the base component reserves"
+    )
+    inference_component_cpu_cores: Annotated[float, Field(gt=0)] = Field(
+        default=2.0, description="components mode: CPU cores the base component reserves"
+    )
+    inference_component_delete_wait_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=120.0,
+        description="components mode: how long one teardown waits for components to drain before "
+        "leaving the rest to the janitor's next pass",
+    )
     auto_migrate: bool = Field(default=True, description="run `alembic upgrade head` when the app starts")
     background_tasks: bool = Field(default=True, description="run the reconciler loop in the API process")
     # -- S3 drop-and-train: `drop/{tenant}/<name>.jsonl` → dataset → job (`fastuner worker`)

@@ -45,6 +45,17 @@ class ManagedEndpoint:
     tags: dict[str, str]
 
 
+@dataclass(frozen=True)
+class ManagedComponent:
+    """A live SageMaker inference component tagged ``fastuner:managed=true``."""
+
+    name: str
+    endpoint_name: str
+    adapter_id: str | None  # None: a base-model component
+    created_at: datetime | None
+    tags: dict[str, str]
+
+
 class InvocationError(Exception):
     """The endpoint answered with an error: ``status`` and ``code`` come from the server."""
 
@@ -131,3 +142,26 @@ def parse_sse_events(chunks: Iterable[bytes]) -> Generator[dict[str, Any], None,
                     f"the endpoint streamed an event that is not a JSON object: {block[:200]!r}"
                 )
             yield event
+
+
+@runtime_checkable
+class AdapterHosting(Protocol):
+    """A backend that hosts each adapter as its own resource next to one base (SageMaker inference
+    components). Backends without it serve any adapter under ``spec.adapter_prefix`` on demand, so
+    adding or removing an adapter there only changes the deployment's row."""
+
+    def add_adapter(self, spec: EndpointSpec, state: dict[str, Any], adapter_id: str) -> dict[str, Any]:
+        """Host ``adapter_id`` next to the running base (idempotent); returns the new state."""
+        ...
+
+    def remove_adapter(self, endpoint_name: str, state: dict[str, Any], adapter_id: str) -> dict[str, Any]:
+        """Stop hosting ``adapter_id`` (missing is fine); returns the new state."""
+        ...
+
+    def list_managed_components(self) -> list[ManagedComponent]:
+        """Every live component tagged ``fastuner:managed=true`` (for the janitor's stray sweep)."""
+        ...
+
+    def delete_component(self, name: str) -> None:
+        """Delete one component; missing is fine."""
+        ...

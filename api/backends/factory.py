@@ -44,5 +44,17 @@ def make_endpoint_backend(settings: Settings, store: ObjectStore) -> EndpointBac
         from api.backends.sagemaker_endpoints import SageMakerEndpoints
 
         s3, image, role = _sagemaker_prerequisites(settings, store, settings.inference_image_uri, "INFERENCE")
+        if settings.sagemaker_deployment_mode == "components":
+            from api.backends.sagemaker_components import ComponentSettings, SageMakerComponents
+
+            components = ComponentSettings(
+                memory_mb=settings.inference_component_memory_mb,
+                cpu_cores=settings.inference_component_cpu_cores,
+                base_model_artifacts=dict(settings.sagemaker_base_model_artifacts),
+                delete_wait_s=settings.inference_component_delete_wait_seconds,
+            )
+            return SageMakerComponents(
+                s3, image_uri=image, role_arn=role, region=settings.aws_region, components=components
+            )
         return SageMakerEndpoints(s3, image_uri=image, role_arn=role, region=settings.aws_region)
     return LocalEndpoints(store, settings.work_dir / "endpoints", python=settings.local_python)

@@ -254,12 +254,17 @@ class SageMakerEndpoints:
     # -- invoke -------------------------------------------------------------------------------
     def invoke(self, endpoint_name: str, state: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
         """``InvokeEndpoint`` with a JSON body; the server's JSON answer as a dict."""
+        return self._invoke(endpoint_name, payload)
+
+    def _invoke(self, endpoint_name: str, payload: dict[str, Any], **target: str) -> dict[str, Any]:
+        """``InvokeEndpoint`` (``target``: e.g. ``InferenceComponentName``) and the JSON answer."""
         try:
             response = self.runtime.invoke_endpoint(
                 EndpointName=endpoint_name,
                 ContentType=CONTENT_TYPE,
                 Accept=CONTENT_TYPE,
                 Body=json.dumps(payload).encode(),
+                **target,
             )
             body = response["Body"].read()
         except ClientError as exc:
