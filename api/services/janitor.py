@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from api.backends.endpoints import EndpointBackend
+from api.backends.endpoints import AdapterHosting, EndpointBackend
 from api.db import models
 from api.db.repositories import deployments as repo
 from api.db.repositories import jobs as jobs_repo
@@ -38,6 +38,8 @@ def expiry_reason(row: models.DeploymentRow, now: datetime) -> str | None:
         age = now - row.created_at
         if age > timedelta(seconds=row.max_lifetime_seconds):
             return f"max lifetime exceeded ({int(age.total_seconds())} s > {row.max_lifetime_seconds} s)"
+    if row.status == DeploymentStatus.IN_SERVICE.value and not row.adapter_ids:
+        return "no adapters left"  # the last one was removed: the base and endpoint go too
     if row.status == DeploymentStatus.IN_SERVICE.value and row.ttl_seconds is not None and row.in_service_at:
         idle = now - (row.last_used_at or row.in_service_at)
         if idle > timedelta(seconds=row.ttl_seconds):
@@ -88,6 +90,8 @@ class Janitor:
             actions.append(action)
         if tenant_id is None:
             actions.extend(self._orphans(now, dry_run))
+            if isinstance(self.backend, AdapterHosting):
+                actions.extend(self._stray_components(self.backend, now, dry_run))
         saved = sum(a.hourly_price_usd or 0.0 for a in actions if a.done or (dry_run and a.error is None))
         report = JanitorReport(dry_run=dry_run, actions=actions, hourly_savings_usd=round(saved, 4))
         if actions:
@@ -117,6 +121,38 @@ class Janitor:
                         with self.db.session() as session:
                             jobs_repo.add_event(session, tenant, action.deployment_id, "orphan_deleted",
                                                 f"orphan endpoint {endpoint.name} deleted")  # fmt: skip
+                except Exception as exc:
+                    action.error = str(exc)
+            actions.append(action)
+        return actions
+
+    def _stray_components(self, backend: AdapterHosting, now: datetime, dry_run: bool) -> list[JanitorAction]:
+        """Adapter components (tagged ``fastuner:managed=true``) that no live deployment serves: an
+        adapter removed while its delete failed, or a crash between the create and the row update.
+        Components of endpoints with no live row go with the endpoint (the orphan sweep)."""
+        grace = timedelta(seconds=self.settings.orphan_grace_seconds)
+        with self.db.session() as session:
+            serving = {r.endpoint_name: set(r.adapter_ids) for r in repo.live(session) if r.endpoint_name}
+        actions = []
+        for component in backend.list_managed_components():
+            if component.tags.get("fastuner:managed") != "true" or component.adapter_id is None:
+                continue
+            if (
+                component.endpoint_name not in serving
+                or component.adapter_id in serving[component.endpoint_name]
+            ):
+                continue
+            if component.created_at is not None and now - component.created_at < grace:
+                continue  # maybe an adapter being added right now
+            action = JanitorAction(
+                deployment_id=component.tags.get("fastuner:deployment"), endpoint_name=component.endpoint_name,
+                reason=f"stray adapter component {component.name} ({component.adapter_id} no longer served)",
+                hourly_price_usd=None, done=False,
+            )  # fmt: skip
+            if not dry_run:
+                try:
+                    backend.delete_component(component.name)
+                    action.done = True
                 except Exception as exc:
                     action.error = str(exc)
             actions.append(action)
