@@ -157,6 +157,72 @@ class DeploymentService:
         teardown(self.db, self.backend, row, reason)
         return self.get(tenant_id, deployment_id)
 
+    # -- adapters of a running deployment -----------------------------------------------------
+    def add_adapter(self, tenant_id: str, deployment_id: str, adapter_id: str) -> Deployment:
+        """Serve one more adapter (same base model) without redeploying the base; idempotent.
+
+        On a backend hosting adapters as their own resources (SageMaker inference components) its
+        component is created next to the base; elsewhere the server loads it on demand.
+        """
+        with self.db.session() as session:
+            row = self._row(session, tenant_id, deployment_id)
+            adapter = jobs_repo.adapter(session, tenant_id, adapter_id)
+            if adapter is None:
+                raise NotFound(f"adapter {adapter_id} not found")
+            if adapter.base_model != row.base_model:
+                raise BadRequest(
+                    f"adapter {adapter_id} is for {adapter.base_model}; deployment {row.id} serves {row.base_model}"
+                )
+            self._check_live(row)
+            if adapter_id in row.adapter_ids:
+                return to_model(row)
+            if len(row.adapter_ids) >= MAX_ADAPTERS:
+                raise BadRequest(f"a deployment serves at most {MAX_ADAPTERS} adapters")
+            version, state = row.version, dict(row.backend_state)
+            spec = spec_for(row)
+        from api.backends.endpoints import AdapterHosting
+
+        if isinstance(self.backend, AdapterHosting) and state:
+            state = self.backend.add_adapter(spec, state, adapter_id)
+        return self._set_adapters(tenant_id, deployment_id, version, [*spec.adapter_ids, adapter_id], state,
+                                  "adapter_added", f"adapter {adapter_id} added", adapter_id)  # fmt: skip
+
+    def remove_adapter(self, tenant_id: str, deployment_id: str, adapter_id: str) -> Deployment:
+        """Stop serving one adapter; the base keeps running. With none left the janitor tears it down."""
+        with self.db.session() as session:
+            row = self._row(session, tenant_id, deployment_id)
+            self._check_live(row)
+            if adapter_id not in row.adapter_ids:
+                raise NotFound(f"deployment {row.id} does not serve adapter {adapter_id}")
+            version, state, name = row.version, dict(row.backend_state), row.endpoint_name
+            adapters = [a for a in row.adapter_ids if a != adapter_id]
+        from api.backends.endpoints import AdapterHosting
+
+        if isinstance(self.backend, AdapterHosting) and state and name is not None:
+            state = self.backend.remove_adapter(name, state, adapter_id)
+        return self._set_adapters(tenant_id, deployment_id, version, adapters, state,
+                                  "adapter_removed", f"adapter {adapter_id} removed", adapter_id)  # fmt: skip
+
+    @staticmethod
+    def _check_live(row: models.DeploymentRow) -> None:
+        if row.status not in (DeploymentStatus.CREATING.value, DeploymentStatus.IN_SERVICE.value):
+            raise Conflict(f"deployment {row.id} is {row.status}")
+
+    def _set_adapters(
+        self, tenant_id: str, deployment_id: str, version: int, adapters: list[str],
+        state: dict[str, Any], kind: str, message: str, adapter_id: str,
+    ) -> Deployment:  # fmt: skip
+        with self.db.session() as session:
+            row = self._row(session, tenant_id, deployment_id)
+            if row.version != version or not repo.compare_and_set(
+                session, row, adapter_ids=adapters, backend_state=state
+            ):
+                # The backend change is done and idempotent; the janitor's stray sweep removes a
+                # component no live row lists. The caller may simply retry.
+                raise Conflict(f"deployment {deployment_id} changed meanwhile; retry")
+            jobs_repo.add_event(session, tenant_id, deployment_id, kind, message, adapter=adapter_id)
+            return to_model(row)
+
     # -- status -------------------------------------------------------------------------------
     def sync_once(self) -> int:
         """Move ``creating`` deployments to in_service/failed; the idle clock starts at in_service."""
@@ -249,6 +315,29 @@ class DeploymentService:
         if row is None:
             raise NotFound(f"deployment {deployment_id} not found")
         return row
+
+
+MAX_ADAPTERS = 64  # as DeploymentRequest.adapter_ids
+
+
+def spec_for(row: models.DeploymentRow) -> EndpointSpec:
+    """The endpoint spec of an existing deployment (as ``create`` built it)."""
+    assert row.endpoint_name is not None
+    return EndpointSpec(
+        deployment_id=row.id,
+        tenant_id=row.tenant_id,
+        endpoint_name=row.endpoint_name,
+        base_model=row.base_model,
+        adapter_prefix=f"{row.tenant_id}/adapters",
+        adapter_ids=list(row.adapter_ids),
+        instance_type=row.instance_type,
+        instance_count=row.instance_count,
+        tags={
+            "fastuner:managed": "true",
+            "fastuner:tenant": row.tenant_id,
+            "fastuner:deployment": row.id,
+        },
+    )
 
 
 def teardown(
