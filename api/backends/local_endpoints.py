@@ -12,13 +12,20 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Generator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from api.backends.endpoints import EndpointSpec, EndpointStatus, InvocationError, ManagedEndpoint
+from api.backends.endpoints import (
+    EndpointSpec,
+    EndpointStatus,
+    InvocationError,
+    ManagedEndpoint,
+    parse_sse_events,
+)
 from api.backends.processes import alive, free_port, spawn_detached, tail_file, terminate
 from api.domain.enums import DeploymentStatus
 from api.domain.errors import BackendError
@@ -112,17 +119,27 @@ class LocalEndpoints:
         except httpx.HTTPError as exc:
             raise BackendError(f"endpoint {endpoint_name} did not answer: {exc}") from exc
         if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = {}
-            raise InvocationError(
-                resp.status_code,
-                str(body.get("code", "invocation_failed")),
-                str(body.get("message", resp.text[:500])),
-            )
+            raise _invocation_error(resp)
         data: dict[str, Any] = resp.json()
         return data
+
+    def invoke_stream(
+        self, endpoint_name: str, state: dict[str, Any], payload: dict[str, Any]
+    ) -> Generator[dict[str, Any], None, None]:
+        """``stream: true`` to the server's ``/invocations``: its SSE events as dicts. Closing the
+        generator closes the connection (the server cancels the request and frees its slot)."""
+        body = {**payload, "stream": True}
+        headers = {"Accept": "text/event-stream"}
+        try:
+            with httpx.stream(
+                "POST", f"{state['url']}/invocations", json=body, headers=headers, timeout=INVOKE_TIMEOUT
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _invocation_error(resp)
+                yield from parse_sse_events(resp.iter_raw())
+        except httpx.HTTPError as exc:
+            raise BackendError(f"endpoint {endpoint_name} stream failed: {exc}") from exc
 
     def list_managed(self) -> list[ManagedEndpoint]:
         out: list[ManagedEndpoint] = []
@@ -147,3 +164,18 @@ class LocalEndpoints:
 
     def _root(self, endpoint_name: str, state: dict[str, Any]) -> Path:
         return Path(state["root"]) if "root" in state else self.endpoints_dir / endpoint_name
+
+
+def _invocation_error(resp: httpx.Response) -> InvocationError:
+    """The server's ``{code, message}`` error answer (a read response)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    return InvocationError(
+        resp.status_code,
+        str(body.get("code", "invocation_failed")),
+        str(body.get("message", resp.text[:500])),
+    )

@@ -76,12 +76,45 @@ class InferenceRequest(RequestBody):
     adapter_id: str | None = None
     inputs: Inputs
     parameters: GenerationParameters = GenerationParameters()
+    stream: bool = Field(
+        False,
+        description="answer Server-Sent Events: `token` events ({text}) as the text is generated, "
+        "then one `done` event (the InferenceResponse) or one `error` event ({code, message, "
+        "request_id}); one prompt per request",
+    )
 
     @model_validator(mode="after")
     def _target(self) -> InferenceRequest:
         if not self.deployment_id and not self.adapter_id:
             raise ValueError("give deployment_id or adapter_id")
+        if self.stream and prompt_count(self.inputs) != 1:
+            raise ValueError("stream: true takes one prompt (a string or one conversation)")
         return self
+
+
+def prompt_count(inputs: Inputs) -> int:
+    """How many prompts ``inputs`` holds: a string or a list of messages is one."""
+    if isinstance(inputs, str):
+        return 1
+    if inputs and all(isinstance(item, dict) for item in inputs):
+        return 1
+    return len(inputs)
+
+
+class InferenceToken(BaseModel):
+    """``event: token`` of a streamed ``POST /v0/inference``: the next piece of generated text
+    (the pieces, concatenated, are the ``generated_text`` of the final ``done`` event)."""
+
+    text: str
+
+
+class InferenceStreamError(BaseModel):
+    """``event: error`` of a streamed ``POST /v0/inference``: generation failed after the stream
+    opened (errors before it are ordinary HTTP errors); the stream ends after it."""
+
+    code: str
+    message: str
+    request_id: str | None = None
 
 
 class GenerationOutput(BaseModel):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import IO, Annotated, Any
+from collections.abc import AsyncIterator, Generator, Iterator
+from typing import IO, Annotated, Any, TypeVar, cast
 
+import anyio
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
+from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -20,11 +22,13 @@ from api.domain.deployments import (
     GenerationParameters,
     InferenceRequest,
     InferenceResponse,
+    InferenceStreamError,
+    InferenceToken,
     JanitorReport,
     parse_batch_line,
 )
 from api.domain.errors import BadRequest, FastunerError
-from api.errors import error_responses
+from api.errors import ErrorBody, error_responses
 from api.logging import get_logger
 
 log = get_logger("routes.deployments")
@@ -77,12 +81,80 @@ async def delete_deployment(deployment_id: str, ctx: Ctx, tenant: Tenant) -> Dep
     return await run_in_threadpool(ctx.deployments.delete, tenant, deployment_id)
 
 
+_STREAM_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"text/event-stream": {}},
+        "description": "JSON, or with stream: true Server-Sent Events: `event: token` "
+        "(InferenceToken) per new piece of text, then `event: done` (InferenceResponse) or "
+        "`event: error` (InferenceStreamError)",
+    }
+}
+_BUSY_DOC: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "The endpoint's request queue is full: retry shortly"}
+}
+PING_SECONDS = 15  # SSE comments while the model works, so idle-timeout proxies keep the stream
+
+
 @inference_router.post(
-    "/inference", response_model=InferenceResponse, responses=error_responses(400, 404, 409, 413, 422, 502)
+    "/inference",
+    response_model=InferenceResponse,
+    responses={**_STREAM_DOC, **error_responses(400, 404, 409, 413, 422, 502), **_BUSY_DOC},
 )
-async def inference(req: InferenceRequest, ctx: Ctx, tenant: Tenant) -> InferenceResponse:
-    """Generate with an adapter (or a deployment's base model); resets the deployment's idle clock."""
-    return await run_in_threadpool(ctx.deployments.infer, tenant, req)
+async def inference(
+    req: InferenceRequest, request: Request, ctx: Ctx, tenant: Tenant
+) -> InferenceResponse | EventSourceResponse:
+    """Generate with an adapter (or a deployment's base model); resets the deployment's idle clock.
+
+    With ``stream: true`` (one prompt) the answer is Server-Sent Events as the text is generated:
+    ``event: token`` ``{"text"}`` per new piece, then ``event: done`` with the InferenceResponse
+    (``generated_text`` = the pieces joined), or ``event: error`` ``{code, message, request_id}``.
+    Refusals found before generating (unknown adapter, not deployed, a busy endpoint) are ordinary
+    HTTP errors. Closing the connection stops the generation on the endpoint.
+    """
+    if not req.stream:
+        return await run_in_threadpool(ctx.deployments.infer, tenant, req)
+    stream = ctx.deployments.infer_stream(tenant, req)
+    first = await run_in_threadpool(next, stream)  # refusals raise here: an HTTP error, not an event
+    request_id = getattr(request.state, "request_id", None)
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        try:
+            async for item in relay(stream, first):
+                if isinstance(item, str):
+                    yield {"event": "token", "data": InferenceToken(text=item).model_dump_json()}
+                else:
+                    yield {"event": "done", "data": item.model_dump_json()}
+        except Exception as exc:
+            yield {"event": "error", "data": stream_error(exc, request_id).model_dump_json()}
+
+    return EventSourceResponse(events(), ping=PING_SECONDS)
+
+
+T = TypeVar("T")
+_END = object()
+
+
+async def relay(stream: Generator[T], first: T) -> AsyncIterator[T]:
+    """``first``, then the rest of a blocking generator, each ``next`` in a worker thread. However
+    the consumer stops (the end, an error, the client going away = cancellation) the generator is
+    closed, which closes the endpoint's stream behind it."""
+    try:
+        yield first
+        while (item := await anyio.to_thread.run_sync(next, stream, _END)) is not _END:
+            yield cast(T, item)
+    finally:
+        with anyio.CancelScope(shield=True):  # a cancelled request still closes its upstream
+            await anyio.to_thread.run_sync(stream.close)
+
+
+def stream_error(exc: Exception, request_id: str | None) -> InferenceStreamError:
+    """The ``error`` event for a failure after the stream opened."""
+    if isinstance(exc, FastunerError):
+        return InferenceStreamError(code=exc.code, message=exc.message, request_id=request_id)
+    log.exception("generation failed inside an open stream")
+    return InferenceStreamError(
+        code="internal_error", message="internal server error; quote the request id", request_id=request_id
+    )
 
 
 _BATCH_DOC: dict[str, Any] = {

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Generator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
-from api.backends.endpoints import EndpointBackend, EndpointSpec, InvocationError
+from api.backends.endpoints import (
+    EndpointBackend,
+    EndpointSpec,
+    InvocationError,
+    StreamingEndpointBackend,
+)
 from api.db import models
 from api.db.repositories import deployments as repo
 from api.db.repositories import jobs as jobs_repo
@@ -285,23 +291,13 @@ class DeploymentService:
         row = self.resolve_target(tenant_id, req.deployment_id, req.adapter_id)
         name, state = row.endpoint_name, dict(row.backend_state)
         assert name is not None
-        payload = {
-            "inputs": req.inputs,
-            "adapter": req.adapter_id,
-            "parameters": req.parameters.model_dump(exclude_none=True),
-        }
         started = time.perf_counter()
         try:
-            result = self.backend.invoke(name, state, payload)
+            result = self.backend.invoke(name, state, _payload(req))
         except InvocationError as exc:
-            if exc.status == 404:
-                raise NotFound(exc.message) from exc
-            if 400 <= exc.status < 500:
-                raise BadRequest(exc.message) from exc
-            raise BackendError(f"the endpoint failed: {exc.message}") from exc
+            raise invocation_failed(exc) from exc
         latency = (time.perf_counter() - started) * 1000
-        with self.db.session() as session:
-            repo.touch(session, row.id, datetime.now(UTC))
+        self._touch(row.id)
         try:
             outputs = [GenerationOutput.model_validate(o) for o in result.get("outputs", [])]
         except (ValidationError, TypeError, AttributeError) as exc:  # it broke the container contract
@@ -309,6 +305,69 @@ class DeploymentService:
         return InferenceResponse(
             deployment_id=row.id, adapter_id=req.adapter_id, outputs=outputs, latency_ms=round(latency, 2)
         )
+
+    def infer_stream(self, tenant_id: str, req: InferenceRequest) -> Generator[str | InferenceResponse]:
+        """One prompt, streamed: yields each new piece of text, then the final InferenceResponse
+        (its ``generated_text`` is the pieces joined).
+
+        Refusals (resolution, the server's 4xx/5xx before generating) raise on the first ``next``,
+        like :meth:`infer`; a failure after that raises ``BackendError``. The deployment's idle
+        clock is reset when the stream opens and again when it ends. Closing the generator closes
+        the endpoint's stream (the server frees the request's slot). A backend that cannot stream
+        answers with one ``invoke``: the whole text as one piece.
+        """
+        row = self.resolve_target(tenant_id, req.deployment_id, req.adapter_id)
+        name, state = row.endpoint_name, dict(row.backend_state)
+        assert name is not None
+        if not isinstance(self.backend, StreamingEndpointBackend):
+            whole = self.infer(tenant_id, req)
+            if whole.outputs and whole.outputs[0].generated_text:
+                yield whole.outputs[0].generated_text
+            yield whole
+            return
+        started = time.perf_counter()
+        events = self.backend.invoke_stream(name, state, _payload(req))
+        try:
+            try:
+                event = next(events, None)
+            except InvocationError as exc:
+                raise invocation_failed(exc) from exc
+            self._touch(row.id)
+            while event is not None:
+                kind = event.get("type")
+                if kind == "token":
+                    text = event.get("text")
+                    if not isinstance(text, str):
+                        raise BackendError(f"the endpoint streamed a malformed token event: {event!r:.200}")
+                    if text:
+                        yield text
+                elif kind == "done":
+                    try:
+                        output = GenerationOutput.model_validate(event.get("output"))
+                    except ValidationError as exc:
+                        raise BackendError(f"the endpoint streamed a malformed output: {exc}") from exc
+                    self._touch(row.id)
+                    latency = (time.perf_counter() - started) * 1000
+                    yield InferenceResponse(
+                        deployment_id=row.id, adapter_id=req.adapter_id, outputs=[output],
+                        latency_ms=round(latency, 2),
+                    )  # fmt: skip
+                    return
+                elif kind == "error":
+                    code, message = event.get("code", "generation_failed"), event.get("message", "")
+                    raise BackendError(
+                        f"the endpoint failed while generating ({code}): {message}",
+                        details={"endpoint_code": code},
+                    )
+                event = next(events, None)  # an unknown event type is skipped (forward-compatible)
+            raise BackendError(f"the stream of endpoint {name} ended before its done event")
+        finally:
+            events.close()
+
+    def _touch(self, deployment_id: str) -> None:
+        """Record a use: the TTL janitor measures idleness from ``last_used_at``."""
+        with self.db.session() as session:
+            repo.touch(session, deployment_id, datetime.now(UTC))
 
     def _row(self, session: Any, tenant_id: str, deployment_id: str) -> models.DeploymentRow:
         row = repo.get(session, tenant_id, deployment_id)
@@ -428,3 +487,29 @@ def to_model(row: models.DeploymentRow) -> Deployment:
         deleted_reason=row.deleted_reason,
         teardown_at=teardown_at(row),
     )
+
+
+class EndpointBusy(FastunerError):
+    """The endpoint's request queue is full (it answered 429/503): retry shortly."""
+
+    code = "endpoint_busy"
+    status = 503
+
+
+def _payload(req: InferenceRequest) -> dict[str, Any]:
+    return {
+        "inputs": req.inputs,
+        "adapter": req.adapter_id,
+        "parameters": req.parameters.model_dump(exclude_none=True),
+    }
+
+
+def invocation_failed(exc: InvocationError) -> FastunerError:
+    """The error to answer for an endpoint's refusal (its own status and message)."""
+    if exc.status == 404:
+        return NotFound(exc.message)
+    if exc.status in (429, 503):
+        return EndpointBusy(f"the endpoint is busy, retry shortly: {exc.message}")
+    if 400 <= exc.status < 500:
+        return BadRequest(exc.message)
+    return BackendError(f"the endpoint failed: {exc.message}")

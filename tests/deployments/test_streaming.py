@@ -8,14 +8,20 @@ events ``token`` / ``done`` / ``error``); the test against a real local deployme
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import itertools
 import json
 import struct
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 from botocore.awsrequest import AWSResponse
 
@@ -198,3 +204,204 @@ def test_sagemaker_closing_the_stream_closes_the_response() -> None:
     next(stream)
     stream.close()
     assert sm.raw is not None and sm.raw.closed
+
+
+# -- a fake inference server (the fixed contract) behind the local endpoint backend ---------------
+class FakeServer:
+    """``/invocations`` as the inference server answers it. The adapter picks the behaviour:
+    ``adp_x`` streams PIECES; ``adp_slow`` streams a token every 50 ms for 10 s (and records
+    whether the client went away); ``adp_fail`` streams one token, then an error event;
+    ``adp_missing`` is a 404, ``adp_busy`` a 429, before any generation."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.cancelled = threading.Event()
+        self.url = ""
+
+    def app(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse, Response, StreamingResponse
+        from starlette.routing import Route
+
+        async def invocations(request: Request) -> Response:
+            body = await request.json()
+            self.bodies.append(body)
+            adapter = body.get("adapter")
+            if adapter == "adp_missing":
+                return JSONResponse({"code": "adapter_not_found", "message": "no adapter adp_missing"}, 404)
+            if adapter == "adp_busy":
+                return JSONResponse({"code": "queue_full", "message": "queue full"}, 429)
+            if not body.get("stream"):
+                return JSONResponse({"outputs": [OUTPUT], "adapter_id": adapter, "latency_ms": 1.0})
+
+            async def events() -> AsyncIterator[bytes]:
+                if adapter == "adp_slow":
+                    try:
+                        for i in range(200):
+                            yield sse_bytes([{"type": "token", "text": f"t{i} "}])
+                            await asyncio.sleep(0.05)
+                    except BaseException:
+                        self.cancelled.set()
+                        raise
+                    return
+                if adapter == "adp_fail":
+                    yield sse_bytes([{"type": "token", "text": "HEL"}])
+                    yield sse_bytes([{"type": "error", "code": "generation_failed", "message": "CUDA OOM"}])
+                    return
+                for event in contract_events():
+                    yield sse_bytes([event])
+                    await asyncio.sleep(0.01)
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        return Starlette(routes=[Route("/invocations", invocations, methods=["POST"])])
+
+
+def serve(app: Any) -> Iterator[str]:
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the test server failed to start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeServer]:
+    fake = FakeServer()
+    for url in serve(fake.app()):
+        fake.url = url
+        yield fake
+
+
+@dataclass
+class Api:
+    url: str
+    app: Any
+    http: httpx.Client
+    deployment_id: str
+
+    def last_used_at(self) -> Any:
+        return self.http.get(f"/v0/deployments/{self.deployment_id}").json()["last_used_at"]
+
+
+ADAPTERS = ["adp_x", "adp_slow", "adp_fail", "adp_missing", "adp_busy"]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, fake_server: FakeServer) -> Iterator[Api]:
+    """The real app (local endpoint backend) with one in-service deployment whose endpoint is
+    the fake server."""
+    from api.app import create_app
+    from api.db import models
+    from api.settings import Settings
+
+    home = tmp_path_factory.mktemp("streaming") / "home"
+    app = create_app(Settings(home=home, log_json=False, log_level="WARNING", rate_limit=""))
+    ctx = app.state.ctx
+    key = ctx.auth.create_key("t-stream", "test").secret
+    with ctx.db.session() as s:
+        s.add(models.DeploymentRow(
+            id="dep_stream", tenant_id="t-stream", adapter_ids=ADAPTERS, base_model="tiny", backend="local",
+            endpoint_name="fastuner-dep-stream", instance_type="local", status="in_service", ttl_seconds=600,
+            in_service_at=datetime.now(UTC), backend_state={"url": fake_server.url, "root": str(home / "ep")},
+        ))  # fmt: skip
+    for url in serve(app):
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            yield Api(url, app, http, "dep_stream")
+
+
+def read_sse(resp: httpx.Response) -> list[tuple[str, Any]]:
+    from fastuner_sdk._sse import iter_sse
+
+    return [(e.event, json.loads(e.data)) for e in iter_sse(resp.iter_lines())]
+
+
+def test_v0_inference_streams_tokens_then_done(api: Api, fake_server: FakeServer) -> None:
+    before = api.last_used_at()
+    body = {"deployment_id": api.deployment_id, "adapter_id": "adp_x", "inputs": "hi", "stream": True}
+    with api.http.stream("POST", "/v0/inference", json=body) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = read_sse(resp)
+    assert events[:-1] == [("token", {"text": p}) for p in PIECES]
+    kind, done = events[-1]
+    assert kind == "done"
+    assert done["deployment_id"] == api.deployment_id and done["adapter_id"] == "adp_x"
+    assert done["outputs"] == [OUTPUT] and done["latency_ms"] > 0
+    assert "".join(p for _, e in events[:-1] for p in [e["text"]]) == done["outputs"][0]["generated_text"]
+    assert fake_server.bodies[-1] == {
+        "inputs": "hi", "adapter": "adp_x", "stream": True,
+        "parameters": {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "stop": []},
+    }  # fmt: skip
+    assert api.last_used_at() != before  # the idle clock was reset (the TTL janitor reads it)
+
+
+def test_v0_inference_without_stream_is_unchanged(api: Api) -> None:
+    resp = api.http.post("/v0/inference", json={"deployment_id": api.deployment_id, "inputs": "hi"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["outputs"] == [OUTPUT]
+
+
+@pytest.mark.parametrize(
+    ("adapter", "status", "code"),
+    [
+        ("adp_missing", 404, "not_found"),
+        ("adp_busy", 503, "endpoint_busy"),
+        ("adp_other", 400, "bad_request"),
+    ],
+)
+def test_refusals_before_generation_are_http_errors(api: Api, adapter: str, status: int, code: str) -> None:
+    body = {"deployment_id": api.deployment_id, "adapter_id": adapter, "inputs": "hi", "stream": True}
+    resp = api.http.post("/v0/inference", json=body)
+    assert resp.status_code == status, resp.text
+    assert resp.json()["code"] == code and resp.json()["request_id"]
+
+
+def test_stream_takes_one_prompt(api: Api) -> None:
+    body = {"deployment_id": api.deployment_id, "inputs": ["a", "b"], "stream": True}
+    resp = api.http.post("/v0/inference", json=body)
+    assert resp.status_code == 422 and "one prompt" in resp.text
+    one_chat = {**body, "inputs": [{"role": "user", "content": "hi"}], "adapter_id": "adp_x"}
+    assert api.http.post("/v0/inference", json=one_chat).status_code == 200
+
+
+def test_an_error_during_generation_is_an_error_event(api: Api) -> None:
+    body = {"deployment_id": api.deployment_id, "adapter_id": "adp_fail", "inputs": "hi", "stream": True}
+    with api.http.stream("POST", "/v0/inference", json=body) as resp:
+        assert resp.status_code == 200
+        events = read_sse(resp)
+        request_id = resp.headers.get("x-request-id")
+    assert events[0] == ("token", {"text": "HEL"})
+    kind, error = events[1]
+    assert kind == "error" and len(events) == 2
+    assert error["code"] == "backend_error" and "CUDA OOM" in error["message"]
+    assert error["request_id"] and error["request_id"] == request_id
+
+
+def test_a_client_going_away_closes_the_endpoints_stream(api: Api, fake_server: FakeServer) -> None:
+    fake_server.cancelled.clear()
+    body = {"deployment_id": api.deployment_id, "adapter_id": "adp_slow", "inputs": "hi", "stream": True}
+    with api.http.stream("POST", "/v0/inference", json=body) as resp:
+        lines = resp.iter_lines()
+        assert next(line for line in lines if line.startswith("data:"))  # generation is under way
+    # the client closed its connection: the API closes its upstream, the server sees it go away
+    assert fake_server.cancelled.wait(10), "the endpoint's stream was not closed"
+
+
+def test_tenancy_another_tenants_deployment_is_404(api: Api) -> None:
+    other = api.app.state.ctx.auth.create_key("t-other", "test").secret
+    body = {"deployment_id": api.deployment_id, "adapter_id": "adp_x", "inputs": "hi", "stream": True}
+    resp = httpx.post(f"{api.url}/v0/inference", json=body, headers={"Authorization": f"Bearer {other}"})
+    assert resp.status_code == 404
