@@ -39,6 +39,7 @@ from fastuner_sdk.errors import (
     RateLimitError,
     ServerError,
     ServiceUnavailableError,
+    StreamError,
     UnprocessableError,
 )
 
@@ -62,6 +63,7 @@ __all__ = [
     "ServerError",
     "ServiceUnavailableError",
     "StatusUpdate",
+    "StreamError",
     "UnprocessableError",
     "connect",
 ]

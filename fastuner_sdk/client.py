@@ -20,6 +20,8 @@ from api.domain.deployments import (
     DeploymentRequest,
     InferenceRequest,
     InferenceResponse,
+    InferenceStreamError,
+    InferenceToken,
     JanitorReport,
 )
 from api.domain.enums import JobStatus
@@ -27,7 +29,7 @@ from api.domain.finetune import Adapter, DryRun, FineTuneJob, FineTuneRequest, J
 from api.domain.tenants import TenantInfo
 from fastuner_sdk import _retry
 from fastuner_sdk._sse import iter_sse
-from fastuner_sdk.errors import ConfigurationError, api_error
+from fastuner_sdk.errors import ConfigurationError, StreamError, api_error
 
 T = TypeVar("T", bound=BaseModel)
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=600.0)
@@ -303,8 +305,31 @@ class FastunerClient:
         return self._model(Deployment, "DELETE", f"/v0/deployments/{deployment_id}")
 
     def infer(self, req: InferenceRequest) -> InferenceResponse:
-        body = req.model_dump(mode="json", exclude_none=True)
+        body = req.model_dump(mode="json", exclude_none=True, exclude={"stream"})
         return self._model(InferenceResponse, "POST", "/v0/inference", json=body)
+
+    def infer_stream(self, req: InferenceRequest) -> Iterator[str | InferenceResponse]:
+        """One prompt, streamed (``stream: true``): yields each new piece of text as the endpoint
+        generates it, then the final :class:`InferenceResponse` (its ``generated_text`` is the
+        pieces joined). Refusals raise as ``infer`` does; a failure after the stream opened raises
+        :class:`StreamError`. Stopping early (``close()`` / leaving the loop) closes the connection,
+        which stops the generation on the endpoint."""
+        body = {**req.model_dump(mode="json", exclude_none=True), "stream": True}
+        headers = {"Accept": "text/event-stream"}
+        with self._stream("POST", "/v0/inference", json=body, headers=headers) as resp:
+            for event in iter_sse(resp.iter_lines()):
+                if event.event == "token":
+                    yield InferenceToken.model_validate_json(event.data).text
+                elif event.event == "done":
+                    yield InferenceResponse.model_validate_json(event.data)
+                    return
+                elif event.event == "error":
+                    err = InferenceStreamError.model_validate_json(event.data)
+                    raise StreamError(502, err.code, err.message, err.request_id)
+            raise StreamError(
+                502, "stream_ended", "the stream ended before its done event",
+                resp.headers.get("x-request-id"),
+            )  # fmt: skip
 
     def tenant(self) -> TenantInfo:
         return self._model(TenantInfo, "GET", "/v0/tenant")

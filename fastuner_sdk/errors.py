@@ -88,6 +88,13 @@ _BY_STATUS: dict[int, type[ApiError]] = {
     429: RateLimitError,
     503: ServiceUnavailableError,
 }
+
+
+class StreamError(ServerError):
+    """A streamed call failed after its stream opened (an ``error`` event: the HTTP status was
+    already 200). ``status`` is 502; ``code`` and ``message`` are the event's."""
+
+
 _BY_CODE: dict[str, type[ApiError]] = {
     "quota_exceeded": QuotaExceededError,
     "unauthorized": AuthenticationError,

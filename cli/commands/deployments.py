@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from api.domain.deployments import (
     DeploymentRequest,
     GenerationParameters,
     InferenceRequest,
+    InferenceResponse,
     parse_batch_line,
 )
 from cli.durations import Duration, format_duration
@@ -127,10 +129,11 @@ def inference() -> None:
 
 @inference.command()
 @click.option("--input", "text", required=True, help="the prompt")
+@click.option("--stream", is_flag=True, help="print the text as it is generated")
 @_gen_options
 @pass_state
-def run(state: State, text: str, adapter_id: str | None, deployment_id: str | None, max_new_tokens: int,
-        temperature: float, top_p: float, stop: tuple[str, ...]) -> None:  # fmt: skip
+def run(state: State, text: str, stream: bool, adapter_id: str | None, deployment_id: str | None,
+        max_new_tokens: int, temperature: float, top_p: float, stop: tuple[str, ...]) -> None:  # fmt: skip
     """Generate for one prompt."""
     if not adapter_id and not deployment_id:
         raise click.UsageError("give --adapter or --deployment")
@@ -138,16 +141,44 @@ def run(state: State, text: str, adapter_id: str | None, deployment_id: str | No
         adapter_id=adapter_id, deployment_id=deployment_id, inputs=text,
         parameters=_params(max_new_tokens, temperature, top_p, stop),
     )  # fmt: skip
+    if stream:
+        _run_streamed(state, req)
+        return
     resp = state.client().infer(req)
     if state.json:
         print_json(resp)
         return
     out = resp.outputs[0]
     console.print(out.generated_text, markup=False, highlight=False)
+    _summary(resp)
+
+
+def _summary(resp: InferenceResponse) -> None:
+    out = resp.outputs[0]
     console.print(
         f"[dim]{resp.deployment_id} · {out.prompt_tokens}+{out.completion_tokens} tokens · "
         f"{out.finish_reason} · {resp.latency_ms:.0f} ms[/]"
     )
+
+
+def _run_streamed(state: State, req: InferenceRequest) -> None:
+    """Each piece printed (and flushed) as it arrives, then the summary line; with ``--json``
+    one JSON object a line as it arrives: ``{"token": …}`` lines, then ``{"response": {…}}``."""
+    final: InferenceResponse | None = None
+    for item in state.client().infer_stream(req):
+        if isinstance(item, InferenceResponse):
+            final = item
+        elif state.json:
+            click.echo(json.dumps({"token": item}))
+        else:
+            click.echo(item, nl=False)
+            sys.stdout.flush()
+    assert final is not None  # infer_stream ends with the response or raises
+    if state.json:
+        click.echo(json.dumps({"response": final.model_dump(mode="json")}))
+        return
+    click.echo()
+    _summary(final)
 
 
 @inference.command()
