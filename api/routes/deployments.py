@@ -134,13 +134,18 @@ T = TypeVar("T")
 _END = object()
 
 
-async def relay(stream: Generator[T], first: T) -> AsyncIterator[T]:
-    """``first``, then the rest of a blocking generator, each ``next`` in a worker thread. However
-    the consumer stops (the end, an error, the client going away = cancellation) the generator is
-    closed, which closes the endpoint's stream behind it."""
+def _next(stream: Generator[T]) -> T | object:
+    return next(stream, _END)
+
+
+async def relay(stream: Generator[T], *first: T) -> AsyncIterator[T]:
+    """``first`` (items already taken), then the rest of a blocking generator, each ``next`` in a
+    worker thread. However the consumer stops (the end, an error, the client going away =
+    cancellation) the generator is closed, which closes the endpoint's stream behind it."""
     try:
-        yield first
-        while (item := await anyio.to_thread.run_sync(next, stream, _END)) is not _END:
+        for taken in first:
+            yield taken
+        while (item := await anyio.to_thread.run_sync(_next, stream)) is not _END:
             yield cast(T, item)
     finally:
         with anyio.CancelScope(shield=True):  # a cancelled request still closes its upstream

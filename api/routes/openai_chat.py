@@ -4,13 +4,16 @@
 ``model_not_deployed`` with the command to deploy it when none does). ``stream: true`` answers
 OpenAI's Server-Sent Events: ``data: {chunk}`` events, then ``data: [DONE]``.
 
-Streaming today: the inference server does not stream tokens yet, so the stream opens at once
-(the assistant ``role`` chunk for chat, keep-alive comments while generating), then carries each
-choice's whole text as one content delta, a final chunk per choice with its ``finish_reason`` and,
-with ``stream_options.include_usage``, a usage chunk. The framing is the one token streaming will
-use: only the number of content deltas changes. Errors found before the stream opens (validation,
-unknown or undeployed model) are ordinary HTTP errors; one during generation is sent as an
-``{"error": {...}}`` event, which the OpenAI clients raise as ``APIError``.
+Streaming: the stream opens at once (the assistant ``role`` chunk for chat, keep-alive comments
+while the model works) and carries the text as the endpoint generates it, one content delta per
+piece the inference server streams, then a final chunk per choice with its ``finish_reason`` and,
+with ``stream_options.include_usage``, a usage chunk, then ``[DONE]``. With ``n > 1`` (or, for
+``/v1/completions``, a list of prompts) the choices are generated in one endpoint call and each
+choice's whole text is one content delta, in the same framing (the inference server streams one
+input at a time). Errors found before the stream opens (validation, unknown or undeployed model)
+are ordinary HTTP errors; one during generation, including the endpoint refusing the request, is
+sent as an ``{"error": {...}}`` event, which the OpenAI clients raise as ``APIError``. A client
+that goes away stops the generation on the endpoint.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from api.domain.openai_chat import (
 )
 from api.errors import openai_error_body, openai_error_responses, openai_status
 from api.logging import get_logger
+from api.routes.deployments import relay
 from api.services.openai_chat import Generated, OpenAIChatService, Prompt, Target
 
 log = get_logger("routes.openai_chat")
@@ -96,6 +100,12 @@ class _Call:
             self.service.generate, self.tenant, self.model, target, prompts, req.n, req.parameters()
         )
 
+    async def stream(self, target: Target, prompt: Prompt, req: Any) -> AsyncIterator[str | Generated]:
+        """The text pieces as generated, then the :class:`Generated` (one prompt, one choice)."""
+        stream = self.service.generate_stream(self.tenant, self.model, target, prompt, req.parameters())
+        async for item in relay(stream):
+            yield item
+
 
 def _sse(events: AsyncIterator[str]) -> EventSourceResponse:
     return EventSourceResponse(events, sep="\n", ping=PING_SECONDS)
@@ -139,13 +149,20 @@ async def chat_completions(
         for i in range(req.n):
             yield chunk([ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))])
         try:
-            gen = await call.generate(target, [conversation], req)
+            if req.n == 1:  # token by token
+                async for item in call.stream(target, conversation, req):
+                    if isinstance(item, str):
+                        yield chunk([ChunkChoice(index=0, delta=ChunkDelta(content=item))])
+                    else:
+                        gen = item
+            else:  # n choices in one call: each choice's text as one delta
+                gen = await call.generate(target, [conversation], req)
+                for i, c in enumerate(gen.choices):
+                    if c.generated_text:
+                        yield chunk([ChunkChoice(index=i, delta=ChunkDelta(content=c.generated_text))])
         except Exception as exc:
             yield _stream_error(exc)
             return
-        for i, c in enumerate(gen.choices):
-            if c.generated_text:
-                yield chunk([ChunkChoice(index=i, delta=ChunkDelta(content=c.generated_text))])
         for i, c in enumerate(gen.choices):
             yield chunk(
                 [ChunkChoice(index=i, delta=ChunkDelta(), finish_reason=finish_reason(c.finish_reason))]
@@ -195,13 +212,20 @@ async def completions(
 
     async def events() -> AsyncIterator[str]:
         try:
-            gen = await call.generate(target, prompts, req)
+            if len(prompts) == 1 and req.n == 1:  # token by token
+                async for item in call.stream(target, prompts[0], req):
+                    if isinstance(item, str):
+                        yield chunk([CompletionChoice(index=0, text=item, finish_reason=None)])
+                    else:
+                        gen = item
+            else:  # several choices in one call: each choice's text as one chunk
+                gen = await call.generate(target, prompts, req)
+                for i, c in enumerate(gen.choices):
+                    if c.generated_text:
+                        yield chunk([CompletionChoice(index=i, text=c.generated_text, finish_reason=None)])
         except Exception as exc:
             yield _stream_error(exc)
             return
-        for i, c in enumerate(gen.choices):
-            if c.generated_text:
-                yield chunk([CompletionChoice(index=i, text=c.generated_text, finish_reason=None)])
         for i, c in enumerate(gen.choices):
             yield chunk([CompletionChoice(index=i, text="", finish_reason=finish_reason(c.finish_reason))])
         if req.include_usage:

@@ -7,6 +7,7 @@ OpenAI-style errors and lays the ``n`` choices out in OpenAI's order.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 
 from api.domain.deployments import ChatMessage, GenerationOutput, GenerationParameters, InferenceRequest
@@ -111,6 +112,36 @@ class OpenAIChatService:
             raise self._not_deployed(tenant_id, target.adapter_id) from None
         prompt_tokens = sum(choices[i * n].prompt_tokens for i in range(len(prompts)))
         return Generated(deployment_id, choices, prompt_tokens)
+
+    def generate_stream(
+        self, tenant_id: str, model: str, target: Target, prompt: Prompt, params: GenerationParameters
+    ) -> Generator[str | Generated]:
+        """One prompt, one choice, streamed: yields each new piece of text, then the
+        :class:`Generated` (its text is the pieces joined). Errors raise as in :meth:`generate`
+        (the route turns them into an error event: its stream is already open)."""
+        req = InferenceRequest(
+            adapter_id=target.adapter_id,
+            deployment_id=None if target.adapter_id else target.deployment_id,
+            inputs=[prompt],  # one prompt (a conversation is wrapped so it is not read as n prompts)
+            parameters=params,
+            stream=True,
+        )
+        stream = self.deployments.infer_stream(tenant_id, req)
+        try:
+            for item in stream:
+                if isinstance(item, str):
+                    yield item
+                else:
+                    [output] = item.outputs
+                    yield Generated(item.deployment_id, [output], output.prompt_tokens)
+        except Conflict:  # torn down since resolve(): the same answer resolve() would give now
+            if target.adapter_id is None:
+                raise ModelNotFound(
+                    f"The model `{model}` is no longer served by a deployment of yours."
+                ) from None
+            raise self._not_deployed(tenant_id, target.adapter_id) from None
+        finally:
+            stream.close()
 
     def _call(
         self, tenant_id: str, target: Target, inputs: list[Prompt], params: GenerationParameters

@@ -233,7 +233,10 @@ class FakeServer:
             if adapter == "adp_busy":
                 return JSONResponse({"code": "queue_full", "message": "queue full"}, 429)
             if not body.get("stream"):
-                return JSONResponse({"outputs": [OUTPUT], "adapter_id": adapter, "latency_ms": 1.0})
+                inputs = body["inputs"]
+                one = isinstance(inputs, str) or all(isinstance(m, dict) for m in inputs)
+                outputs = [OUTPUT] * (1 if one else len(inputs))
+                return JSONResponse({"outputs": outputs, "adapter_id": adapter, "latency_ms": 1.0})
 
             async def events() -> AsyncIterator[bytes]:
                 if adapter == "adp_slow":
@@ -405,3 +408,42 @@ def test_tenancy_another_tenants_deployment_is_404(api: Api) -> None:
     body = {"deployment_id": api.deployment_id, "adapter_id": "adp_x", "inputs": "hi", "stream": True}
     resp = httpx.post(f"{api.url}/v0/inference", json=body, headers={"Authorization": f"Bearer {other}"})
     assert resp.status_code == 404
+
+
+# -- /v1 (OpenAI-compatible) streams the endpoint's pieces as content deltas ----------------------
+def v1_events(api: Api, path: str, body: dict[str, Any]) -> list[Any]:
+    with api.http.stream("POST", path, json=body) as resp:
+        assert resp.status_code == 200, resp.read()
+        raw = resp.read().decode()
+    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e.strip() and not e.startswith(":")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_v1_chat_stream_carries_the_endpoints_pieces(api: Api, fake_server: FakeServer) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    chunks = v1_events(api, "/v1/chat/completions", body)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    deltas = [c["choices"][0]["delta"].get("content") for c in chunks[1:-2]]
+    assert deltas == PIECES
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
+    assert fake_server.bodies[-1]["stream"] is True
+    assert fake_server.bodies[-1]["inputs"] == [[{"role": "user", "content": "hi"}]]
+
+
+def test_v1_chat_stream_with_n_2_sends_whole_choices(api: Api) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True, "n": 2}
+    chunks = v1_events(api, "/v1/chat/completions", body)
+    content = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert [(c["index"], c["delta"]["content"]) for c in content] == [(0, "HELLO WORLD"), (1, "HELLO WORLD")]
+
+
+def test_v1_completions_stream_carries_the_endpoints_pieces(api: Api) -> None:
+    body = {"model": "tiny", "prompt": "hi", "stream": True}
+    chunks = v1_events(api, "/v1/completions", body)
+    assert [c["choices"][0]["text"] for c in chunks[:-1]] == PIECES
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    two = v1_events(api, "/v1/completions", {**body, "prompt": ["a", "b"]})
+    assert [c["choices"][0]["text"] for c in two[:2]] == ["HELLO WORLD", "HELLO WORLD"]
