@@ -412,7 +412,7 @@ class SageMakerComponents(SageMakerEndpoints):
     def _wait_gone(self, names: set[str], deadline: float, what: str) -> None:
         left = set(names)
         while left:
-            left = {n for n in left if self._describe_component(n) is not None}
+            left = {n for n in sorted(left) if self._describe_component(n) is not None}
             if not left:
                 return
             if self.clock() >= deadline:
