@@ -9,7 +9,7 @@ from typing import IO, Annotated, Any, TypeVar, cast
 import anyio
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -93,6 +93,34 @@ _BUSY_DOC: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "The endpoint's request queue is full: retry shortly"}
 }
 PING_SECONDS = 15  # SSE comments while the model works, so idle-timeout proxies keep the stream
+
+
+class AdapterRef(BaseModel):
+    adapter_id: str = Field(min_length=1, max_length=128)
+
+
+@router.post(
+    "/{deployment_id}/adapters",
+    response_model=Deployment,
+    responses=error_responses(400, 404, 409, 422, 502),
+)
+async def add_deployment_adapter(
+    deployment_id: str, body: AdapterRef, ctx: Ctx, tenant: Tenant
+) -> Deployment:
+    """Serve one more adapter (same base model) on a live deployment, without redeploying the base."""
+    return await run_in_threadpool(ctx.deployments.add_adapter, tenant, deployment_id, body.adapter_id)
+
+
+@router.delete(
+    "/{deployment_id}/adapters/{adapter_id}",
+    response_model=Deployment,
+    responses=error_responses(404, 409, 422, 502),
+)
+async def remove_deployment_adapter(
+    deployment_id: str, adapter_id: str, ctx: Ctx, tenant: Tenant
+) -> Deployment:
+    """Stop serving one adapter; the base keeps running (with none left, the janitor tears it down)."""
+    return await run_in_threadpool(ctx.deployments.remove_adapter, tenant, deployment_id, adapter_id)
 
 
 @inference_router.post(

@@ -88,6 +88,10 @@ NOT_FOUND: dict[tuple[str, str], Call] = {
     ("GET", "/v0/adapters/{adapter_id}/download"): lambda w: None,
     ("GET", "/v0/deployments/{deployment_id}"): lambda w: None,
     ("DELETE", "/v0/deployments/{deployment_id}"): lambda w: None,
+    ("DELETE", "/v0/deployments/{deployment_id}/adapters/{adapter_id}"): lambda w: None,
+    ("POST", "/v0/deployments/{deployment_id}/adapters"): lambda w: w.b.post(
+        f"/v0/deployments/{w.ids['deployment']}/adapters", json={"adapter_id": w.ids["adapter"]}
+    ),
     # A's ids inside a request body.
     ("POST", "/v0/finetune"): lambda w: w.b.post(
         "/v0/finetune",
