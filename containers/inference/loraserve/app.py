@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -12,19 +13,34 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraserve import __version__
 from loraserve.config import ServerConfig
-from loraserve.engine import Engine
+from loraserve.engine import Engine, Generation
 from loraserve.errors import ServeError
 from loraserve.logs import log_event
+from loraserve.scheduler import DoneEvent, ErrorEvent, Event, QueueFull, TokenEvent
 from loraserve.schemas import InvocationRequest, InvocationResponse, Output, describe_validation_error
 
 MAX_REQUEST_DEPTH = 64
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
+
+
+def output_of(generation: Generation) -> Output:
+    return Output(
+        generated_text=generation.generated_text,
+        prompt_tokens=generation.prompt_tokens,
+        completion_tokens=generation.completion_tokens,
+        finish_reason=generation.finish_reason,
+    )
+
+
+def sse_event(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
 
 class RequestTooDeep(ValueError):
@@ -116,6 +132,12 @@ def create_app(
             "max_adapters": engine.config.max_adapters,
             "source": engine.source.description,
             "evictions": engine.evictions,
+            "bytes": engine.adapter_bytes(),
+            "memory_budget_bytes": engine.config.adapter_memory_bytes,
+            "disk_evictions": getattr(engine.source, "evictions", 0),
+            "disk_budget_bytes": engine.config.adapter_disk_bytes,
+            "queued": engine.scheduler.queued(),
+            "running": engine.scheduler.running,
         }
 
     @app.post(
@@ -146,9 +168,15 @@ def create_app(
             message = describe_validation_error(exc)
             log_event("invocation_rejected", request_id=request_id, code="invalid_request", error=message)
             return _error(422, "invalid_request", message, request_id)
-        try:
-            results = await run_in_threadpool(engine.generate, req.inputs, req.adapter, req.parameters)
-        except ServeError as exc:
+        if req.stream and len(req.inputs) != 1:
+            return _error(400, "bad_request", "stream: true takes a single input", request_id)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def notify(event: Event) -> None:  # on the scheduler's thread
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        def failed(exc: ServeError) -> JSONResponse:
             log_event(
                 "invocation_failed",
                 logging.WARNING,
@@ -159,38 +187,119 @@ def create_app(
                 error=exc.message,
                 latency_ms=round((time.perf_counter() - started) * 1000, 2),
             )
-            return _error(exc.status, exc.code, exc.message, request_id)
+            response = _error(exc.status, exc.code, exc.message, request_id)
+            if isinstance(exc, QueueFull):
+                response.headers["Retry-After"] = str(exc.retry_after_s)
+            return response
+
+        try:
+            ticket = await run_in_threadpool(
+                engine.submit,
+                req.inputs,
+                req.adapter,
+                req.parameters,
+                deadline_s=req.deadline_s,
+                stream=req.stream,
+                notify=notify,
+            )
+        except ServeError as exc:
+            return failed(exc)
         except Exception as exc:
             log_event(
                 "invocation_error", logging.ERROR, exc_info=True, request_id=request_id, adapter=req.adapter
             )
             return _error(500, "internal_error", f"{type(exc).__name__}: {exc}", request_id)
-        latency_ms = round((time.perf_counter() - started) * 1000, 2)
-        response = InvocationResponse(
-            outputs=[
-                Output(
-                    generated_text=r.generated_text,
-                    prompt_tokens=r.prompt_tokens,
-                    completion_tokens=r.completion_tokens,
-                    finish_reason=r.finish_reason,
-                )
-                for r in results
-            ],
-            adapter=req.adapter,
-            latency_ms=latency_ms,
+
+        async def next_event() -> Event | None:
+            """The next event, or None once the client has gone (the request is then cancelled)."""
+            while True:
+                try:
+                    return await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        engine.scheduler.cancel(ticket)
+                        return None
+
+        def log_done(results: list[Generation]) -> float:
+            latency_ms = round((time.perf_counter() - started) * 1000, 2)
+            log_event(
+                "invocation",
+                request_id=request_id,
+                adapter=req.adapter,
+                inputs=len(results),
+                prompt_tokens=sum(r.prompt_tokens for r in results),
+                completion_tokens=sum(r.completion_tokens for r in results),
+                finish_reasons=[r.finish_reason for r in results],
+                max_new_tokens=req.parameters.max_new_tokens,
+                temperature=req.parameters.temperature,
+                stream=req.stream,
+                latency_ms=latency_ms,
+            )
+            return latency_ms
+
+        try:
+            first = await next_event()
+        except BaseException:
+            engine.scheduler.cancel(ticket)
+            raise
+        if first is None:
+            return _error(499, "cancelled", "the client went away", request_id)
+        if isinstance(first, ErrorEvent):
+            return failed(first.error)
+
+        if not req.stream:
+            results: dict[int, Generation] = {}
+            event: Event | None = first
+            try:
+                while True:
+                    if event is None:
+                        return _error(499, "cancelled", "the client went away", request_id)
+                    if isinstance(event, ErrorEvent):
+                        return failed(event.error)
+                    if isinstance(event, DoneEvent):
+                        results[event.index] = event.generation
+                        if len(results) == len(req.inputs):
+                            break
+                    event = await next_event()
+            except BaseException:
+                engine.scheduler.cancel(ticket)
+                raise
+            ordered = [results[i] for i in range(len(req.inputs))]
+            response = InvocationResponse(
+                outputs=[output_of(r) for r in ordered], adapter=req.adapter, latency_ms=log_done(ordered)
+            )
+            return JSONResponse(content=response.model_dump(), headers={"X-Request-Id": request_id})
+
+        async def sse() -> AsyncIterator[bytes]:
+            event: Event | None = first
+            try:
+                while event is not None:
+                    if isinstance(event, TokenEvent):
+                        yield sse_event({"type": "token", "text": event.text})
+                    elif isinstance(event, DoneEvent):
+                        latency_ms = log_done([event.generation])
+                        yield sse_event(
+                            {
+                                "type": "done",
+                                "output": output_of(event.generation).model_dump(),
+                                "adapter_id": req.adapter,
+                                "latency_ms": latency_ms,
+                            }
+                        )
+                        return
+                    else:
+                        failed(event.error)
+                        yield sse_event({"type": "error", **event.error.to_dict()})
+                        return
+                    event = await next_event()
+            finally:  # the client went away mid-stream (or the server stops): free the slot
+                if not ticket.finished:
+                    engine.scheduler.cancel(ticket)
+
+        return StreamingResponse(
+            sse(),
+            media_type="text/event-stream",
+            headers={"X-Request-Id": request_id, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-        log_event(
-            "invocation",
-            request_id=request_id,
-            adapter=req.adapter,
-            inputs=len(results),
-            prompt_tokens=sum(r.prompt_tokens for r in results),
-            completion_tokens=sum(r.completion_tokens for r in results),
-            finish_reasons=[r.finish_reason for r in results],
-            max_new_tokens=req.parameters.max_new_tokens,
-            temperature=req.parameters.temperature,
-            latency_ms=latency_ms,
-        )
-        return JSONResponse(content=response.model_dump(), headers={"X-Request-Id": request_id})
 
     return app

@@ -1,21 +1,22 @@
-"""The model: one base causal LM, a PeftModel holding an LRU of LoRA adapters, and generation.
+"""The model step: one base causal LM, a PeftModel holding an LRU of LoRA adapters, batched decoding.
 
-Concurrency: adapter downloads run outside the model lock; everything that touches the model
-(loading/evicting adapters, choosing the active adapter, tokenising, generating) runs under one lock,
-so requests for different adapters never see each other's adapter. Correctness over throughput.
+Threads: the scheduler's worker thread (scheduler.py) is the only one that runs the model; it loads
+adapters and decodes a batch under ``Engine.lock`` (start-up preloading takes the lock too). Adapter
+downloads and tokenisation run on the request's thread before the request is queued, so their errors
+are plain HTTP errors. HTTP lives in app.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
+import inspect
 import logging
 import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,10 +27,7 @@ from packaging.version import Version
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    GenerationConfig,
     PreTrainedModel,
-    StoppingCriteria,
-    StoppingCriteriaList,
 )
 
 from loraserve.config import ServerConfig
@@ -41,11 +39,14 @@ from loraserve.store import AdapterSource, make_source, resolve_base_model
 if TYPE_CHECKING:
     from peft import PeftModel
 
+    from loraserve.scheduler import Event, Ticket
+
 # transformers 4.56 renamed from_pretrained's ``torch_dtype`` to ``dtype`` (5.x warns on the old name).
 _DTYPE_KWARG = "dtype" if Version(transformers.__version__).release >= (4, 56) else "torch_dtype"
 
 State = Literal["loading", "ready", "failed"]
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "deadline"]
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 
 
 @dataclass(frozen=True)
@@ -54,26 +55,6 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
-
-
-class _StopOnStrings(StoppingCriteria):
-    """Stops once the decoded continuation contains any stop string (batch of one)."""
-
-    def __init__(self, tokenizer: Any, prompt_len: int, stops: Sequence[str]) -> None:
-        self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
-        self.stops = list(stops)
-        self.hit = False
-
-    def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
-    ) -> torch.BoolTensor:
-        text = self.tokenizer.decode(input_ids[0, self.prompt_len :], skip_special_tokens=True)
-        self.hit = any(s in text for s in self.stops)
-        done: torch.BoolTensor = torch.full(  # type: ignore[assignment]
-            (input_ids.shape[0],), self.hit, dtype=torch.bool, device=input_ids.device
-        )
-        return done
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -98,31 +79,147 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+class Sampler:
+    """Next-token choice for one sequence: greedy, or temperature/top-k/top-p sampling with its own
+    generator (a ``seed`` makes it reproducible whatever else shares the batch)."""
+
+    def __init__(self, params: GenerationParameters) -> None:
+        self.temperature = params.temperature
+        self.top_p = params.top_p
+        self.top_k = params.top_k or 0
+        self.generator: torch.Generator | None = None
+        if self.temperature > 0:
+            self.generator = torch.Generator(device="cpu")
+            if params.seed is not None:
+                self.generator.manual_seed(params.seed)
+            else:
+                self.generator.seed()
+
+    @property
+    def greedy(self) -> bool:
+        return self.generator is None
+
+    def sample(self, logits: torch.Tensor) -> int:
+        """``logits``: one row (vocabulary), float32 on the CPU."""
+        assert self.generator is not None
+        x = logits / self.temperature
+        if 0 < self.top_k < x.shape[-1]:
+            kth = torch.topk(x, self.top_k).values[-1]
+            x = x.masked_fill(x < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_x, order = torch.sort(x)  # ascending, as transformers' TopPLogitsWarper
+            cumulative = sorted_x.softmax(-1).cumsum(-1)
+            drop = cumulative <= 1 - self.top_p
+            drop[-1] = False  # keep at least the most likely token
+            x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+        return int(torch.multinomial(x.softmax(-1), 1, generator=self.generator).item())
+
+
+class Batch:
+    """One decoding batch: a left-padded prefill, then one token per row per step with a KV cache.
+
+    Rows may use different adapters (PEFT mixed-adapter batch, ``adapter_names``; ``__base__`` = no
+    adapter). Padding is masked and position ids count real tokens only, so each row computes what it
+    would alone. Rows are dropped between steps (finished, cancelled, past their deadline).
+    """
+
+    def __init__(self, engine: Engine, rows: Sequence[tuple[list[int], str | None]]) -> None:
+        self.engine = engine
+        self.adapters = [adapter for _, adapter in rows]
+        width = max(len(ids) for ids, _ in rows)
+        pad = engine.pad_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r, _ in rows], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r, _ in rows], dtype=torch.long)
+        self.input_ids = ids.to(engine.device)
+        self.mask = mask.to(engine.device)
+        self.cache: Any = None
+
+    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        model, kwargs, context = self.engine.route(self.adapters)
+        name = self.engine.cache_kwarg
+        if self.cache is not None:
+            kwargs[name] = self.cache
+        with context:
+            out = model(
+                input_ids=input_ids,
+                attention_mask=self.mask,
+                position_ids=position_ids,
+                use_cache=True,
+                logits_to_keep=1,
+                **kwargs,
+            )
+        self.cache = getattr(out, name)
+        return out.logits[:, -1, :]
+
+    def prefill(self) -> torch.Tensor:
+        """Logits of each row's first new token, ``[rows, vocab]``."""
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.next_pos = positions[:, -1] + 1
+        return self._forward(self.input_ids, positions)
+
+    def step(self, tokens: Sequence[int], keep: Sequence[int]) -> torch.Tensor:
+        """Feed ``tokens`` (one per kept row) for the rows ``keep`` (indices into the current rows)."""
+        if len(keep) != len(self.adapters):
+            index = torch.tensor(list(keep), dtype=torch.long, device=self.engine.device)
+            self.cache.batch_select_indices(index)
+            self.mask = self.mask[index]
+            self.next_pos = self.next_pos[index]
+            self.adapters = [self.adapters[i] for i in keep]
+        new = torch.tensor(list(tokens), dtype=torch.long, device=self.engine.device).unsqueeze(-1)
+        self.mask = torch.cat([self.mask, torch.ones_like(new)], dim=-1)
+        positions = self.next_pos.unsqueeze(-1)
+        self.next_pos = self.next_pos + 1
+        return self._forward(new, positions)
+
+
+def pick_tokens(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
+    """One next token per row: argmax for greedy rows, each sampled row with its own generator."""
+    chosen: list[int] = logits.argmax(-1).tolist()
+    for i, sampler in enumerate(samplers):
+        if not sampler.greedy:
+            chosen[i] = sampler.sample(logits[i].float().cpu())
+    return chosen
+
+
 class Engine:
-    """Loads the base model once, serves generation for the base model or any adapter."""
+    """Loads the base model once; holds the adapters; runs batches for the scheduler."""
 
     def __init__(self, config: ServerConfig, source: AdapterSource | None = None) -> None:
+        from loraserve.scheduler import Scheduler
+
         self.config = config
-        self.source = source if source is not None else make_source(config.adapter_prefix, config.cache_dir)
+        self.source = (
+            source
+            if source is not None
+            else make_source(config.adapter_prefix, config.cache_dir, budget_bytes=config.adapter_disk_bytes)
+        )
         self.state: State = "loading"
         self.error: str | None = None
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the model: adapters and batches
+        self._tok_lock = threading.Lock()  # fast tokenizers are not safe to share across threads
         self._base: PreTrainedModel | None = None
         self._peft: PeftModel | None = None
         self._tokenizer: Any = None
-        self._lru: OrderedDict[str, None] = OrderedDict()
+        self._lru: OrderedDict[str, int] = OrderedDict()  # adapter id -> bytes of its weights
         self._loaded: tuple[str, ...] = ()  # snapshot of the LRU order for readers without the lock
         self._context_limit: int | None = None
-        self._eos_ids: set[int] = set()
+        self.eos_ids: set[int] = set()
+        self.pad_id = 0
+        self.cache_kwarg = "past_key_values"  # transformers >= 5.2x names it ``cache``
         self.evictions = 0
         self.load_started = False
+        self.scheduler = Scheduler(self)
 
     # ---------------------------------------------------------------- loading
     @property
     def ready(self) -> bool:
         return self.state == "ready"
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
 
     def load(self) -> None:
         """Load the tokenizer and base model; sets ``state`` to ready or failed (and re-raises)."""
@@ -147,7 +244,10 @@ class Engine:
             model.eval()
             gen = model.generation_config
             eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
-            self._eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+            self.eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+            self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            if "cache" in inspect.signature(type(model).forward).parameters:
+                self.cache_kwarg = "cache"
             limit = getattr(model.config, "max_position_embeddings", None)
             self._context_limit = int(limit) if isinstance(limit, int) and limit > 0 else None
             with self._lock:
@@ -188,12 +288,21 @@ class Engine:
         """Loaded adapter ids, least recently used first (a snapshot; never waits for the lock)."""
         return list(self._loaded)
 
+    def adapter_bytes(self) -> dict[str, int]:
+        """Bytes of LoRA weights per loaded adapter (a snapshot)."""
+        return dict(self._lru)
+
     def _drop_adapter(self, adapter_id: str) -> None:
         peft = self._peft
         if peft is not None and adapter_id in peft.peft_config:
             with contextlib.suppress(Exception), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "adapter X was active which is now deleted"
                 peft.delete_adapter(adapter_id)
+
+    def _weights_bytes(self, adapter_id: str) -> int:
+        assert self._peft is not None
+        marker = f".{adapter_id}."
+        return sum(p.numel() * p.element_size() for n, p in self._peft.named_parameters() if marker in n)
 
     def _load_adapter(self, adapter_id: str, path: Path) -> None:
         from peft import PeftConfig, PeftModelForCausalLM, PeftType
@@ -202,6 +311,7 @@ class Engine:
         try:
             peft_config = PeftConfig.from_pretrained(str(path))
         except Exception as exc:
+            self.source.invalidate(adapter_id)
             raise AdapterInvalid(f"adapter {adapter_id!r} has an unreadable config: {exc}") from exc
         if peft_config.peft_type != PeftType.LORA:
             raise AdapterInvalid(f"adapter {adapter_id!r} is {peft_config.peft_type}, not a LoRA adapter")
@@ -222,6 +332,7 @@ class Engine:
                 )
         except Exception as exc:
             self._drop_adapter(adapter_id)
+            self.source.invalidate(adapter_id)  # a corrupt download is fetched again next time
             detail = " ".join(str(exc).split()) or type(exc).__name__
             log_event("adapter_load_failed", adapter=adapter_id, error=detail[:2000])
             raise AdapterInvalid(
@@ -231,46 +342,83 @@ class Engine:
         self._peft.to(self.device)
         self._peft.eval()
 
-    def _ensure_adapter(self, adapter_id: str, path: Path) -> None:
-        """Make ``adapter_id`` loaded and most recently used; evict beyond ``max_adapters``. Under the lock."""
+    def _over_budget(self) -> bool:
+        budget = self.config.adapter_memory_bytes
+        return len(self._lru) > self.config.max_adapters or (budget > 0 and sum(self._lru.values()) > budget)
+
+    def _ensure_adapter(self, adapter_id: str, path: Path, keep: Set[str] = frozenset()) -> None:
+        """Make ``adapter_id`` loaded and most recently used, then evict least recently used adapters
+        beyond ``max_adapters`` or the memory budget, never one in ``keep`` (the running batch's).
+        Under the lock."""
         if adapter_id in self._lru:
             self._lru.move_to_end(adapter_id)
             self._loaded = tuple(self._lru)
             return
         started = time.perf_counter()
         self._load_adapter(adapter_id, path)
-        self._lru[adapter_id] = None
+        self._lru[adapter_id] = self._weights_bytes(adapter_id)
         log_event(
-            "adapter_loaded", adapter=adapter_id, load_ms=round((time.perf_counter() - started) * 1000, 1)
+            "adapter_loaded",
+            adapter=adapter_id,
+            bytes=self._lru[adapter_id],
+            load_ms=round((time.perf_counter() - started) * 1000, 1),
         )
         # Evict after loading, so the PeftModel always keeps at least one adapter.
         evicted = False
-        while len(self._lru) > self.config.max_adapters:
-            old, _ = self._lru.popitem(last=False)
-            self._drop_adapter(old)
+        while self._over_budget():
+            victim = next((a for a in self._lru if a != adapter_id and a not in keep), None)
+            if victim is None:
+                log_event(
+                    "adapter_memory_over_budget",
+                    logging.WARNING,
+                    loaded=len(self._lru),
+                    bytes=sum(self._lru.values()),
+                    budget_bytes=self.config.adapter_memory_bytes,
+                )
+                break
+            size = self._lru.pop(victim)
+            self._drop_adapter(victim)
             self.evictions += 1
             evicted = True
-            log_event("adapter_evicted", adapter=old, loaded=len(self._lru))
+            log_event(
+                "adapter_evicted",
+                adapter=victim,
+                bytes=size,
+                loaded=len(self._lru),
+                loaded_bytes=sum(self._lru.values()),
+            )
         self._loaded = tuple(self._lru)
         if evicted and self.device.type == "cuda":
             gc.collect()
             torch.cuda.empty_cache()
 
-    @contextlib.contextmanager
-    def _use(self, adapter_id: str | None, path: Path | None) -> Iterator[PreTrainedModel]:
-        """Yield the model to generate with: the adapter active, or the base model with adapters off."""
+    def activate(self, paths: Mapping[str, Path]) -> dict[str, ServeError]:
+        """Load every adapter of a batch (under the lock); returns the ones that failed."""
+        failed: dict[str, ServeError] = {}
+        keep = set(paths)
+        for adapter_id, path in paths.items():
+            try:
+                self._ensure_adapter(adapter_id, path, keep)
+            except ServeError as exc:
+                failed[adapter_id] = exc
+        return failed
+
+    def route(self, adapters: Sequence[str | None]) -> tuple[Any, dict[str, Any], Any]:
+        """(model, extra forward kwargs, context) for a batch whose rows use ``adapters``."""
         assert self._base is not None
-        if adapter_id is not None:
-            assert path is not None
-            self._ensure_adapter(adapter_id, path)
-            assert self._peft is not None
-            self._peft.set_adapter(adapter_id)
-            yield self._peft  # type: ignore[misc]
-        elif self._peft is not None and self._peft.peft_config:
-            with self._peft.disable_adapter():
-                yield self._base
-        else:
-            yield self._base
+        peft = self._peft
+        if peft is None or not peft.peft_config:
+            return self._base, {}, contextlib.nullcontext()
+        distinct = set(adapters)
+        if distinct == {None}:
+            return self._base, {}, peft.disable_adapter()
+        if len(distinct) == 1:
+            only = next(iter(distinct))
+            assert only is not None
+            peft.set_adapter(only)
+            return peft, {}, contextlib.nullcontext()
+        names = [a if a is not None else BASE_ADAPTER for a in adapters]
+        return peft, {"adapter_names": names}, contextlib.nullcontext()
 
     # ------------------------------------------------------------- generation
     def _render(self, prompt: Prompt, index: int) -> list[int]:
@@ -300,65 +448,31 @@ class Engine:
             )
         return ids
 
-    def _generation_config(self, params: GenerationParameters, max_new: int) -> GenerationConfig:
-        assert self._base is not None
-        gc_ = copy.deepcopy(self._base.generation_config)
-        gc_.max_new_tokens = max_new
-        gc_.max_length = None
-        gc_.min_new_tokens = None
-        gc_.min_length = 0
-        gc_.num_beams = 1
-        gc_.num_return_sequences = 1
-        gc_.pad_token_id = self._tokenizer.pad_token_id
-        if gc_.eos_token_id is None and self._eos_ids:
-            gc_.eos_token_id = sorted(self._eos_ids)
-        if params.temperature > 0:
-            gc_.do_sample = True
-            gc_.temperature = params.temperature
-            gc_.top_p = params.top_p
-            gc_.top_k = params.top_k or 0
-        else:
-            gc_.do_sample = False
-            gc_.temperature = None
-            gc_.top_p = None
-            gc_.top_k = None
-        return gc_
+    def decode(self, ids: Sequence[int]) -> str:
+        with self._tok_lock:
+            text: str = self._tokenizer.decode(list(ids), skip_special_tokens=True)
+        return text
 
-    def _generate_one(
-        self, model: PreTrainedModel, ids: list[int], params: GenerationParameters
-    ) -> Generation:
-        tok = self._tokenizer
-        max_new = params.max_new_tokens
-        if self._context_limit is not None:
-            max_new = min(max_new, self._context_limit - len(ids))
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-        attention = torch.ones_like(input_ids)
-        criteria = StoppingCriteriaList()
-        stopper = None
-        if params.stop:
-            stopper = _StopOnStrings(tok, len(ids), params.stop)
-            criteria.append(stopper)
-        out = model.generate(  # type: ignore[operator]
-            input_ids=input_ids,
-            attention_mask=attention,
-            generation_config=self._generation_config(params, max_new),
-            stopping_criteria=criteria,
-        )
-        new = out[0, len(ids) :].tolist()
-        # Batch of one: nothing is padded, but be safe about a trailing pad after EOS.
-        pad = tok.pad_token_id
-        while new and pad is not None and new[-1] == pad and pad not in self._eos_ids:
-            new.pop()
-        text = tok.decode(new, skip_special_tokens=True)
-        text, stopped = cut_at_stop(text, params.stop)
-        ended = bool(new) and new[-1] in self._eos_ids
-        finish: FinishReason = "stop" if stopped or ended else "length"
-        return Generation(text, len(ids), len(new), finish)
+    def batch(self, rows: Sequence[tuple[list[int], str | None]]) -> Batch:
+        return Batch(self, rows)
 
-    def generate(
-        self, prompts: Sequence[Prompt], adapter_id: str | None, params: GenerationParameters
-    ) -> list[Generation]:
-        """Generate one continuation per prompt, with ``adapter_id`` (or the base model when None)."""
+    def deadline_for(self, requested_s: float | None) -> float:
+        """Seconds a request may take: its own ``deadline_s`` capped at the server's setting."""
+        return min(requested_s, self.config.deadline_s) if requested_s else self.config.deadline_s
+
+    def submit(
+        self,
+        prompts: Sequence[Prompt],
+        adapter_id: str | None,
+        params: GenerationParameters,
+        *,
+        deadline_s: float | None = None,
+        stream: bool = False,
+        notify: Callable[[Event], None] | None = None,
+    ) -> Ticket:
+        """Validate, fetch the adapter, tokenise and queue; errors here are plain HTTP errors."""
+        from loraserve.scheduler import Seq, Ticket
+
         if not self.ready:
             raise NotReady(
                 "the base model is still loading"
@@ -370,14 +484,60 @@ class Engine:
                 f"{len(prompts)} inputs in one request; at most {self.config.max_batch_inputs}",
                 code="too_many_inputs",
             )
-        # Download (slow I/O) before taking the model lock; 404/422/502 surface here.
-        path = self.source.fetch(adapter_id) if adapter_id is not None else None
-        with self._lock:
-            encoded = [self._render(p, i) for i, p in enumerate(prompts)]
-            results = []
-            with self._use(adapter_id, path) as model, torch.inference_mode():
-                for ids in encoded:
-                    if params.seed is not None:
-                        torch.manual_seed(params.seed)
-                    results.append(self._generate_one(model, ids, params))
-            return results
+        if len(prompts) > self.config.max_queue:
+            raise BadRequest(
+                f"{len(prompts)} inputs in one request; the queue holds {self.config.max_queue}",
+                code="too_many_inputs",
+            )
+        budget_s = self.deadline_for(deadline_s)
+        floor = self.config.min_tokens_per_s
+        if floor > 0 and params.max_new_tokens > budget_s * floor:
+            raise BadRequest(
+                f"max_new_tokens={params.max_new_tokens} cannot be generated within the {budget_s:g} s "
+                f"deadline at the server's floor of {floor:g} tokens/s: at most {int(budget_s * floor)}",
+                code="token_budget_exceeds_deadline",
+            )
+        # Download (slow I/O) on this thread, pinned in the disk cache until the request ends.
+        path = self.source.fetch(adapter_id, pin=True) if adapter_id is not None else None
+        release = (lambda: self.source.unpin(adapter_id)) if adapter_id is not None else None
+        try:
+            with self._tok_lock:
+                encoded = [self._render(p, i) for i, p in enumerate(prompts)]
+            ticket = Ticket(
+                adapter_id,
+                len(encoded),
+                deadline=self.scheduler.clock() + budget_s,
+                stream=stream,
+                notify=notify,
+                on_close=release,
+            )
+            room = self._context_limit
+            seqs = [
+                Seq(
+                    ticket=ticket,
+                    index=i,
+                    ids=ids,
+                    params=params,
+                    path=path,
+                    max_new=min(params.max_new_tokens, room - len(ids)) if room else params.max_new_tokens,
+                    sampler=Sampler(params),
+                )
+                for i, ids in enumerate(encoded)
+            ]
+            self.scheduler.submit(ticket, seqs)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        return ticket
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        adapter_id: str | None,
+        params: GenerationParameters,
+        *,
+        deadline_s: float | None = None,
+    ) -> list[Generation]:
+        """Blocking: one continuation per prompt, with ``adapter_id`` (or the base model when None)."""
+        return self.submit(prompts, adapter_id, params, deadline_s=deadline_s).wait()

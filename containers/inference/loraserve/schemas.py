@@ -96,6 +96,15 @@ class InvocationRequest(BaseModel):
     inputs: list[Prompt] = Field(description=_INPUTS_HELP)
     adapter: str | None = Field(default=None, description="adapter id (e.g. adp_abc123); null = base model")
     parameters: GenerationParameters = Field(default_factory=GenerationParameters)
+    stream: bool = Field(
+        default=False, description="answer with Server-Sent Events (token deltas, then done); one input only"
+    )
+    deadline_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="seconds until the request ends with what it has; default and cap: the server's setting",
+    )
 
     @field_validator("inputs", mode="before")
     @classmethod
@@ -121,7 +130,7 @@ class Output(BaseModel):
     generated_text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "deadline"]
 
 
 class InvocationResponse(BaseModel):
