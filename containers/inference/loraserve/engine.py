@@ -151,12 +151,14 @@ class Batch:
         self.cache = getattr(out, name)
         return out.logits[:, -1, :]
 
+    @torch.inference_mode()
     def prefill(self) -> torch.Tensor:
         """Logits of each row's first new token, ``[rows, vocab]``."""
         positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
         self.next_pos = positions[:, -1] + 1
         return self._forward(self.input_ids, positions)
 
+    @torch.inference_mode()
     def step(self, tokens: Sequence[int], keep: Sequence[int]) -> torch.Tensor:
         """Feed ``tokens`` (one per kept row) for the rows ``keep`` (indices into the current rows)."""
         if len(keep) != len(self.adapters):
@@ -172,6 +174,7 @@ class Batch:
         return self._forward(new, positions)
 
 
+@torch.inference_mode()
 def pick_tokens(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
     """One next token per row: argmax for greedy rows, each sampled row with its own generator."""
     chosen: list[int] = logits.argmax(-1).tolist()
