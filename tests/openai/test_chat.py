@@ -3,6 +3,7 @@ real local deployment (an inference server subprocess) of an adapter trained on 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -141,6 +142,28 @@ def test_chat_completion_and_its_stream_agree(deployed: Deployed) -> None:
         finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
         assert finals == [choice.finish_reason]
         assert chunks[-1].choices == [] and chunks[-1].usage == usage
+
+
+@slow
+def test_v0_inference_stream_matches_the_plain_call(deployed: Deployed) -> None:
+    """Token streaming end to end (API → local inference server): the pieces of a greedy streamed
+    ``POST /v0/inference`` join to the text of the plain call, and arrive as several events."""
+    from fastuner_sdk._sse import iter_sse
+
+    deployed.ensure_deployed()
+    body = {"adapter_id": deployed.adapter_id, "inputs": MESSAGES, "parameters": {"max_new_tokens": 8}}
+    plain = deployed.http.post("/v0/inference", json=body)
+    assert plain.status_code == 200, plain.text
+    [out] = plain.json()["outputs"]
+    with deployed.http.stream("POST", "/v0/inference", json={**body, "stream": True}) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        events = [(e.event, json.loads(e.data)) for e in iter_sse(resp.iter_lines())]
+    tokens = [data["text"] for kind, data in events if kind == "token"]
+    kind, done = events[-1]
+    assert kind == "done", events
+    assert "".join(tokens) == done["outputs"][0]["generated_text"] == out["generated_text"]
+    if out["completion_tokens"] > 1 and out["generated_text"].strip():
+        assert len(tokens) > 1, "the text came as one piece: the server did not stream"
 
 
 @slow
