@@ -367,12 +367,13 @@ class SageMakerComponents(SageMakerEndpoints):
         return new
 
     # -- invoke -------------------------------------------------------------------------------
-    def invoke(self, endpoint_name: str, state: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    def _target(self, state: dict[str, Any], payload: dict[str, Any]) -> dict[str, str]:
+        """``InferenceComponentName`` = the request's adapter's component (``invoke`` and
+        ``invoke_stream`` alike); nothing for a deployment made in ``endpoint`` mode."""
         if state.get("mode") != MODE:
-            return super().invoke(endpoint_name, state, payload)
+            return {}
         adapter = payload.get("adapter")
-        target = component_for(state, str(adapter) if adapter else None)
-        return self._invoke(endpoint_name, payload, InferenceComponentName=target)
+        return {"InferenceComponentName": component_for(state, str(adapter) if adapter else None)}
 
     # -- delete -------------------------------------------------------------------------------
     def delete_endpoint(self, endpoint_name: str, state: dict[str, Any]) -> None:

@@ -254,7 +254,12 @@ class SageMakerEndpoints:
     # -- invoke -------------------------------------------------------------------------------
     def invoke(self, endpoint_name: str, state: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
         """``InvokeEndpoint`` with a JSON body; the server's JSON answer as a dict."""
-        return self._invoke(endpoint_name, payload)
+        return self._invoke(endpoint_name, payload, **self._target(state, payload))
+
+    def _target(self, state: dict[str, Any], payload: dict[str, Any]) -> dict[str, str]:
+        """Extra ``InvokeEndpoint*`` arguments naming where in the endpoint a request goes (none
+        here: one container; inference components name theirs)."""
+        return {}
 
     def _invoke(self, endpoint_name: str, payload: dict[str, Any], **target: str) -> dict[str, Any]:
         """``InvokeEndpoint`` (``target``: e.g. ``InferenceComponentName``) and the JSON answer."""
@@ -294,6 +299,7 @@ class SageMakerEndpoints:
                 ContentType=CONTENT_TYPE,
                 Accept="text/event-stream",
                 Body=json.dumps({**payload, "stream": True}).encode(),
+                **self._target(state, payload),
             )
         except ClientError as exc:
             raise invocation_error(exc) from exc

@@ -26,6 +26,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from api.backends.endpoints import InvocationError, StreamingEndpointBackend, parse_sse_events
+from api.backends.sagemaker_components import SageMakerComponents
 from api.backends.sagemaker_endpoints import RUNTIME_CONFIG, SageMakerEndpoints
 from api.domain.errors import BackendError
 
@@ -124,9 +125,9 @@ class _Raw:
 class SageMakerStream:
     """A SageMaker backend whose runtime client answers InvokeEndpointWithResponseStream here."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend_class: type[SageMakerEndpoints] = SageMakerEndpoints) -> None:
         self.runtime = boto3.client("sagemaker-runtime", region_name="us-east-1", config=RUNTIME_CONFIG)
-        self.backend = SageMakerEndpoints(
+        self.backend = backend_class(
             None,  # type: ignore[arg-type]  # (the store is not used by invocations)
             image_uri="img", role_arn="arn:aws:iam::123456789012:role/r", region="us-east-1",
             runtime_client=self.runtime, sagemaker_client=boto3.client("sagemaker", region_name="us-east-1"),
@@ -175,6 +176,16 @@ def test_sagemaker_invoke_stream_reassembles_events_across_payload_parts() -> No
     assert url.endswith("/endpoints/fastuner-dep-x/invocations-response-stream")
     assert headers["X-Amzn-SageMaker-Accept"] == b"text/event-stream"
     assert json.loads(body) == {"inputs": "hi", "adapter": "adp_x", "stream": True}
+
+
+def test_sagemaker_components_stream_to_the_adapters_component() -> None:
+    sm = SageMakerStream(SageMakerComponents)
+    state = {"mode": "components", "base_component": "ic-base", "adapter_components": {"adp_x": "ic-x"}}
+    for adapter, component in (("adp_x", b"ic-x"), (None, b"ic-base")):
+        sm.answer_frames([payload_part(sse_bytes(contract_events()))])
+        events = list(sm.backend.invoke_stream("fastuner-dep-x", state, {"inputs": "hi", "adapter": adapter}))
+        assert events == contract_events()
+        assert sm.requests[-1][1]["X-Amzn-SageMaker-Inference-Component"] == component
 
 
 def test_sagemaker_stream_error_event_is_a_backend_error() -> None:
