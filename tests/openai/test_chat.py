@@ -25,7 +25,7 @@ from api.domain.openai_chat import (
     UnsupportedParameter,
 )
 from api.services.openai_chat import OpenAIChatService, Target
-from tests.openai.conftest import SAMPLE, OpenAIServer
+from tests.openai.conftest import FineTuned, OpenAIServer
 
 openai = pytest.importorskip("openai")
 
@@ -72,24 +72,13 @@ def _deploy(http: httpx.Client, adapter_id: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def deployed(openai_server: OpenAIServer, tiny_model: Path) -> Iterator[Deployed]:
-    """An adapter fine-tuned (a few steps, through /v0) on the tiny model, deployed locally."""
-    key = openai_server.new_key()
+def deployed(openai_server: OpenAIServer, finetuned: FineTuned) -> Iterator[Deployed]:
+    """The model of the job fine-tuned through /v1 (``finetuned``), deployed locally: the chain an
+    OpenAI client runs (files → fine_tuning.jobs → deploy → chat.completions)."""
+    key = finetuned.key
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=openai_server.url, headers=headers, timeout=60) as http:
-        with SAMPLE.open("rb") as fh:
-            files = {"file": (SAMPLE.name, fh, "application/x-ndjson")}
-            ds = http.post("/v0/datasets", data={"name": "upper"}, files=files)
-        assert ds.status_code == 201, ds.text
-        job = http.post("/v0/finetune", json={
-            "dataset_id": ds.json()["id"], "base_model": str(tiny_model), "max_steps": 4,
-            "hyperparameters": {"seed": 1, "learning_rate": 0.05, "scu": "off"},
-        })  # fmt: skip
-        assert job.status_code in (200, 201, 202), job.text
-        done = _until(lambda: http.get(f"/v0/finetune/{job.json()['id']}").json(),
-                      lambda j: j["status"] in ("completed", "failed", "cancelled"), "the fine-tune")  # fmt: skip
-        assert done["status"] == "completed", done
-        dep = Deployed(openai_server, key, http, done["adapter_id"], "")
+        dep = Deployed(openai_server, key, http, finetuned.adapter_id, "")
         dep.deployment_id = _deploy(http, dep.adapter_id)
         try:
             yield dep
