@@ -56,6 +56,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.backends.sagemaker_endpoints import SageMakerEndpoints
 from tests.e2e.sagemaker_support import SAMPLE, SMOL, SageMakerEnv, mocked_aws, sagemaker_settings
 
 pytestmark = pytest.mark.slow
@@ -158,6 +159,17 @@ def container_invoke(_: Any, endpoint_name: str, unique_repr: bytes) -> tuple[st
     ]
     answer = {"outputs": outputs, "adapter": request.adapter, "latency_ms": 1.0}
     return json.dumps(answer), "application/json", "AllTraffic", ""
+
+
+def container_invoke_stream(
+    self: SageMakerEndpoints, endpoint_name: str, state: dict[str, Any], payload: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
+    """moto has no InvokeEndpointWithResponseStream: the container's SSE contract from its plain
+    answer (through moto's InvokeEndpoint above, so refusals map exactly as for ``invoke``)."""
+    answer = self.invoke(endpoint_name, state, payload)
+    [output] = answer["outputs"]
+    yield {"type": "token", "text": output["generated_text"]}
+    yield {"type": "done", "output": output, "adapter_id": answer.get("adapter"), "latency_ms": 1.0}
 
 
 def starting_training_job(original: Callable[..., None]) -> Callable[..., None]:
@@ -274,6 +286,7 @@ class Fuzzer:
 @pytest.fixture
 def fuzz_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SageMakerEnv]:
     monkeypatch.setattr(SageMakerRuntimeBackend, "invoke_endpoint", container_invoke)
+    monkeypatch.setattr(SageMakerEndpoints, "invoke_stream", container_invoke_stream)
     monkeypatch.setattr(FakeTrainingJob, "__init__", starting_training_job(FakeTrainingJob.__init__))
     with mocked_aws():
         settings = sagemaker_settings(
