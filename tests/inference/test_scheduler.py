@@ -90,6 +90,30 @@ def test_mixed_adapter_batch_equals_each_alone(make_engine: Callable[..., Any], 
     assert engine.scheduler.batches == 2
 
 
+def test_batches_after_a_mixed_batch_switch_the_lora_layers_correctly(
+    make_engine: Callable[..., Any], reference: Reference
+) -> None:
+    """The engine switches the LoRA layers (off, one adapter, mixed) only when a batch needs another
+    state: base, single-adapter and mixed batches in any order each match plain PEFT."""
+    engine = make_engine(max_batch_size=16)
+    mixed = [(None, PROMPTS[0]), ("adp_a", PROMPTS[1]), ("adp_b", PROMPTS[3])]
+    order: list[list[tuple[str | None, str]]] = [
+        [("adp_a", PROMPT)],
+        mixed,
+        [(None, PROMPT)],
+        [("adp_b", PROMPT)],
+        mixed,
+        [("adp_a", PROMPT)],
+    ]
+    for jobs in order:
+        engine.scheduler.pause()
+        tickets = [engine.submit([prompt], adapter, params()) for adapter, prompt in jobs]
+        engine.scheduler.resume()
+        for (adapter, prompt), ticket in zip(jobs, tickets, strict=True):
+            assert ticket.wait(60)[0].generated_text == reference.text(adapter, prompt, N), (adapter, jobs)
+    assert engine.scheduler.batches == len(order)
+
+
 def test_several_inputs_of_one_request_are_one_batch(
     make_engine: Callable[..., Any], reference: Reference
 ) -> None:

@@ -135,19 +135,17 @@ class Batch:
         self.cache: Any = None
 
     def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        model, kwargs, context = self.engine.route(self.adapters)
+        model = self.engine.route(self.adapters)
         name = self.engine.cache_kwarg
-        if self.cache is not None:
-            kwargs[name] = self.cache
-        with context:
-            out = model(
-                input_ids=input_ids,
-                attention_mask=self.mask,
-                position_ids=position_ids,
-                use_cache=True,
-                logits_to_keep=1,
-                **kwargs,
-            )
+        kwargs: dict[str, Any] = {} if self.cache is None else {name: self.cache}
+        out = model(
+            input_ids=input_ids,
+            attention_mask=self.mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
+        )
         self.cache = getattr(out, name)
         return out.logits[:, -1, :]
 
@@ -207,6 +205,10 @@ class Engine:
         self._tokenizer: Any = None
         self._lru: OrderedDict[str, int] = OrderedDict()  # adapter id -> bytes of its weights
         self._loaded: tuple[str, ...] = ()  # snapshot of the LRU order for readers without the lock
+        self._layers: tuple[Any, bool] | None = None  # (active adapter, LoRA layers enabled); see _switch
+        self._hooks: list[Any] = []  # pre-forward hooks giving ``adapter_names`` to the LoRA layers
+        self._row_adapters: list[str] | None = None  # their value: the running mixed batch's rows
+        self._lora_layer_types: tuple[type, ...] = ()
         self._context_limit: int | None = None
         self.eos_ids: set[int] = set()
         self.pad_id = 0
@@ -296,6 +298,7 @@ class Engine:
         return dict(self._lru)
 
     def _drop_adapter(self, adapter_id: str) -> None:
+        self._forget_layers()
         peft = self._peft
         if peft is not None and adapter_id in peft.peft_config:
             with contextlib.suppress(Exception), warnings.catch_warnings():
@@ -309,6 +312,8 @@ class Engine:
 
     def _load_adapter(self, adapter_id: str, path: Path) -> None:
         from peft import PeftConfig, PeftModelForCausalLM, PeftType
+        from peft.tuners.lora import LoraLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
 
         assert self._base is not None
         try:
@@ -319,6 +324,8 @@ class Engine:
         if peft_config.peft_type != PeftType.LORA:
             raise AdapterInvalid(f"adapter {adapter_id!r} is {peft_config.peft_type}, not a LoRA adapter")
         peft_config.inference_mode = True
+        self._forget_layers()  # new LoRA layers start enabled, with their own active adapter
+        self._lora_layer_types = (LoraLayer, AuxiliaryTrainingWrapper)  # as PEFT's adapter_names hooks
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
@@ -406,22 +413,61 @@ class Engine:
                 failed[adapter_id] = exc
         return failed
 
-    def route(self, adapters: Sequence[str | None]) -> tuple[Any, dict[str, Any], Any]:
-        """(model, extra forward kwargs, context) for a batch whose rows use ``adapters``."""
+    def route(self, adapters: Sequence[str | None]) -> PreTrainedModel | PeftModel:
+        """The model to call for a batch whose rows use ``adapters``. Under the lock."""
         assert self._base is not None
         peft = self._peft
+        self._row_adapters = None
         if peft is None or not peft.peft_config:
-            return self._base, {}, contextlib.nullcontext()
+            return self._base
         distinct = set(adapters)
         if distinct == {None}:
-            return self._base, {}, peft.disable_adapter()
+            self._switch(peft, None, enabled=False)
+            return self._base
         if len(distinct) == 1:
-            only = next(iter(distinct))
-            assert only is not None
-            peft.set_adapter(only)
-            return peft, {}, contextlib.nullcontext()
-        names = [a if a is not None else BASE_ADAPTER for a in adapters]
-        return peft, {"adapter_names": names}, contextlib.nullcontext()
+            self._switch(peft, next(iter(distinct)), enabled=True)
+            return peft
+        # A mixed batch: PEFT's ``adapter_names``, given to every LoRA layer by our own pre-forward
+        # hooks (registered once, not per call as ``peft(..., adapter_names=...)`` does).
+        self._switch(peft, None, enabled=True)
+        if not self._hooks:
+            self._hooks = [
+                module.register_forward_pre_hook(self._inject_adapter_names, with_kwargs=True)
+                for module in peft.base_model.modules()
+                if isinstance(module, self._lora_layer_types)
+            ]
+        self._row_adapters = [a if a is not None else BASE_ADAPTER for a in adapters]
+        return peft
+
+    def _inject_adapter_names(
+        self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if self._row_adapters is not None:
+            kwargs["adapter_names"] = self._row_adapters
+        return args, kwargs
+
+    def _switch(self, peft: PeftModel, active: str | None, *, enabled: bool) -> None:
+        """Make ``active`` the active adapter (None: any) and the LoRA layers enabled or disabled,
+        touching PEFT only for what differs from the last state set here: ``set_adapter`` and
+        ``disable_adapter`` walk every module of the model, which costs more than a decoding step
+        of a small model. Loading or deleting an adapter forgets the state (``_forget_layers``)."""
+        known = self._layers
+        if active is not None and (known is None or known[0] != active):
+            peft.set_adapter(active)
+        if known is None or known[1] != enabled:
+            if enabled:
+                peft.base_model.enable_adapter_layers()
+            else:
+                peft.base_model.disable_adapter_layers()
+        self._layers = (peft.active_adapter, enabled)
+
+    def _forget_layers(self) -> None:
+        """Before PEFT adds or removes LoRA layers: the next batch sets their state again."""
+        self._layers = None
+        self._row_adapters = None
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
 
     # ------------------------------------------------------------- generation
     def _render(self, prompt: Prompt, index: int) -> list[int]:
