@@ -16,6 +16,7 @@ from starlette.datastructures import FormData, UploadFile
 
 from api.deps import Ctx, Tenant
 from api.domain.datasets import Dataset, DatasetOptions, Manifest, SplitRatios, ValidationReport
+from api.domain.enums import DatasetFormat, TaskType
 from api.domain.errors import BadRequest
 from api.errors import error_responses
 from api.services import scratch
@@ -23,30 +24,26 @@ from api.services import scratch
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=error_responses(401))
 
 _FORM_FIELDS = {"name", "task_type", "format", "seed", "split"}
-_UPLOAD_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "name"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "JSONL file"},
-                        "name": {"type": "string", "minLength": 1, "maxLength": 128},
-                        "task_type": {"type": "string", "enum": ["generation", "classification", "qa"]},
-                        "format": {
-                            "type": "string",
-                            "enum": ["input_target", "chat", "prompt_completion", "instruction"],
-                        },
-                        "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
-                        "split": {"type": "string", "example": "0.8,0.1,0.1"},
-                    },
-                }
-            }
-        },
-    }
+# The dataset options of an upload form (also taken by POST /v1/files), enums from the domain's.
+OPTION_PROPERTIES: dict[str, Any] = {
+    "task_type": {"type": "string", "enum": [t.value for t in TaskType]},
+    "format": {"type": "string", "enum": [f.value for f in DatasetFormat]},
+    "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+    "split": {"type": "string", "example": "0.8,0.1,0.1"},
 }
+
+
+def upload_doc(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI for a multipart upload of a JSONL ``file`` with these other form fields."""
+    file = {"type": "string", "format": "binary", "description": "JSONL file"}
+    schema = {"type": "object", "required": required, "properties": {"file": file, **properties}}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+_UPLOAD_DOC = upload_doc(
+    ["file", "name"],
+    {"name": {"type": "string", "minLength": 1, "maxLength": 128}, **OPTION_PROPERTIES},
+)
 
 
 class DatasetPage(BaseModel):

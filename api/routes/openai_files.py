@@ -14,7 +14,7 @@ from api.deps import Ctx, Tenant
 from api.domain.datasets import DatasetOptions, SplitRatios
 from api.domain.openai import File, FileDeleted, FileList, InvalidParam
 from api.errors import openai_error_responses
-from api.routes.datasets import _spooled_upload
+from api.routes.datasets import OPTION_PROPERTIES, _spooled_upload, upload_doc
 from api.services.openai_compat import OpenAICompat, safe_filename
 
 router = APIRouter(prefix="/files", tags=["openai"], responses=openai_error_responses(401))
@@ -23,30 +23,9 @@ router = APIRouter(prefix="/files", tags=["openai"], responses=openai_error_resp
 # files.create): how the file is read and split.
 _OPTION_FIELDS = {"task_type", "format", "seed", "split"}
 _FORM_FIELDS = {"purpose", "file", *_OPTION_FIELDS}
-_UPLOAD_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "purpose"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "JSONL file"},
-                        "purpose": {"type": "string", "enum": ["fine-tune"]},
-                        "task_type": {"type": "string", "enum": ["generation", "classification", "qa"]},
-                        "format": {
-                            "type": "string",
-                            "enum": ["input_target", "chat", "prompt_completion", "instruction"],
-                        },
-                        "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
-                        "split": {"type": "string", "example": "0.8,0.1,0.1"},
-                    },
-                }
-            }
-        },
-    }
-}
+_UPLOAD_DOC = upload_doc(
+    ["file", "purpose"], {"purpose": {"type": "string", "enum": ["fine-tune"]}, **OPTION_PROPERTIES}
+)
 
 
 def get_compat(ctx: Ctx) -> OpenAICompat:
