@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.context import AppContext
@@ -41,3 +41,15 @@ def get_tenant(
 
 
 Tenant = Annotated[str, Depends(get_tenant)]
+
+# The `Idempotency-Key` header of the job-starting routes (/v0/finetune, /v1/fine_tuning/jobs).
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[\x20-\x7e]+$",
+        description="1-128 printable ASCII characters; a retry with the same key and body "
+        "returns the first job instead of starting another",
+    ),
+]

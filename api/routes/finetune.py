@@ -7,12 +7,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Ctx, Tenant
+from api.deps import Ctx, IdempotencyKey, Tenant
 from api.domain.enums import JobStatus
 from api.domain.finetune import DryRun, FineTuneJob, FineTuneRequest, JobEvent, MetricPoint
 from api.errors import error_responses
@@ -51,16 +51,7 @@ async def start_job(
     ctx: Ctx,
     tenant: Tenant,
     response: Response,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            min_length=1,
-            max_length=128,
-            pattern=r"^[\x20-\x7e]+$",
-            description="1-128 printable ASCII characters; a retry with the same key and body "
-            "returns the first job instead of starting another",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> FineTuneJob | DryRun:
     """Preflight, then launch a fine-tune on the configured backend (``dry_run`` launches nothing)."""
     result = await run_in_threadpool(ctx.finetune.start, tenant, req, idempotency_key=idempotency_key)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Ctx, Tenant
+from api.deps import Ctx, IdempotencyKey, Tenant
 from api.domain.finetune import FineTuneJob
 from api.domain.openai import (
     FineTuningJob,
@@ -36,16 +36,7 @@ async def create_job(
     tenant: Tenant,
     ctx: Ctx,
     compat: Compat,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            min_length=1,
-            max_length=128,
-            pattern=r"^[\x20-\x7e]+$",
-            description="1-128 printable ASCII characters; a retry with the same key and body "
-            "returns the first job instead of starting another",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> FineTuningJob:
     """Preflight, then launch a fine-tune of ``model`` on ``training_file`` (see the request schema
     for how OpenAI's hyperparameters map onto the engine's, and ``fastuner`` for our options)."""
