@@ -275,22 +275,7 @@ class SageMakerComponents(SageMakerEndpoints):
         name = spec.endpoint_name
         for adapter_id in spec.adapter_ids:
             self.ensure_package(spec.adapter_prefix, adapter_id)
-        if self._describe_endpoint_config(name) is None:
-            self._create(
-                "endpoint config",
-                name,
-                lambda: self.sagemaker.create_endpoint_config(**requests["endpoint_config"]),
-            )
-        existing = self._describe_endpoint(name)
-        if existing is None:
-            arn = self._create(
-                "endpoint", name, lambda: self.sagemaker.create_endpoint(**requests["endpoint"])
-            )
-            if not arn:
-                existing = self._describe_endpoint(name)
-                arn = str((existing or {}).get("EndpointArn", ""))
-        else:
-            arn = str(existing["EndpointArn"])
+        arn = self._ensure_config_and_endpoint(name, requests)
         return {
             "mode": MODE,
             "endpoint_config_name": name,

@@ -169,6 +169,11 @@ class SageMakerEndpoints:
 
         if self._describe_model(name) is None:
             self._create("model", name, lambda: self.sagemaker.create_model(**requests["model"]))
+        arn = self._ensure_config_and_endpoint(name, requests)
+        return {"model_name": name, "endpoint_config_name": name, "endpoint_arn": arn}
+
+    def _ensure_config_and_endpoint(self, name: str, requests: dict[str, Any]) -> str:
+        """Create the endpoint config and the endpoint ``name`` unless they exist; the endpoint's ARN."""
         if self._describe_endpoint_config(name) is None:
             self._create(
                 "endpoint config",
@@ -180,15 +185,14 @@ class SageMakerEndpoints:
             arn = self._create(
                 "endpoint", name, lambda: self.sagemaker.create_endpoint(**requests["endpoint"])
             )
-            if arn is None:  # lost a race with a concurrent create
-                existing = self._describe_endpoint(name)
-                if existing is None:
-                    raise BackendError(f"endpoint {name} was reported as existing but cannot be found")
-                arn = str(existing["EndpointArn"])
+            if arn is not None:
+                return arn
+            existing = self._describe_endpoint(name)  # lost a race with a concurrent create
+            if existing is None:
+                raise BackendError(f"endpoint {name} was reported as existing but cannot be found")
         else:
-            arn = str(existing["EndpointArn"])
             log.info("endpoint %s already exists (%s); reusing it", name, existing.get("EndpointStatus"))
-        return {"model_name": name, "endpoint_config_name": name, "endpoint_arn": arn}
+        return str(existing["EndpointArn"])
 
     def _create(self, what: str, name: str, call: Any) -> str | None:
         """Run one create call; returns the new ARN, or None when it already existed (a race)."""
