@@ -70,6 +70,14 @@ def test_batch_line_parser() -> None:
 # -- batch inference over HTTP ----------------------------------------------------------------
 
 
+def _answer(text: str) -> InferenceResponse:
+    """What a deployment answers for one input (the fakes of ``DeploymentService.infer`` below)."""
+    output = {"generated_text": text, "prompt_tokens": 1, "completion_tokens": 1, "finish_reason": "stop"}
+    return InferenceResponse.model_validate(
+        {"outputs": [output], "adapter_id": "adp_x", "deployment_id": "dep_x", "latency_ms": 1.0}
+    )
+
+
 def test_a_deep_batch_line_is_its_own_error_and_later_lines_run(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -78,21 +86,7 @@ def test_a_deep_batch_line_is_its_own_error_and_later_lines_run(
 
     def infer(tenant: str, req: Any) -> InferenceResponse:
         seen.append(req.inputs)
-        return InferenceResponse.model_validate(
-            {
-                "outputs": [
-                    {
-                        "generated_text": f"echo {req.inputs}",
-                        "prompt_tokens": 1,
-                        "completion_tokens": 1,
-                        "finish_reason": "stop",
-                    }
-                ],
-                "adapter_id": "adp_x",
-                "deployment_id": "dep_x",
-                "latency_ms": 1.0,
-            }
-        )
+        return _answer(f"echo {req.inputs}")
 
     monkeypatch.setattr(service, "resolve_target", lambda *a: None)
     monkeypatch.setattr(service, "infer", infer)
@@ -114,21 +108,7 @@ def test_an_unexpected_error_on_one_line_does_not_end_the_stream(
     def infer(tenant: str, req: Any) -> InferenceResponse:
         if req.inputs == "boom":
             raise RecursionError("somewhere deep")
-        return InferenceResponse.model_validate(
-            {
-                "outputs": [
-                    {
-                        "generated_text": "ok",
-                        "prompt_tokens": 1,
-                        "completion_tokens": 1,
-                        "finish_reason": "stop",
-                    }
-                ],
-                "adapter_id": "adp_x",
-                "deployment_id": "dep_x",
-                "latency_ms": 1.0,
-            }
-        )
+        return _answer("ok")
 
     monkeypatch.setattr(service, "resolve_target", lambda *a: None)
     monkeypatch.setattr(service, "infer", infer)
