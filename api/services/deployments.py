@@ -16,6 +16,7 @@ from api.backends.endpoints import (
     StreamingEndpointBackend,
 )
 from api.db import models
+from api.db.models import utcnow
 from api.db.repositories import deployments as repo
 from api.db.repositories import jobs as jobs_repo
 from api.db.session import Database
@@ -35,6 +36,10 @@ from api.services.tenants import TenantService
 from api.settings import Settings
 
 log = get_logger("deployments")
+
+# How long a teardown's claim on a ``deleting`` row keeps others off it (deleting a SageMaker
+# endpoint is three API calls; a claim this old belongs to a teardown that died).
+DELETE_LEASE = timedelta(minutes=5)
 
 
 def endpoint_name_for(deployment_id: str) -> str:
@@ -409,9 +414,10 @@ def teardown(
 ) -> Deployment | None:
     """Claim the row (CAS → deleting), delete the backend resources, mark it deleted.
 
-    With ``expected_version`` (the janitor's), returns None when the row changed since it was judged
-    (another janitor's teardown, or a fresh use). A failed delete leaves the row ``deleting`` so the
-    janitor's next pass retries it.
+    Returns None when another caller holds the claim or, with ``expected_version`` (the janitor's),
+    when the row changed since it was judged (another janitor's teardown, or a fresh use). A failed
+    delete leaves the row ``deleting`` with its claim released, so the janitor's next pass retries
+    it; a teardown that died mid-way is retried once its claim is ``DELETE_LEASE`` old.
     """
     with db.session() as session:
         current = repo.get(session, row.tenant_id, row.id)
@@ -419,12 +425,16 @@ def teardown(
             return None
         if expected_version is not None and current.version != expected_version:
             return None
-        if current.status != DeploymentStatus.DELETING.value:
-            before = current.status
-            if not repo.compare_and_set(
-                session, current, status=DeploymentStatus.DELETING.value, deleted_reason=reason
-            ):
-                return None
+        before = current.status
+        if before == DeploymentStatus.DELETING.value and current.updated_at > utcnow() - DELETE_LEASE:
+            return None  # another teardown holds the claim; a failed one releases it at once
+        # Every teardown claims by compare-and-set, a retry of a row left ``deleting`` too, so two
+        # janitors (or a janitor and a user) never both delete the same endpoint.
+        if not repo.compare_and_set(
+            session, current, status=DeploymentStatus.DELETING.value, deleted_reason=reason
+        ):
+            return None
+        if before != DeploymentStatus.DELETING.value:
             jobs_repo.add_event(
                 session, row.tenant_id, row.id, "status", f"{before} → deleting", reason=reason
             )
@@ -435,6 +445,7 @@ def teardown(
             backend.delete_endpoint(name, state)
     except Exception as exc:
         with db.session() as session:
+            repo.release_claim(session, row.id, version)
             jobs_repo.add_event(
                 session, row.tenant_id, row.id, "delete_failed", f"delete failed, will retry: {exc}"
             )

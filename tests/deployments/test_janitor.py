@@ -203,3 +203,41 @@ def test_a_use_racing_the_janitor_wins(db: Database, settings: Settings) -> None
         repo.touch(s, "dep_idle", T0 + timedelta(hours=1))  # an inference lands first
     assert teardown(db, backend, row, "idle", expected_version=row.version) is None
     assert _status(db, "dep_idle").status == "in_service" and backend.deleted == []
+
+
+def test_a_janitor_that_reads_a_claimed_row_leaves_it_alone(db: Database, settings: Settings) -> None:
+    """The CI flake: janitor B lists the row after janitor A claimed it (``deleting``, new version)
+    and judged it with that version; B must not delete the endpoint a second time."""
+    from api.services.deployments import teardown
+
+    backend = FakeEndpoints()
+    _deployment(db, backend, "dep_idle")
+    a_saw = _status(db, "dep_idle")
+    deleting_inside_a: list[models.DeploymentRow] = []
+    real_delete = backend.delete_endpoint
+
+    def slow_delete(name: str, state: dict[str, Any]) -> None:
+        b_saw = _status(db, "dep_idle")  # B's listing, taken while A deletes
+        deleting_inside_a.append(b_saw)
+        assert teardown(db, backend, b_saw, "idle", expected_version=b_saw.version) is None
+        real_delete(name, state)
+
+    backend.delete_endpoint = slow_delete  # type: ignore[method-assign]
+    assert teardown(db, backend, a_saw, "idle", expected_version=a_saw.version) is not None
+    assert deleting_inside_a[0].status == "deleting"
+    assert backend.deleted == ["fastuner-dep_idle"] and _status(db, "dep_idle").status == "deleted"
+
+
+def test_a_claim_left_by_a_dead_teardown_is_retried_after_its_lease(db: Database, settings: Settings) -> None:
+    from api.services.deployments import DELETE_LEASE
+
+    backend = FakeEndpoints()
+    _deployment(db, backend, "dep_fresh", status="deleting")  # a teardown claimed it just now
+    _deployment(db, backend, "dep_stale", status="deleting")
+    with db.session() as s:
+        row = s.get(models.DeploymentRow, "dep_stale")
+        assert row is not None
+        row.updated_at = datetime.now(UTC) - DELETE_LEASE - timedelta(seconds=1)  # its teardown died
+    report = Janitor(db, backend, settings, clock=lambda: T0 + timedelta(hours=1)).run_once()
+    assert {a.deployment_id: a.done for a in report.actions} == {"dep_fresh": False, "dep_stale": True}
+    assert backend.deleted == ["fastuner-dep_stale"] and _status(db, "dep_fresh").status == "deleting"

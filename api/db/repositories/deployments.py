@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -59,5 +59,21 @@ def touch(session: Session, deployment_id: str, at: datetime) -> None:
         update(DeploymentRow)
         .where(DeploymentRow.id == deployment_id, DeploymentRow.status == DeploymentStatus.IN_SERVICE.value)
         .values(last_used_at=at, version=DeploymentRow.version + 1, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+CLAIM_RELEASED = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def release_claim(session: Session, deployment_id: str, version: int) -> None:
+    """Let the next teardown retry a row left ``deleting`` now, not after the claim's lease.
+
+    Only the claim holder (the row still at the ``version`` its claim wrote) releases it.
+    """
+    session.execute(
+        update(DeploymentRow)
+        .where(DeploymentRow.id == deployment_id, DeploymentRow.version == version)
+        .values(updated_at=CLAIM_RELEASED)
         .execution_options(synchronize_session=False)
     )
