@@ -71,7 +71,7 @@ def make_adapter(base: Path, out: Path, seed: int, targets: list[str]) -> None:
         r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False, task_type="CAUSAL_LM"
     )
     torch.manual_seed(seed)
-    get_peft_model(model, config).save_pretrained(out)
+    get_peft_model(model, config).save_pretrained(str(out))
 
 
 def make_engine(base: Path, adapters: Path, work: Path, **overrides: Any) -> Any:
@@ -130,6 +130,7 @@ def throughput(
     for a in range(N_ADAPTERS):  # load every adapter first: this measures decoding, not loading
         engine.generate([PROMPTS[0]], f"adp_{a}", GenerationParameters(max_new_tokens=1))
     outputs: dict[tuple[int, int], str] = {}
+    reasons: dict[str, int] = {}
     completion = [0] * clients
     barrier = threading.Barrier(clients + 1)
 
@@ -138,6 +139,7 @@ def throughput(
         for r in range(requests):
             out = engine.generate([PROMPTS[(c + r) % len(PROMPTS)]], f"adp_{c % N_ADAPTERS}", params)[0]
             outputs[(c, r)] = out.generated_text
+            reasons[out.finish_reason] = reasons.get(out.finish_reason, 0) + 1
             completion[c] += out.completion_tokens
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
@@ -157,8 +159,13 @@ def throughput(
         "tokens_per_s": sum(completion) / wall,
         "batches": sched.batches,
         "largest_batch": sched.largest_batch,
+        "finish_reasons": reasons,
     }
     return stats, outputs
+
+
+def _rounded(stats: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in stats.items()}
 
 
 def bench_model(name: str, base: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -174,12 +181,16 @@ def bench_model(name: str, base: Path, args: argparse.Namespace, work: Path) -> 
     lat = latency(engine, adapters, args.repeats, args.latency_tokens)
     print(f"[{name}] latency {json.dumps({k: round(v, 2) for k, v in lat.items()})}", flush=True)
 
-    batched_engine = make_engine(base, adapters, work, max_batch_size=args.clients, max_adapters=8)
+    # No deadline in the throughput runs: the serial path queues 16 clients for minutes, and a
+    # request cut at its deadline would end early and count as an output mismatch (it did: the
+    # 11/48 "mismatches" of the first SmolLM2 run were all deadline cuts in the serial run).
+    long = {"deadline_s": 24 * 3600.0}
+    batched_engine = make_engine(base, adapters, work, max_batch_size=args.clients, max_adapters=8, **long)
     batched, out_b = throughput(batched_engine, args.clients, args.requests, args.tokens)
-    print(f"[{name}] batched {json.dumps({k: round(v, 2) for k, v in batched.items()})}", flush=True)
-    serial_engine = make_engine(base, adapters, work, max_batch_size=1, max_adapters=8)
+    print(f"[{name}] batched {json.dumps(_rounded(batched))}", flush=True)
+    serial_engine = make_engine(base, adapters, work, max_batch_size=1, max_adapters=8, **long)
     serial, out_s = throughput(serial_engine, args.clients, args.requests, args.tokens)
-    print(f"[{name}] serial  {json.dumps({k: round(v, 2) for k, v in serial.items()})}", flush=True)
+    print(f"[{name}] serial  {json.dumps(_rounded(serial))}", flush=True)
     equal = out_b == out_s
     speedup = batched["tokens_per_s"] / serial["tokens_per_s"]
     return {
