@@ -122,7 +122,9 @@ class SplitFile(BaseModel):
 
 
 class Manifest(BaseModel):
-    schema_version: Literal[1] = 1
+    # 2: records may carry name/weight/tool_calls/tool_call_id, record-level tools, or be
+    # {"text"} rows (see api.services.datasets.records); 1: role/content messages only.
+    schema_version: Literal[1, 2] = 2
     dataset_id: str
     name: str
     tenant_id: str

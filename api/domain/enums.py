@@ -10,6 +10,8 @@ class DatasetFormat(StrEnum):
     CHAT = "chat"
     PROMPT_COMPLETION = "prompt_completion"
     INSTRUCTION = "instruction"
+    SHAREGPT = "sharegpt"
+    TEXT = "text"  # continued pre-training: every token trained
 
 
 class TaskType(StrEnum):

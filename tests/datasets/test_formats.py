@@ -62,7 +62,13 @@ SAMPLES: dict[DatasetFormat, tuple[dict[str, Any], list[dict[str, str]]]] = {
 }
 
 
-@pytest.mark.parametrize("fmt", list(DatasetFormat))
+SAMPLES[DatasetFormat.SHAREGPT] = (
+    {"conversations": [{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "Hi."}]},
+    [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi."}],
+)
+
+
+@pytest.mark.parametrize("fmt", [f for f in DatasetFormat if f is not DatasetFormat.TEXT])
 @pytest.mark.parametrize("forced", [False, True])
 def test_each_format_normalises(tmp_path: Path, fmt: DatasetFormat, forced: bool) -> None:
     row, messages = SAMPLES[fmt]
@@ -71,6 +77,15 @@ def test_each_format_normalises(tmp_path: Path, fmt: DatasetFormat, forced: bool
     assert res.report.ok, res.report.errors
     assert res.report.format is fmt
     assert _records(tmp_path / "out") == [{"messages": messages, "label": None}]
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_text_format_normalises(tmp_path: Path, forced: bool) -> None:
+    src = _write(tmp_path / "d.jsonl", [{"text": "Once upon a time.", "meta": 1}])
+    res = process(src, _options(format=DatasetFormat.TEXT if forced else None), tmp_path / "out")
+    assert res.report.ok, res.report.errors
+    assert res.report.format is DatasetFormat.TEXT
+    assert _records(tmp_path / "out") == [{"text": "Once upon a time.", "label": None}]
 
 
 def test_records_are_compact_json_lines(tmp_path: Path) -> None:

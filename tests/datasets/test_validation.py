@@ -95,7 +95,7 @@ def test_chat_errors(tmp_path: Path) -> None:
     a = {"role": "assistant", "content": "hello"}
     lines: list[str | bytes] = [
         chat(u, a),  # 1 ok, detects chat
-        chat(u, {"role": "tool", "content": "x"}, a),  # 2 invalid_role
+        chat(u, {"role": "robot", "content": "x"}, a),  # 2 invalid_role (tool is a role now)
         chat(u),  # 3 last not assistant
         chat({"role": "system", "content": "s"}, a),  # 4 no user message
         chat(),  # 5 empty messages

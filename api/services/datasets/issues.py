@@ -19,6 +19,9 @@ FORMAT_MISMATCH: Final = "format_mismatch"
 WRONG_TYPE: Final = "wrong_type"
 INVALID_ROLE: Final = "invalid_role"
 INVALID_CONVERSATION: Final = "invalid_conversation"
+INVALID_WEIGHT: Final = "invalid_weight"
+INVALID_TOOLS: Final = "invalid_tools"
+UNSUPPORTED_FORMAT: Final = "unsupported_format"
 EMPTY_TEXT: Final = "empty_text"
 MISSING_LABEL: Final = "missing_label"
 INPUT_TOO_LONG: Final = "input_too_long"
@@ -38,12 +41,16 @@ MESSAGES: Final[dict[str, str]] = {
     MISSING_FIELD: "a required field is missing",
     FORMAT_MISMATCH: "row has the fields of a different format than the file's",
     WRONG_TYPE: "a field has the wrong type",
-    INVALID_ROLE: "chat message role must be system, user or assistant",
-    INVALID_CONVERSATION: "chat must have at least one user message and end with an assistant message",
+    UNSUPPORTED_FORMAT: "row is in a format fastuner recognises but cannot train on yet",
+    INVALID_ROLE: "chat message role must be system, user, assistant or tool",
+    INVALID_CONVERSATION: "chat must have at least one user message, end with an assistant message and "
+    "train at least one assistant message",
+    INVALID_WEIGHT: "a message weight must be 0 or 1 and only on assistant messages",
+    INVALID_TOOLS: "tools or tool calls are malformed",
     EMPTY_TEXT: "a text field is empty or only whitespace",
     MISSING_LABEL: "classification row has no label while the file's rows carry a 'label' field",
-    INPUT_TOO_LONG: "input (all non-target text) is longer than max_input_chars",
-    TARGET_TOO_LONG: "target (the final assistant text) is longer than max_target_chars",
+    INPUT_TOO_LONG: "input (all text that is not trained on; all of a text row) is longer than max_input_chars",
+    TARGET_TOO_LONG: "target (the trained assistant text) is longer than max_target_chars",
     TOO_FEW_ROWS: "fewer unique valid rows than min_unique_rows",
     BLANK_LINE: "blank line ignored",
     DUPLICATE: "duplicate row dropped (same normalised record as an earlier line)",

@@ -1,8 +1,19 @@
 """The training record: its canonical JSON line, its digest, and a token-count estimate.
 
-A normalised row is written as one compact JSON line with a fixed key order::
+A normalised row is written as one compact JSON line with a fixed key order. Record schema
+version 2 (manifest ``schema_version`` 2) has two shapes::
 
     {"messages":[{"role":"user","content":"..."},{"role":"assistant","content":"..."}],"label":null}
+    {"text":"...","label":null}
+
+A chat message is ``{"role", "content"}`` plus, only where they apply, ``name``, ``weight``
+(only ``0``: an assistant message that is context, not trained; absent means 1),
+``tool_calls`` (OpenAI's shape, ``arguments`` a JSON string; ``content`` is then null or a
+string) and ``tool_call_id``; roles are system, user, assistant and tool. A conversation with
+tools has ``"tools":[{"type":"function","function":{...}}]`` between ``messages`` and
+``label``. Version 1 (manifest ``schema_version`` 1) is the plain subset: role/content
+messages only, and a plain row is written byte for byte as in version 1 (same digests, same
+``content_sha256``).
 
 The same line is the canonical encoding that dedup hashes: JSON string quoting separates the
 fields (so ("ab","c") and ("a","bc") differ) and roles and the label are part of it.
@@ -11,10 +22,13 @@ fields (so ("ab","c") and ("a","bc") differ) and roles and the label are part of
 from __future__ import annotations
 
 import hashlib
+import json
 from json.encoder import encode_basestring
 from typing import Final
 
-from api.services.datasets.formats import Message
+from api.services.datasets.formats import Message, Normalised
+
+RECORD_SCHEMA_VERSION: Final = 2
 
 DIGEST_BYTES: Final = 16
 """Row digests are SHA-256 truncated to 128 bits (collision odds ~n^2/2^129)."""
@@ -52,6 +66,22 @@ def encode_record(messages: list[Message], label: str | None, *, escape: bool = 
         return f"{PAIR_HEAD}{user}{PAIR_MID}{assistant}{LABEL_TAIL_PREFIX}{tail}"
     parts = ",".join(f'{{"role":{enc(role)},"content":{enc(content)}}}' for role, content in messages)
     return f'{_HEAD}{parts}],"label":{tail}'
+
+
+def encode_normalised(row: Normalised, label: str | None, *, escape: bool = True) -> str:
+    """The canonical line of any normalised row (``escape=False`` as in :func:`encode_record`,
+    honoured only for plain chat rows; the other shapes are always escaped)."""
+    if row.plain:
+        messages = [(m["role"], m["content"]) for m in row.messages]
+        return encode_record(messages, label, escape=escape)
+    if row.text is not None:
+        tail = "null}" if label is None else encode_basestring(label) + "}"
+        return f'{{"text":{encode_basestring(row.text)},"label":{tail}'
+    obj: dict[str, object] = {"messages": row.messages}
+    if row.tools:
+        obj["tools"] = row.tools
+    obj["label"] = label
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 def encode_pair_unescaped(user: str, assistant: str, label: str | None) -> str:

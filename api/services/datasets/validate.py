@@ -24,7 +24,7 @@ from api.domain.datasets import DatasetOptions
 from api.domain.enums import DatasetFormat, TaskType
 from api.services.datasets import issues
 from api.services.datasets.bgio import ByteSink
-from api.services.datasets.formats import NORMALISERS, Normaliser, RowError, detect_format
+from api.services.datasets.formats import NORMALISERS, Normaliser, RowError, detect_format, unmatched_error
 from api.services.datasets.issues import IssueCollector
 from api.services.datasets.reader import INVALID_UTF8_LINE, TOO_LONG_LINE, iter_line_blocks
 from api.services.datasets.records import (
@@ -33,6 +33,7 @@ from api.services.datasets.records import (
     RAW_LABEL_TAIL_PREFIX,
     RAW_PAIR_HEAD,
     RAW_PAIR_MID,
+    encode_normalised,
     encode_record,
     estimate_tokens,
 )
@@ -189,7 +190,7 @@ def scan(
                 if normalise is None:
                     fmt = detect_format(obj)
                     if fmt is None:
-                        raise RowError(issues.MISSING_FIELD, "no format's required fields are present")
+                        raise unmatched_error(obj)
                     normalise = NORMALISERS[fmt]
                     pair = PAIR_FIELDS.get(fmt)
                     res.format = fmt
@@ -209,10 +210,16 @@ def scan(
                     else:
                         normalise(obj)  # raises the precise RowError
                         raise AssertionError("unreachable")  # pragma: no cover
-                    messages = None
+                    norm = None
                 else:
-                    messages = normalise(obj)
-                    target = messages[-1][1]
+                    norm = normalise(obj)
+                    if classify and norm.text is not None:
+                        raise RowError(
+                            issues.UNSUPPORTED_FORMAT,
+                            "'text' rows are continued pre-training and have no target to classify; "
+                            "use input_target with the class as the target",
+                        )
+                    target, others = norm.measure()
                 label = _label_of(obj) if "label" in obj else None
                 if classify:
                     if label_field_mode is None:
@@ -220,20 +227,25 @@ def scan(
                     if label is None:
                         if label_field_mode:
                             raise RowError(issues.MISSING_LABEL, "no 'label' field")
-                        label = target.strip()
+                        label = target.strip() if norm is None else norm.label_source().strip()
+                        if not label:
+                            raise RowError(
+                                issues.EMPTY_TEXT,
+                                "the final assistant message has no text to use as the label",
+                            )
                 tgt_len = len(target)
-                if messages is None:
+                if norm is None:
                     in_len = len(text)
                     if text.isascii() and target.isascii():
                         tokens = ((in_len + 3) >> 2) + ((tgt_len + 3) >> 2)
                     else:
                         tokens = estimate_tokens(text) + estimate_tokens(target)
                 else:
-                    in_len = tokens = 0
-                    for _, part in messages:
+                    in_len = 0
+                    tokens = estimate_tokens(target)
+                    for part in others:
                         in_len += len(part)
                         tokens += estimate_tokens(part)
-                    in_len -= tgt_len
                 if in_len >= near_in or tgt_len >= near_tgt:
                     if in_len > max_in or tgt_len > max_tgt:
                         if in_len > max_in:
@@ -243,10 +255,10 @@ def scan(
                         add_gap(rows)
                         continue
                     warnings.add(issues.NEAR_LIMIT, lineno)
-                if messages is not None:
+                if norm is not None:
                     # chat strings come straight from the line: no backslash, no escaping
                     escape = fmt is not DatasetFormat.CHAT or "\\" in line
-                    line_str = encode_record(messages, label, escape=escape)
+                    line_str = encode_normalised(norm, label, escape=escape)
                 elif "\\" in line:
                     line_str = encode_record([("user", text), ("assistant", target)], label)
                 elif label is None:  # inlined records.encode_pair_unescaped
