@@ -21,6 +21,7 @@ from api.routes import (
     deployments,
     finetune,
     health,
+    models,
     openai_chat,
     openai_files,
     openai_jobs,
@@ -96,6 +97,7 @@ def create_app(
     app.include_router(deployments.router, prefix="/v0")
     app.include_router(deployments.inference_router, prefix="/v0")
     app.include_router(deployments.ops_router, prefix="/v0")
+    app.include_router(models.router, prefix="/v0")
     # OpenAI-compatible API (errors in OpenAI's shape there: api/errors.py)
     app.include_router(openai_files.router, prefix="/v1")
     app.include_router(openai_jobs.router, prefix="/v1")

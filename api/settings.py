@@ -53,6 +53,20 @@ class Settings(BaseSettings):
     model_roots: list[Path] | None = Field(
         default=None, description="roots of local base-model folders; default {home}/models and the HF cache"
     )
+    # -- base models (`fastuner models`, api/services/models): the local backend has no network by
+    # default, so preflight refuses a hub id not on this machine (pulled or in the HF cache).
+    local_hub_downloads: bool = Field(
+        default=False,
+        description="local backend: let the engine download hub models not on this machine (needs network)",
+    )
+    # Gated hub models (Llama, Mistral, Gemma) need a Hugging Face token. This names the Secrets
+    # Manager secret (ARN or name) holding it: the containers read it at start (the token itself is
+    # never in a job, an endpoint, an event or an API response). The local backend also passes on
+    # HF_TOKEN of the server's environment.
+    hf_token_secret: str | None = Field(
+        default=None,
+        description="Secrets Manager secret (ARN or name) holding the Hugging Face token for gated models",
+    )
     reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
     janitor_interval_seconds: Annotated[float, Field(gt=0)] = 30.0
     orphan_grace_seconds: Annotated[int, Field(ge=0)] = 900
@@ -203,6 +217,11 @@ class Settings(BaseSettings):
     def api_key_file(self) -> Path:
         """Where the bootstrap key of the embedded default is kept (read by the CLI)."""
         return self.home.expanduser() / "api_key"
+
+    @property
+    def models_dir(self) -> Path:
+        """Where `fastuner models pull` puts models ({home}/models, a default model root)."""
+        return self.home.expanduser() / "models"
 
     @property
     def work_dir(self) -> Path:

@@ -8,6 +8,7 @@ from api.backends.base import ComputeBackend
 from api.backends.endpoints import EndpointBackend
 from api.backends.local import LocalBackend
 from api.backends.local_endpoints import LocalEndpoints
+from api.backends.local_models import LocalModels
 from api.domain.errors import BadRequest
 from api.settings import Settings
 from api.storage.base import ObjectStore
@@ -35,8 +36,14 @@ def make_backend(settings: Settings, store: ObjectStore) -> ComputeBackend:
         from api.backends.sagemaker import SageMakerBackend
 
         s3, image, role = _sagemaker_prerequisites(settings, store, settings.training_image_uri, "TRAINING")
-        return SageMakerBackend(s3, image_uri=image, role_arn=role, region=settings.aws_region)
-    return LocalBackend(store, settings.work_dir / "jobs", python=settings.local_python)
+        return SageMakerBackend(
+            s3, image_uri=image, role_arn=role, region=settings.aws_region,
+            hf_token_secret=settings.hf_token_secret,
+        )  # fmt: skip
+    return LocalBackend(
+        store, settings.work_dir / "jobs", python=settings.local_python,
+        models=_local_models(settings), hf_token_secret=settings.hf_token_secret,
+    )  # fmt: skip
 
 
 def make_endpoint_backend(settings: Settings, store: ObjectStore) -> EndpointBackend:
@@ -54,7 +61,18 @@ def make_endpoint_backend(settings: Settings, store: ObjectStore) -> EndpointBac
                 delete_wait_s=settings.inference_component_delete_wait_seconds,
             )
             return SageMakerComponents(
-                s3, image_uri=image, role_arn=role, region=settings.aws_region, components=components
-            )
-        return SageMakerEndpoints(s3, image_uri=image, role_arn=role, region=settings.aws_region)
-    return LocalEndpoints(store, settings.work_dir / "endpoints", python=settings.local_python)
+                s3, image_uri=image, role_arn=role, region=settings.aws_region, components=components,
+                hf_token_secret=settings.hf_token_secret,
+            )  # fmt: skip
+        return SageMakerEndpoints(
+            s3, image_uri=image, role_arn=role, region=settings.aws_region,
+            hf_token_secret=settings.hf_token_secret,
+        )  # fmt: skip
+    return LocalEndpoints(
+        store, settings.work_dir / "endpoints", python=settings.local_python,
+        models=_local_models(settings), hf_token_secret=settings.hf_token_secret,
+    )  # fmt: skip
+
+
+def _local_models(settings: Settings) -> LocalModels:
+    return LocalModels(settings.models_dir, offline=not settings.local_hub_downloads)

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from api.backends.base import TrainingSpec, TrainingStatus
+from api.backends.hub_env import HF_TOKEN_SECRET_ENV
+from api.backends.local_models import LocalModels
 from api.backends.local_runner import DEFAULT_STOP_GRACE_S, EXIT_FILE, MAX_RUNTIME_FILE
 from api.backends.processes import alive, reap, spawn_detached, tail_file
 from api.domain.enums import JobStatus
@@ -49,11 +51,21 @@ class LocalBackend:
         *,
         python: str | None = None,
         stop_grace_s: float = DEFAULT_STOP_GRACE_S,
+        models: LocalModels | None = None,
+        hf_token_secret: str | None = None,
     ) -> None:
         self.store = store
         self.jobs_dir = jobs_dir
         self.python = python or sys.executable
         self.stop_grace_s = stop_grace_s  # after max runtime: SIGTERM, then SIGKILL this much later
+        # Hub ids the engine loads from this machine (pulled or cached) instead of the hub.
+        self.models = models
+        self.hf_token_secret = hf_token_secret  # the secret's name/ARN only; the engine reads it
+
+    @property
+    def model_access(self) -> str:
+        """How this backend gets hub models: ``offline`` (only what is on this machine) or ``hub``."""
+        return self.models.access if self.models is not None else "hub"
 
     # -- launch -------------------------------------------------------------------------------
     def start_training(self, spec: TrainingSpec) -> dict[str, Any]:
@@ -67,7 +79,10 @@ class LocalBackend:
         root.mkdir(mode=0o700)  # the job's data, model and logs: its owner's only
         config = root / "input" / "config"
         config.mkdir(parents=True)
-        (config / "hyperparameters.json").write_text(json.dumps(spec.hyperparameters, indent=2))
+        hyperparameters = dict(spec.hyperparameters)
+        if self.models is not None and "base_model" in hyperparameters:  # the job still says the hub id
+            hyperparameters["base_model"] = self.models.resolve(hyperparameters["base_model"])
+        (config / "hyperparameters.json").write_text(json.dumps(hyperparameters, indent=2))
         (config / "resourceconfig.json").write_text(
             json.dumps({"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "lo"})
         )
@@ -82,6 +97,8 @@ class LocalBackend:
             self.python, "-m", "scu.entry", "train",
         ]  # fmt: skip
         env = dict(os.environ, OPT_ML_ROOT=str(root), PYTHONUNBUFFERED="1")
+        if self.hf_token_secret:
+            env[HF_TOKEN_SECRET_ENV] = self.hf_token_secret
         pid = spawn_detached(cmd, log_path=root / LOG_FILE, env=env, cwd=root)
         state = {"root": str(root), "pid": pid, "started_at": datetime.now(UTC).isoformat()}
         tmp = root / (LAUNCH_FILE + ".tmp")

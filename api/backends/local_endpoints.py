@@ -26,6 +26,8 @@ from api.backends.endpoints import (
     ManagedEndpoint,
     parse_sse_events,
 )
+from api.backends.hub_env import HF_TOKEN_SECRET_ENV
+from api.backends.local_models import LocalModels
 from api.backends.processes import alive, free_port, spawn_detached, tail_file, terminate
 from api.domain.enums import DeploymentStatus
 from api.domain.errors import BackendError
@@ -44,10 +46,20 @@ INVOKE_TIMEOUT = httpx.Timeout(10.0, read=600.0)
 class LocalEndpoints:
     name = "local"
 
-    def __init__(self, store: ObjectStore, endpoints_dir: Path, *, python: str | None = None) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        endpoints_dir: Path,
+        *,
+        python: str | None = None,
+        models: LocalModels | None = None,
+        hf_token_secret: str | None = None,
+    ) -> None:
         self.store = store
         self.endpoints_dir = endpoints_dir
         self.python = python or sys.executable
+        self.models = models  # hub ids served from this machine (pulled or cached) instead of the hub
+        self.hf_token_secret = hf_token_secret
 
     def create_endpoint(self, spec: EndpointSpec) -> dict[str, Any]:
         root = self.endpoints_dir / spec.endpoint_name
@@ -60,7 +72,7 @@ class LocalEndpoints:
         port = free_port()
         env = dict(
             os.environ,
-            FASTUNER_BASE_MODEL=spec.base_model,
+            FASTUNER_BASE_MODEL=self.models.resolve(spec.base_model) if self.models else spec.base_model,
             FASTUNER_ADAPTER_PREFIX=(  # a path the server on this host can read, or s3://
                 self.store.file_uri(spec.adapter_prefix)
                 if isinstance(self.store, LocalStore)
@@ -71,6 +83,8 @@ class LocalEndpoints:
             FASTUNER_LOG_LEVEL="INFO",
             PYTHONUNBUFFERED="1",
         )
+        if self.hf_token_secret:
+            env[HF_TOKEN_SECRET_ENV] = self.hf_token_secret
         cmd = [self.python, "-m", "loraserve.entry", "serve", "--host", "127.0.0.1", "--port", str(port)]
         pid = spawn_detached(cmd, log_path=root / LOG_FILE, env=env, cwd=root)
         state = {

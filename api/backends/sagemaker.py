@@ -44,6 +44,7 @@ from scu.metrics_format import METRIC_DEFINITIONS, parse_line
 
 from api.backends.aws_errors import backend_error, error_code, error_message
 from api.backends.base import TrainingSpec, TrainingStatus
+from api.backends.hub_env import HF_TOKEN_SECRET_ENV
 from api.domain.enums import JobStatus
 from api.domain.errors import BackendError, Conflict
 from api.logging import get_logger
@@ -100,6 +101,7 @@ class SageMakerBackend:
     """:class:`~api.backends.base.ComputeBackend` on Amazon SageMaker training jobs."""
 
     name = "sagemaker"
+    model_access = "hub"  # the job downloads hub models itself (gated ones with the token secret)
 
     def __init__(
         self,
@@ -110,6 +112,7 @@ class SageMakerBackend:
         region: str | None,
         sagemaker_client: SageMakerClient | None = None,
         logs_client: Any = None,
+        hf_token_secret: str | None = None,
     ) -> None:
         if not image_uri:
             raise ValueError(
@@ -121,6 +124,9 @@ class SageMakerBackend:
         self.image_uri = image_uri
         self.role_arn = role_arn
         self.region = region
+        # The Secrets Manager secret (ARN/name) of the Hugging Face token: the job's Environment
+        # carries the name, the container reads the value (never the request, never the logs).
+        self.hf_token_secret = hf_token_secret
         self.sagemaker: SageMakerClient = sagemaker_client or boto3.client(
             "sagemaker", region_name=region, config=RETRY_CONFIG
         )
@@ -152,7 +158,7 @@ class SageMakerBackend:
                     f"max_wait_seconds ({wait}) must be >= max_runtime_seconds ({spec.max_runtime_seconds})"
                 )
             stopping["MaxWaitTimeInSeconds"] = wait
-        return {
+        request: dict[str, Any] = {
             "TrainingJobName": spec.job_name,
             "AlgorithmSpecification": {
                 "TrainingImage": self.image_uri,
@@ -191,6 +197,9 @@ class SageMakerBackend:
             },
             "Tags": [{"Key": k, "Value": v} for k, v in spec.tags.items()],
         }
+        if self.hf_token_secret:
+            request["Environment"] = {HF_TOKEN_SECRET_ENV: self.hf_token_secret}
+        return request
 
     def start_training(self, spec: TrainingSpec) -> dict[str, Any]:
         """Create the training job; idempotent for the same ``spec.job_name``.

@@ -148,6 +148,7 @@ class SageMakerComponents(SageMakerEndpoints):
         runtime_client: SageMakerRuntimeClient | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        hf_token_secret: str | None = None,
     ) -> None:
         super().__init__(
             store,
@@ -156,6 +157,7 @@ class SageMakerComponents(SageMakerEndpoints):
             region=region,
             sagemaker_client=sagemaker_client,
             runtime_client=runtime_client,
+            hf_token_secret=hf_token_secret,
         )
         self.components = components or ComponentSettings()
         self.sleep = sleep
@@ -205,8 +207,8 @@ class SageMakerComponents(SageMakerEndpoints):
             "FASTUNER_BASE_MODEL": MODEL_DIR if artifact else spec.base_model,
             "FASTUNER_ADAPTER_PREFIX": self.store.uri(spec.adapter_prefix.rstrip("/")),
         }
-        # TODO(secrets): gated hub models need a token; Settings has no hub-token setting yet, so
-        # none is passed. Use ArtifactUrl (base_model_artifacts) for gated models meanwhile.
+        if not artifact:  # pulled from the hub: a gated model needs the token (its secret's name here)
+            environment.update(self.token_environment())
         container: dict[str, Any] = {"Image": self.image_uri, "Environment": environment}
         if artifact:
             container["ArtifactUrl"] = artifact

@@ -57,6 +57,7 @@ from api.backends.endpoints import (
     ManagedEndpoint,
     parse_sse_events,
 )
+from api.backends.hub_env import HF_TOKEN_SECRET_ENV
 from api.backends.sagemaker import RETRY_CONFIG
 from api.domain.enums import DeploymentStatus
 from api.domain.errors import BackendError
@@ -102,6 +103,7 @@ class SageMakerEndpoints:
         region: str | None,
         sagemaker_client: SageMakerClient | None = None,
         runtime_client: SageMakerRuntimeClient | None = None,
+        hf_token_secret: str | None = None,
     ) -> None:
         if not image_uri:
             raise ValueError(
@@ -115,12 +117,17 @@ class SageMakerEndpoints:
         self.image_uri = image_uri
         self.role_arn = role_arn
         self.region = region
+        self.hf_token_secret = hf_token_secret  # the secret's name/ARN in Environment, never the token
         self.sagemaker: SageMakerClient = sagemaker_client or boto3.client(
             "sagemaker", region_name=region, config=RETRY_CONFIG
         )
         self.runtime: SageMakerRuntimeClient = runtime_client or boto3.client(
             "sagemaker-runtime", region_name=region, config=RUNTIME_CONFIG
         )
+
+    def token_environment(self) -> dict[str, str]:
+        """The container variable naming the Hugging Face token's secret, when one is configured."""
+        return {HF_TOKEN_SECRET_ENV: self.hf_token_secret} if self.hf_token_secret else {}
 
     # -- requests (no I/O) --------------------------------------------------------------------
     def build_requests(self, spec: EndpointSpec) -> dict[str, dict[str, Any]]:
@@ -136,6 +143,7 @@ class SageMakerEndpoints:
             "FASTUNER_ADAPTER_PREFIX": self.store.uri(spec.adapter_prefix.rstrip("/")),
             "FASTUNER_PRELOAD_ADAPTERS": preload_value(spec.adapter_ids),
             "FASTUNER_MAX_ADAPTERS": str(max(DEFAULT_MAX_ADAPTERS, len(spec.adapter_ids))),
+            **self.token_environment(),
         }
         return {
             "model": {

@@ -8,6 +8,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scu.hyperparams import HyperparameterError, parse_hyperparameters
 
@@ -17,6 +18,7 @@ from api.domain.errors import BadRequest, Conflict
 from api.domain.finetune import CostEstimate, FineTuneRequest, InvalidHyperparameters
 from api.domain.instances import INSTANCE_TYPES, InstanceType, lookup
 from api.services.finetune.estimate import estimate, model_facts
+from api.services.models import availability
 from api.settings import Settings
 
 
@@ -148,7 +150,11 @@ def _local_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def run(req: FineTuneRequest, dataset: Dataset, manifest: Manifest, settings: Settings) -> Preflight:
+def run(
+    req: FineTuneRequest, dataset: Dataset, manifest: Manifest, settings: Settings, backend: Any = None
+) -> Preflight:
+    """Every check before compute; ``backend``: the compute backend, asked how it gets hub models
+    (``model_access``; see :mod:`api.services.models.availability`)."""
     if dataset.status != DatasetStatus.READY:
         raise Conflict(f"dataset {dataset.id} is {dataset.status.value}, not ready")
     if dataset.row_counts.get("train", 0) == 0:
@@ -174,6 +180,10 @@ def run(req: FineTuneRequest, dataset: Dataset, manifest: Manifest, settings: Se
     if report.token_length is not None:
         tokens = int(report.token_length.mean * dataset.row_counts.get("train", 0))
     epochs = cfg.epochs
+    on_disk = None
+    if local_dir is None and settings.backend == "local":  # a hub id pulled or cached: its own config
+        found = availability.local_models(settings).find(req.base_model)
+        on_disk = found[0] if found is not None else None
     if cfg.max_steps is None and epochs is None:
         warnings.append("epochs chosen by the engine's smart defaults; runtime estimated for 3 epochs")
     est = estimate(
@@ -181,7 +191,7 @@ def run(req: FineTuneRequest, dataset: Dataset, manifest: Manifest, settings: Se
         instance_count=req.instance_count,
         spot=req.spot,
         method=req.method.value,
-        facts=model_facts(req.base_model, local_dir),
+        facts=model_facts(req.base_model, local_dir or on_disk),
         train_tokens=tokens,
         epochs=epochs,
     )
@@ -195,6 +205,8 @@ def run(req: FineTuneRequest, dataset: Dataset, manifest: Manifest, settings: Se
             f"{req.base_model} needs about {est.gpu_memory_needed_gb} GB of GPU memory but {instance.name} "
             f"has {est.gpu_memory_available_gb} GB per GPU; choose a larger instance type{hint}"
         )
+    # A model the backend cannot get (not on this machine with no network; gated without a token).
+    availability.check_available(req.base_model, local_dir, settings, backend)
     if "validation" not in dataset.row_counts:
         warnings.append(
             "the dataset has no validation split: the engine holds out part of train for evaluation"

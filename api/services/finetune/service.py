@@ -11,7 +11,7 @@ from api.backends.base import ComputeBackend
 from api.db import models
 from api.db.repositories import jobs as repo
 from api.db.session import Database
-from api.domain.enums import JobStatus, TuneMethod
+from api.domain.enums import JobStatus, TaskType, TuneMethod
 from api.domain.errors import Conflict, NotFound
 from api.domain.finetune import CostEstimate, DryRun, FineTuneJob, FineTuneRequest, JobEvent, MetricPoint
 from api.domain.ids import new_id
@@ -23,8 +23,13 @@ from api.services.tenants import TenantService
 from api.settings import Settings
 
 log = get_logger("finetune")
-CHANNELS = ("train", "validation")
+CHANNELS = ("train", "validation", "test")  # the engine computes task metrics on test
 REPLAY_WAIT_S = 30.0  # a replay or cancel waits this long for a launch in progress in this process
+
+
+def engine_task_type(task_type: TaskType) -> str:
+    """The engine's ``task_type`` for a dataset's: how its task metrics score the generations."""
+    return "classification" if task_type is TaskType.CLASSIFICATION else "generation"
 
 
 def job_name_for(job_id: str) -> str:
@@ -65,7 +70,8 @@ class FineTuneService:
                 return self._replay(existing, request_hash)
         dataset = self.datasets.get(tenant_id, req.dataset_id)
         manifest = self.datasets.manifest(tenant_id, req.dataset_id)
-        checked = preflight.run(req, dataset, manifest, self.settings)
+        checked = preflight.run(req, dataset, manifest, self.settings, self.backend)
+        checked.hyperparameters.setdefault("task_type", engine_task_type(dataset.task_type))
         if req.dry_run:
             with self.db.session() as session:
                 self.tenants.check_instance_type(session, tenant_id, checked.instance.name)
