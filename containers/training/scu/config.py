@@ -61,7 +61,7 @@ class TrainConfig(BaseModel):
     max_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
     # data
-    packing: bool = False
+    packing: bool | None = None  # None: on for text rows (continued pre-training), else off
     train_on_inputs: bool = False
     validation_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
     # runtime
@@ -196,6 +196,7 @@ def resolve(
         method=method,
         method_requested=cfg.method,
         target_s=pick("target_s", defaults.target_s()),
+        packing=pick("packing", facts.text_rows),
         lora_r=r,
         lora_alpha=pick("lora_alpha", float(defaults.lora_alpha(r))),
         learning_rate=pick("learning_rate", defaults.learning_rate(facts.n_params)),

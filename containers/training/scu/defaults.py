@@ -19,6 +19,7 @@ class Facts:
     max_positions: int  # the model's context length
     cuda: bool
     world_size: int = 1
+    text_rows: bool = False  # every training row is a text record (continued pre-training)
 
 
 def lora_rank(n_params: int, train_tokens: int) -> int:

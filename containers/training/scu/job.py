@@ -99,6 +99,7 @@ def _run(paths: ContractPaths, cfg: TrainConfig, info: DistInfo, device: torch.d
         max_positions=max_pos,
         cuda=device.type == "cuda",
         world_size=info.world_size,
+        text_rows=all(data_mod.is_text(r) for r in train_rows),
     )
     bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
     rcfg = resolve(cfg, facts, base, qlora_available=qlora_available(), bf16_ok=bf16_ok)
