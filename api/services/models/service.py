@@ -23,6 +23,7 @@ from api.services.finetune.preflight import check_model_allowed, hub_id_allowed
 from api.services.models import availability
 from api.services.models.catalog import CATALOG, OFFLINE_SOURCES, gated
 from api.services.models.facts import folder_facts
+from api.services.models.pull import check as pull_check
 from api.services.models.pull import offline_gguf, pull
 from api.settings import Settings
 
@@ -159,6 +160,7 @@ class ModelService:
             )
         if check_model_allowed(hub_id, self.settings) is not None:
             raise BadRequest(f"{hub_id} is a model folder already on this machine; nothing to pull")
+        pull_check(hub_id, self.settings.models_dir)
 
     def pull(self, hub_id: str, progress: Any = None) -> PullResult:
         self.check_pull(hub_id)
