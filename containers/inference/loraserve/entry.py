@@ -44,6 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fastuner-serve: {exc}", file=sys.stderr)
         return 2
 
+    from loraserve.hub_token import HubTokenError, resolve_hf_token
+
+    try:  # a gated hub model needs the token: FASTUNER_HF_TOKEN_SECRET names its secret
+        resolve_hf_token()
+    except HubTokenError as exc:
+        log_event("hf_token_unavailable", logging.ERROR, error=str(exc))
+        print(f"fastuner-serve: {exc}", file=sys.stderr)
+        return 2
+
     import uvicorn
 
     from loraserve.app import create_app

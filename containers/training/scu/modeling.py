@@ -11,6 +11,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from scu.hub_token import ensure_hf_token
+
 log = logging.getLogger("scu.modeling")
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -19,6 +21,7 @@ _NEVER_TARGET = {"lm_head", "score", "classifier", "embed_out", "output", "wte",
 
 def model_facts(name_or_path: str) -> tuple[int, int]:
     """(parameter count, max positions) computed from the config on the meta device (no weights)."""
+    ensure_hf_token()  # a gated hub model needs it (FASTUNER_HF_TOKEN_SECRET → HF_TOKEN)
     config = AutoConfig.from_pretrained(name_or_path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -33,6 +36,7 @@ def model_facts(name_or_path: str) -> tuple[int, int]:
 
 
 def load_tokenizer(name_or_path: str) -> Any:
+    ensure_hf_token()
     tok = AutoTokenizer.from_pretrained(name_or_path)
     if tok.pad_token_id is None:
         if tok.eos_token is None:
@@ -48,6 +52,7 @@ def qlora_available() -> bool:
 def load_base_model(
     name_or_path: str, precision: str, method: str, device: torch.device, gradient_checkpointing: bool
 ) -> PreTrainedModel:
+    ensure_hf_token()
     dtype = _DTYPES[precision]
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
