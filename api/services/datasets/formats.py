@@ -540,11 +540,25 @@ def _shift_index(detail: str) -> str:
     return f"{prefix}{index - 1}{detail[end:]}"
 
 
+def _refusing_preference(normalise: Normaliser) -> Normaliser:
+    """``normalise`` that first refuses preference pairs (also in a file of a forced format)."""
+
+    def checked(row: Row) -> Normalised:
+        if is_preference(row):
+            raise RowError(issues.UNSUPPORTED_FORMAT, PREFERENCE_MESSAGE)
+        return normalise(row)
+
+    return checked
+
+
 NORMALISERS: Final[dict[DatasetFormat, Normaliser]] = {
-    DatasetFormat.INPUT_TARGET: normalise_input_target,
-    DatasetFormat.PROMPT_COMPLETION: normalise_prompt_completion,
-    DatasetFormat.INSTRUCTION: normalise_instruction,
-    DatasetFormat.CHAT: normalise_chat,
-    DatasetFormat.SHAREGPT: normalise_sharegpt,
-    DatasetFormat.TEXT: normalise_text,
+    fmt: _refusing_preference(fn)
+    for fmt, fn in (
+        (DatasetFormat.INPUT_TARGET, normalise_input_target),
+        (DatasetFormat.PROMPT_COMPLETION, normalise_prompt_completion),
+        (DatasetFormat.INSTRUCTION, normalise_instruction),
+        (DatasetFormat.CHAT, normalise_chat),
+        (DatasetFormat.SHAREGPT, normalise_sharegpt),
+        (DatasetFormat.TEXT, normalise_text),
+    )
 }
