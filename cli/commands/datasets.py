@@ -15,7 +15,7 @@ from cli.output import console, kv_table, print_json, table
 from cli.state import State, pass_state
 
 TASK_TYPES = click.Choice(["generation", "classification", "qa"])
-FORMATS = click.Choice(["input_target", "chat", "prompt_completion", "instruction"])
+FORMATS = click.Choice(["input_target", "chat", "prompt_completion", "instruction", "sharegpt", "text"])
 
 
 def _options(f: Any) -> Any:
