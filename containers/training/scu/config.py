@@ -17,6 +17,7 @@ _NONE_STRINGS = {"", "null", "none", "auto"}
 MAX_STEPS = 1_000_000
 LAMBDA_LIMIT = 1e4
 MAX_PROCESSES = 256  # processes per node; the control plane also caps it at the node's GPUs/cores
+MAX_TASK_EVAL_ROWS = 100_000
 
 
 class TrainConfig(BaseModel):
@@ -64,6 +65,9 @@ class TrainConfig(BaseModel):
     packing: bool | None = None  # None: on for text rows (continued pre-training), else off
     train_on_inputs: bool = False
     validation_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+    # task metrics (greedy generation on held-out rows, base vs adapter; 0 rows = off)
+    task_type: Literal["generation", "classification"] | None = None  # None: from the data
+    task_eval_rows: int = Field(default=200, ge=0, le=MAX_TASK_EVAL_ROWS)
     # runtime
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool | None = None
@@ -92,7 +96,7 @@ class TrainConfig(BaseModel):
             return parts or None
         return value
 
-    @field_validator("scu", "method", "lr_scheduler", "precision", mode="before")
+    @field_validator("scu", "method", "lr_scheduler", "precision", "task_type", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -147,6 +151,8 @@ class ResolvedConfig(BaseModel):
     packing: bool
     train_on_inputs: bool
     validation_fraction: float
+    task_type: Literal["generation", "classification"] | None
+    task_eval_rows: int
     precision: Literal["fp32", "bf16", "fp16"]
     gradient_checkpointing: bool
     log_every: int

@@ -23,6 +23,8 @@ from scu.evaluate import evaluate_adapter
 from scu.metrics_format import format_eval_line
 from scu.modeling import apply_lora, load_base_model, load_tokenizer, model_facts, qlora_available
 from scu.paths import EXIT_INTERRUPTED, EXIT_OK, ContractPaths
+from scu.task_eval import run_task_eval
+from scu.task_metrics import summary_line
 from scu.trainer import StopFlag, TrainingDiverged, train
 
 log = logging.getLogger("scu.job")
@@ -170,6 +172,9 @@ def _run(paths: ContractPaths, cfg: TrainConfig, info: DistInfo, device: torch.d
         )
     if info.is_main:
         report.update(source=val_source, steps=result.global_step, scu=rcfg.scu, target_s=rcfg.target_s)
+        task = _task_metrics(paths, model, tokenizer, rcfg, max_pos, device)
+        if task is not None:
+            report["task"] = task
         _finish(paths, model, rcfg, report, val_examples or examples, pad_id, device)
         _write_json(
             paths.status_file,
@@ -177,6 +182,39 @@ def _run(paths: ContractPaths, cfg: TrainConfig, info: DistInfo, device: torch.d
         )
     barrier(info)
     return EXIT_OK
+
+
+def _task_metrics(
+    paths: ContractPaths,
+    model: Any,
+    tokenizer: Any,
+    rcfg: ResolvedConfig,
+    max_positions: int,
+    device: torch.device,
+) -> dict[str, Any] | None:
+    """Greedy generation on held-out rows, base vs adapter (rank 0 only; the others wait at the
+    final barrier). ``None`` when disabled or there is no row to generate for."""
+    try:
+        task = run_task_eval(
+            model,
+            tokenizer,
+            {name: paths.channel(name) for name in ("train", "validation", "test")},
+            requested=rcfg.task_type or "auto",
+            limit=rcfg.task_eval_rows,
+            validation_fraction=rcfg.validation_fraction,
+            seed=rcfg.seed,
+            max_positions=max_positions,
+            device=device,
+        )
+    except Exception:  # the adapter is trained and kept; only its task metrics are missing
+        log.exception("task metrics failed; eval.json gets none")
+        return None
+    if task is not None:
+        print(
+            f"[scu-task] {task['kind']} on {task['split']}: {summary_line(task)} in {task['seconds']:.1f}s",
+            flush=True,
+        )
+    return task
 
 
 def _finish(
