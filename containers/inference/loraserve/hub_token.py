@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 
 log = logging.getLogger("loraserve.hub_token")
@@ -22,6 +23,8 @@ log = logging.getLogger("loraserve.hub_token")
 SECRET_ENV = "FASTUNER_HF_TOKEN_SECRET"
 TOKEN_ENV = "HF_TOKEN"
 _JSON_KEYS = ("HF_TOKEN", "hf_token", "token")
+# botocore logs whole response bodies at DEBUG (the secret's value among them): held at INFO during the call.
+_AWS_LOGGERS = ("botocore", "boto3", "urllib3")
 
 
 class HubTokenError(RuntimeError):
@@ -46,6 +49,22 @@ def token_from_secret(value: str) -> str:
     return text
 
 
+@contextmanager
+def _no_aws_debug_logs() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _AWS_LOGGERS]
+    loggers += [lg for name, lg in logging.root.manager.loggerDict.items()
+                if isinstance(lg, logging.Logger) and name.startswith(tuple(n + "." for n in _AWS_LOGGERS))]  # fmt: skip
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        if lg.getEffectiveLevel() < logging.INFO:
+            lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _region(secret: str) -> str | None:
     parts = secret.split(":")  # arn:aws:secretsmanager:<region>:<account>:secret:<name>
     if len(parts) >= 7 and parts[0] == "arn" and parts[2] == "secretsmanager":
@@ -64,11 +83,12 @@ def resolve_hf_token(env: MutableMapping[str, str] | None = None, client: Any = 
     if not secret:
         return False
     try:
-        if client is None:
-            import boto3
+        with _no_aws_debug_logs():
+            if client is None:
+                import boto3
 
-            client = boto3.client("secretsmanager", region_name=_region(secret))
-        answer = client.get_secret_value(SecretId=secret)
+                client = boto3.client("secretsmanager", region_name=_region(secret))
+            answer = client.get_secret_value(SecretId=secret)
         raw = answer.get("SecretString")
         if raw is None:
             raw = bytes(answer.get("SecretBinary") or b"").decode("utf-8")
