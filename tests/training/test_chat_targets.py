@@ -226,3 +226,46 @@ def test_reader_accepts_new_fields_and_rejects_bad_ones(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_text(json.dumps({"text": ""}))
     with pytest.raises(DataError, match="'text' must be a non-empty string"):
         read_channel(tmp_path)
+
+
+def test_jobs_on_text_rows_and_on_tool_chats(tmp_path: Path, tiny_model: Path, tokenizer: Any) -> None:
+    """The real entry: text rows are packed by default; tool chats train the call and the
+    weight-1 replies only (the count of loss tokens per row is exact)."""
+    from tests.training.support import run_entry, write_root
+
+    docs = [
+        {"text": f"Document {i}: the quick brown fox jumps over the lazy dog.", "label": None}
+        for i in range(24)
+    ]
+    tool_chat = {
+        "messages": [
+            {"role": "user", "content": "1+2?"},
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "content": "3", "tool_call_id": "c1"},
+            {"role": "assistant", "content": "3", "weight": 0},
+            {"role": "user", "content": "thanks"},
+            {"role": "assistant", "content": "You are welcome."},
+        ],
+        "tools": [TOOL],
+        "label": None,
+    }
+    configs = []
+    for name, rows in (("text", docs), ("tools", [tool_chat] * 8)):
+        root = write_root(
+            tmp_path / name, {"base_model": str(tiny_model), "max_steps": 2}, n_train=0, n_val=0
+        )
+        train = root / "input" / "data" / "train"
+        train.mkdir(parents=True)
+        (train / "part-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        proc = run_entry(root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        configs.append(json.loads((root / "model" / "fastuner_config.json").read_text()))
+    text, tools = configs
+    assert text["packing"] is True and "packing" in text["defaulted"]
+    assert tools["packing"] is False
+    call = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call></s>'
+    per_row = len(tokenizer(call, add_special_tokens=False)["input_ids"]) + len(
+        tokenizer("You are welcome.</s>", add_special_tokens=False)["input_ids"]
+    )
+    stats = tools["data"]["train"]
+    assert stats["loss_tokens"] == stats["rows"] * per_row and stats["rows"] == 7  # 1 of 8 held out
