@@ -410,12 +410,20 @@ def test_sharegpt_errors_name_the_turn(client: TestClient, tmp_path: Path) -> No
     rows = [
         {"system": "s", "conversations": [{"from": "human", "value": "q"}, {"from": "bot", "value": "a"}]},
         {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt"}]},
+        {
+            "system": "s",
+            "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a", "weight": 2}],
+        },
+        {"system": "", "conversations": [{"from": "system", "value": "s"}, {"from": "gpt", "value": "a"}]},
     ]
     report = _validate(client, tmp_path, rows)
     assert report["format"] == "sharegpt"
     errors = _errors(report)
     assert "line 1: conversations[1].from is 'bot'" in errors["invalid_role"]
     assert "line 2: conversations[1] has no 'value'" in errors["missing_field"]
+    # indices count the user's turns (the record's 'system' is not one of them)
+    assert "line 3: conversations[1].weight must be 0 or 1, got 2" in errors["invalid_weight"]
+    assert "line 4: there is no user message" in errors["invalid_conversation"]
 
 
 # --- text --------------------------------------------------------------------------------------

@@ -131,6 +131,10 @@ class Normalised:
         """
         if self.text is not None:
             return "", [self.text]
+        if self.plain:
+            msgs = self.messages
+            target = "".join([m["content"] for m in msgs if m["role"] == "assistant"])
+            return target, [m["content"] for m in msgs if m["role"] != "assistant"]
         trained: list[str] = []
         other: list[str] = []
         if self.tools:
@@ -349,8 +353,35 @@ def _weight(msg: dict[str, Any], role: str, where: str) -> int:
     return int(weight)
 
 
+_PLAIN_ROLES: Final[frozenset[str]] = frozenset({"system", "user", "assistant"})
+
+
+def _plain_chat(raw: list[Any]) -> Normalised | None:
+    """The fast path: every message exactly ``{role, content}`` (system/user/assistant, non-blank
+    text), a user message, the assistant last. ``None``: take the full checks."""
+    has_user = False
+    for msg in raw:
+        if type(msg) is not dict or len(msg) != 2:
+            return None
+        role = msg.get("role")
+        content = msg.get("content")
+        if type(role) is not str or type(content) is not str or role not in _PLAIN_ROLES:
+            return None
+        if not content or content.isspace():
+            return None
+        if role == "user":
+            has_user = True
+    if not has_user or raw[-1]["role"] != "assistant":
+        return None
+    return Normalised(raw)
+
+
 def _chat_messages(raw: Any, field: str, tools: list[dict[str, Any]] | None) -> Normalised:
     """Validate OpenAI-shaped messages (``field`` names them in errors) into a :class:`Normalised`."""
+    if not tools and type(raw) is list and raw:
+        fast = _plain_chat(raw)
+        if fast is not None:
+            return fast
     if type(raw) is not list:
         raise RowError(issues.WRONG_TYPE, f"{field!r} must be an array, got {_type_name(raw)}")
     if not raw:
@@ -488,6 +519,7 @@ def normalise_sharegpt(row: Row) -> Normalised:
             raise RowError(issues.WRONG_TYPE, f"'system' must be a string, got {_type_name(system)}")
         if system.strip():
             messages.append({"role": "system", "content": system})
+    prepended = bool(messages)
     for i, turn in enumerate(raw):
         where = f"conversations[{i}]"
         if type(turn) is not dict:
@@ -517,10 +549,11 @@ def normalise_sharegpt(row: Row) -> Normalised:
         messages.append(msg)
     # Errors from the chat rules name the converted list, so map indices back when a
     # system message was prepended.
+    tools = _record_tools(row)
     try:
-        return _chat_messages(messages, "conversations", _record_tools(row))
+        return _chat_messages(messages, "conversations", tools)
     except RowError as exc:
-        if messages and system is not None and messages[0].get("role") == "system" and raw:
+        if prepended:
             exc.detail = _shift_index(exc.detail)
             exc.args = (exc.detail,)
         raise
