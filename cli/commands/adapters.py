@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from cli.output import console, kv_table, print_json, table
 from cli.state import State, pass_state
+from cli.task_metrics import about, comparison, metrics_table, samples_table, summary_line, task_of
 
 
 @click.group()
@@ -31,10 +32,19 @@ def list_(state: State, limit: int, cursor: str | None) -> None:
         base = a.eval_metrics.get("base", {}).get("bpt")
         ours = a.eval_metrics.get("adapter", {}).get("bpt")
         bpt = f"{base:.3f} → {ours:.3f}" if base is not None and ours is not None else ""
+        task = task_of(a.eval_metrics)
         rows.append(
-            (a.id, escape(a.base_model[-40:]), a.job_id, bpt, a.created_at.strftime("%Y-%m-%d %H:%M"))
+            (
+                a.id,
+                escape(a.base_model[-40:]),
+                a.job_id,
+                bpt,
+                comparison(task) if task else "",
+                a.created_at.strftime("%Y-%m-%d %H:%M"),
+            )
         )
-    console.print(table(None, ["id", "base model", "job", "val BPT base → adapter", "created"], rows))
+    columns = ["id", "base model", "job", "val BPT base → adapter", "task base → adapter", "created"]
+    console.print(table(None, columns, rows))
     if next_cursor:
         console.print(f"[dim]more: --cursor '{next_cursor}'[/]")
 
@@ -79,7 +89,16 @@ def get(state: State, adapter_id: str) -> None:
                 ),
             )
         )
+    task = task_of(ev)
+    if task:
+        rows.append(("task", summary_line(task)))
     console.print(kv_table(None, rows))
+    if task:
+        console.print(f"[bold]task metrics[/] — {about(task)}")
+        console.print(metrics_table(task))
+        samples = samples_table(task)
+        if samples is not None:
+            console.print(samples)
 
 
 @adapters.command()

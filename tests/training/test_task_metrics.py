@@ -15,7 +15,6 @@ import torch
 from scu.task_eval import (
     NEW_TOKENS_CAP,
     NEW_TOKENS_SLACK,
-    TaskRow,
     _row,
     evaluate_task,
     generate,
@@ -138,7 +137,12 @@ def test_rows_skip_text_records_and_tool_call_targets() -> None:
     assert _row(chat("q", "   ")) is None
     assert _row({"messages": [{"role": "assistant", "content": "no prompt"}]}) is None
     row = _row(chat("q", "A", label=" yes "))
-    assert row is not None and row.target == "A" and row.label == "yes" and row.conversation[-1]["content"] == "A"
+    assert (
+        row is not None
+        and row.target == "A"
+        and row.label == "yes"
+        and row.conversation[-1]["content"] == "A"
+    )
 
 
 def test_select_rows_prefers_test_then_validation_then_the_holdout_of_train() -> None:
@@ -213,7 +217,9 @@ def test_stop_tokens_are_eos_and_end_of_turn_tokens(tiny: tuple[Any, Any]) -> No
 
 def test_batched_left_padded_generation_equals_one_row_at_a_time(tiny: tuple[Any, Any]) -> None:
     model, tok = tiny
-    rows = [r for r in map(_row, [chat(q, "x") for q in ("hi", "what is two plus two?", "Translate good")]) if r]
+    rows = [
+        r for r in map(_row, [chat(q, "x") for q in ("hi", "what is two plus two?", "Translate good")]) if r
+    ]
     kept, prompts = prompt_ids(tok, rows)
     assert len(kept) == 3 and len({len(p) for p in prompts}) == 3  # different lengths: padding happens
     stops = stop_token_ids(tok, model)
@@ -309,7 +315,10 @@ def test_evaluate_classification_exact_values(tiny: tuple[Any, Any]) -> None:
     # base: 2/5 right; positive TP2 FP2 -> 4/6, negative FN2 -> 0, neutral FN1 (unmatched) -> 0
     assert report["base"] == {"accuracy": pytest.approx(0.4), "macro_f1": pytest.approx((2 / 3) / 3)}
     # adapter: 4/5 right; positive 1, negative TP1 FN1 -> 2/3, neutral TP1 FP1 -> 2/3
-    assert report["adapter"] == {"accuracy": pytest.approx(0.8), "macro_f1": pytest.approx((1 + 2 / 3 + 2 / 3) / 3)}
+    assert report["adapter"] == {
+        "accuracy": pytest.approx(0.8),
+        "macro_f1": pytest.approx((1 + 2 / 3 + 2 / 3) / 3),
+    }
 
 
 def test_long_prompts_are_cut_from_the_left_to_fit_the_context(tiny: tuple[Any, Any]) -> None:
@@ -326,7 +335,12 @@ def test_run_task_eval_disabled_or_without_rows(tmp_path: Path, tiny: tuple[Any,
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "a.jsonl").write_text(json.dumps({"text": "doc", "label": None}) + "\n")
     channels = {"train": tmp_path / "train", "test": tmp_path / "missing"}
-    kw: dict[str, Any] = {"validation_fraction": 0.5, "seed": 1, "max_positions": 512, "device": torch.device("cpu")}
+    kw: dict[str, Any] = {
+        "validation_fraction": 0.5,
+        "seed": 1,
+        "max_positions": 512,
+        "device": torch.device("cpu"),
+    }
     assert run_task_eval(model, tok, channels, requested="auto", limit=0, **kw) is None
     assert run_task_eval(model, tok, channels, requested="auto", limit=10, **kw) is None
 
@@ -373,7 +387,11 @@ def test_engine_writes_task_metrics_for_a_classification_set(make_root: Callable
     root = make_root(n_train=0, n_val=0, max_steps=8, batch_size=4, learning_rate=0.01)
     words = ["great", "awful", "fine", "bad", "lovely", "poor"]
     label = {"great": "positive", "fine": "positive", "lovely": "positive"}
-    recs = [chat(f"The {w} thing {i}.", label.get(w, "negative"), label.get(w, "negative")) for i in range(12) for w in words]
+    recs = [
+        chat(f"The {w} thing {i}.", label.get(w, "negative"), label.get(w, "negative"))
+        for i in range(12)
+        for w in words
+    ]
     write_channel(root, "train", recs[:60])
     write_channel(root, "validation", recs[60:])  # no test channel: the validation rows are used
     proc = run_entry(root)
