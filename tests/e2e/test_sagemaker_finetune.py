@@ -141,10 +141,12 @@ def test_start_sends_exactly_the_training_job_request(env: SageMakerEnv, spot: b
             "epochs": "2.0",
             "learning_rate": "0.0002",
             "lora_r": "16",
+            "task_type": "generation",  # from the dataset: how the engine scores its task metrics
         },
         "InputDataConfig": [
             channel("train", f"{data}/train.jsonl"),
             channel("validation", f"{data}/validation.jsonl"),
+            channel("test", f"{data}/test.jsonl"),  # the rows of the task metrics
         ],
         "OutputDataConfig": {"S3OutputPath": f"{jobs}/output"},
         "ResourceConfig": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50},
