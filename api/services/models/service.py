@@ -153,17 +153,16 @@ class ModelService:
     # -- pull ---------------------------------------------------------------------------------
     def check_pull(self, hub_id: str) -> None:
         """Refusals before a pull starts (an HTTP error rather than an event of a stream)."""
-        if self.settings.backend != "local":
-            raise BadRequest(
-                f"the {self.settings.backend} backend downloads hub models in the job itself; "
-                "`models pull` is for the local backend"
-            )
         if check_model_allowed(hub_id, self.settings) is not None:
             raise BadRequest(f"{hub_id} is a model folder already on this machine; nothing to pull")
-        pull_check(hub_id, self.settings.models_dir)
+        if self.settings.backend == "local":
+            pull_check(hub_id, self.settings.models_dir)
 
     def pull(self, hub_id: str, progress: Any = None) -> PullResult:
         self.check_pull(hub_id)
+        if self.settings.backend != "local":  # its jobs download hub models themselves
+            source = f"nothing to pull: the {self.settings.backend} backend downloads hub models in the job"
+            return PullResult(model=self.hub_info(hub_id), pulled=False, source=source)
         with self._lock_for(hub_id):  # one pull of a model at a time in this process
             folder, pulled, source = pull(hub_id, self.settings.models_dir, progress or (lambda _: None))
         log.info("pull finished", extra={"hub_id": hub_id, "pulled": pulled, "folder": str(folder)})
