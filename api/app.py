@@ -7,13 +7,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import __version__
+from api import __version__, console
 from api.backends.base import ComputeBackend
 from api.background import Background
 from api.context import AppContext
 from api.errors import install_error_handlers
 from api.logging import configure_logging
-from api.middleware import AuthMiddleware, RequestIdMiddleware, RequestLimitsMiddleware
+from api.middleware import PUBLIC_PATHS, AuthMiddleware, RequestIdMiddleware, RequestLimitsMiddleware
 from api.ratelimit import RateLimitMiddleware, TenantRateLimiter
 from api.routes import (
     adapters,
@@ -76,11 +76,17 @@ def create_app(
     app.state.ctx = ctx
     app.state.local_api_key = local_api_key
     install_error_handlers(app)
+    console.install(app, ctx)  # the web console at / (pages under /ui; api/console)
     # Outermost last: request id → limits (body caps, body timeouts) → auth → rate limit → app;
     # none reads the body, so bad requests are refused before it is parsed (api/middleware.py).
     limiter = TenantRateLimiter(settings.rate_limit, settings.rate_limits, settings.rate_limit_storage_uri)
     app.add_middleware(RateLimitMiddleware, limiter=limiter)
-    app.add_middleware(AuthMiddleware, authenticate=ctx.auth.authenticate)
+    app.add_middleware(
+        AuthMiddleware,
+        authenticate=ctx.auth.authenticate,
+        public_paths=PUBLIC_PATHS | console.PUBLIC_PATHS,
+        public_prefixes=console.PUBLIC_PREFIXES,
+    )
     app.add_middleware(
         RequestLimitsMiddleware,
         max_json_bytes=settings.max_json_body_bytes,

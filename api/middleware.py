@@ -98,7 +98,8 @@ class AuthMiddleware:
     body; answers 401 in the error shape, else leaves the tenant in ``scope["state"]``.
 
     ``authenticate`` is :meth:`api.services.auth.AuthService.authenticate` (a hash lookup; run in
-    the thread pool as it touches the database). Paths in ``public_paths`` need no key.
+    the thread pool as it touches the database). Paths in ``public_paths``, or under one of
+    ``public_prefixes`` (the web console, which checks its own session cookie), need no key.
     """
 
     def __init__(
@@ -106,13 +107,19 @@ class AuthMiddleware:
         app: ASGIApp,
         authenticate: Callable[[str | None], str],
         public_paths: Iterable[str] = PUBLIC_PATHS,
+        public_prefixes: Iterable[str] = (),
     ) -> None:
         self.app = app
         self.authenticate = authenticate
         self.public_paths = frozenset(public_paths)
+        self.public_prefixes = tuple(public_prefixes)  # the web console: its own cookie sign-in
+
+    def is_public(self, scope: Scope) -> bool:
+        path = route_path(scope)
+        return path in self.public_paths or path.startswith(self.public_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or route_path(scope) in self.public_paths:
+        if scope["type"] != "http" or self.is_public(scope):
             await self.app(scope, receive, send)
             return
         try:

@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     # `default_tenant` and writes it to {home}/api_key (0600), where the CLI finds it.
     bootstrap_api_key: bool = Field(default=True, description="issue a local key on a fresh install")
     default_tenant: str = Field(default="default", pattern=TENANT_PATTERN)
+    # -- the web console (api/console): its session cookies and CSRF tokens are signed with this
+    # secret; unset, a random one is kept in {home}/console_secret (0600). Servers behind one load
+    # balancer must share it.
+    console_secret: str | None = Field(default=None, repr=False, min_length=16)
+    console_session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0
     # Quotas a tenant gets unless an admin overrides them (`fastuner admin set-quota`).
     default_max_concurrent_jobs: Annotated[int, Field(ge=0)] = 8
     default_max_endpoints: Annotated[int, Field(ge=0)] = 4
