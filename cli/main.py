@@ -107,7 +107,7 @@ def server(host: str, port: int) -> None:
 
 
 def _register() -> None:
-    from cli.commands import adapters, admin, datasets, deployments, finetune, jobs, models, worker
+    from cli.commands import adapters, admin, datasets, deployments, finetune, jobs, models, ui, worker
 
     cli.add_command(datasets.datasets)
     cli.add_command(finetune.finetune)
@@ -120,6 +120,7 @@ def _register() -> None:
     cli.add_command(admin.admin)
     cli.add_command(worker.worker)
     cli.add_command(models.models)
+    cli.add_command(ui.ui)  # the web console (api/console)
     for command in cli.commands.values():  # the global options also after the command
         add_global_options(command)
 
