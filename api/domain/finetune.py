@@ -191,6 +191,15 @@ class Adapter(BaseModel):
     dataset_sha256: str
     base_model: str
     uri: str
-    eval_metrics: dict[str, Any]
+    eval_metrics: dict[str, Any] = Field(
+        description=(
+            "The engine's eval.json: held-out bits per token and perplexity, base vs adapter "
+            "(rows, tokens, base, adapter, delta_bpt, …) and, under 'task', task metrics from greedy "
+            "generation on held-out rows: {kind: generation|classification, rows, max_new_tokens, "
+            "seconds, split, base, adapter, labels (classification), samples (first 8: prompt, "
+            "target, base, adapter)} with exact_match (generation) or accuracy and macro_f1 "
+            "(classification), each in [0, 1]"
+        )
+    )
     config: dict[str, Any]
     created_at: datetime
