@@ -400,3 +400,34 @@ def test_engine_writes_task_metrics_for_a_classification_set(make_root: Callable
     check_task(task, "classification", 12, {"accuracy", "macro_f1"})  # task_type auto: every row labelled
     assert task["split"] == "validation" and task["labels"] == ["negative", "positive"]
     assert {s["target"] for s in task["samples"]} == {"negative", "positive"}
+
+
+def test_multi_turn_rows_generate_the_last_assistant_turn_given_everything_before(
+    tiny: tuple[Any, Any],
+) -> None:
+    _, tok = tiny
+    from scu.data import encode_prompt
+
+    record = {
+        "messages": [
+            {"role": "system", "content": "Answer in capitals."},
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "OLD ANSWER", "weight": 0},
+            {"role": "user", "content": "second question"},
+            {"role": "assistant", "content": "NEW ANSWER"},
+        ],
+        "label": None,
+    }
+    row = _row(record)
+    assert row is not None and row.target == "NEW ANSWER"
+    kept, [ids] = prompt_ids(tok, [row])
+    assert ids == encode_prompt(tok, row.conversation)  # rendered exactly as training renders it
+    text = tok.decode(ids)
+    assert text.endswith("<|assistant|>\n") and "NEW ANSWER" not in text
+    assert all(
+        part in text for part in ("Answer in capitals.", "first question", "OLD ANSWER", "second question")
+    )
+    model = ScriptedModel(tok, {"second question": ("new answer", "NEW ANSWER")})
+    report = evaluate_task(model, tok, kept, "generation", [], 512, torch.device("cpu"))
+    assert report["base"] == {"exact_match": 0.0} and report["adapter"] == {"exact_match": 1.0}
+    assert report["samples"][0]["prompt"] == "second question"
