@@ -15,6 +15,7 @@ import torch
 from scu.task_eval import (
     NEW_TOKENS_CAP,
     NEW_TOKENS_SLACK,
+    GenerationStopped,
     _row,
     evaluate_task,
     generate,
@@ -431,3 +432,18 @@ def test_multi_turn_rows_generate_the_last_assistant_turn_given_everything_befor
     report = evaluate_task(model, tok, kept, "generation", [], 512, torch.device("cpu"))
     assert report["base"] == {"exact_match": 0.0} and report["adapter"] == {"exact_match": 1.0}
     assert report["samples"][0]["prompt"] == "second question"
+
+
+def test_a_stop_request_ends_the_generation_between_batches(tiny: tuple[Any, Any]) -> None:
+    _, tok = tiny
+    rows = [r for r in (_row(chat(f"Shout this: w{i}", f"W{i}")) for i in range(3)) if r]
+    model = ScriptedModel(tok, {f"Shout this: w{i}": ("w", f"W{i}") for i in range(3)})
+    polls: list[int] = []
+
+    def stop() -> bool:
+        polls.append(1)
+        return len(polls) > 1  # the base model's batch runs, then the stop is seen
+
+    with pytest.raises(GenerationStopped):
+        evaluate_task(model, tok, rows, "generation", [], 512, torch.device("cpu"), stop)
+    assert [c["adapter"] for c in model.calls] == [False] and model.training  # restored

@@ -23,7 +23,7 @@ from scu.evaluate import evaluate_adapter
 from scu.metrics_format import format_eval_line
 from scu.modeling import apply_lora, load_base_model, load_tokenizer, model_facts, qlora_available
 from scu.paths import EXIT_INTERRUPTED, EXIT_OK, ContractPaths
-from scu.task_eval import run_task_eval
+from scu.task_eval import GenerationStopped, run_task_eval
 from scu.task_metrics import summary_line
 from scu.trainer import StopFlag, TrainingDiverged, train
 
@@ -172,7 +172,8 @@ def _run(paths: ContractPaths, cfg: TrainConfig, info: DistInfo, device: torch.d
         )
     if info.is_main:
         report.update(source=val_source, steps=result.global_step, scu=rcfg.scu, target_s=rcfg.target_s)
-        task = _task_metrics(paths, model, tokenizer, rcfg, max_pos, device)
+        model.save_pretrained(paths.model_dir)  # before the task generation, which may be cut short
+        task = _task_metrics(paths, model, tokenizer, rcfg, max_pos, device, stop)
         if task is not None:
             report["task"] = task
         _finish(paths, model, rcfg, report, val_examples or examples, pad_id, device)
@@ -191,9 +192,11 @@ def _task_metrics(
     rcfg: ResolvedConfig,
     max_positions: int,
     device: torch.device,
+    stop: StopFlag,
 ) -> dict[str, Any] | None:
     """Greedy generation on held-out rows, base vs adapter (rank 0 only; the others wait at the
-    final barrier). ``None`` when disabled or there is no row to generate for."""
+    final barrier). ``None`` when disabled, when there is no row to generate for, or when SIGTERM
+    comes meanwhile (the trained adapter is complete: the job still ends completed)."""
     try:
         task = run_task_eval(
             model,
@@ -205,7 +208,11 @@ def _task_metrics(
             seed=rcfg.seed,
             max_positions=max_positions,
             device=device,
+            stop=lambda: stop.is_set,
         )
+    except GenerationStopped:
+        log.warning("stop requested: task metrics skipped")
+        return None
     except Exception:  # the adapter is trained and kept; only its task metrics are missing
         log.exception("task metrics failed; eval.json gets none")
         return None
@@ -226,7 +233,7 @@ def _finish(
     pad_id: int,
     device: torch.device,
 ) -> None:
-    model.save_pretrained(paths.model_dir)
+    """eval.json, the eval line, metrics.jsonl beside the adapter (saved already), the logits hook."""
     _write_json(paths.model_dir / "eval.json", report)
     if report["tokens"]:
         print(

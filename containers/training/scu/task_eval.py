@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +40,14 @@ NEW_TOKENS_CAP = 256
 TOKEN_BUDGET = {"cuda": 65536, "cpu": 8192}  # prompt + new tokens per generation batch
 MAX_BATCH = {"cuda": 64, "cpu": 32}
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+class GenerationStopped(RuntimeError):
+    """The job was asked to stop (SIGTERM) while generating: no task metrics."""
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -169,10 +177,14 @@ def generate(
     stops: Sequence[int],
     pad_id: int,
     device: torch.device,
+    stop: Callable[[], bool] = _never,
 ) -> list[str]:
-    """Greedy continuations of ``prompts`` (left-padded batches), decoded without special tokens."""
+    """Greedy continuations of ``prompts`` (left-padded batches), decoded without special tokens.
+    ``stop`` is polled between batches (:class:`GenerationStopped` when it says so)."""
     out: list[str] = [""] * len(prompts)
     for group in _batches([len(p) for p in prompts], new_tokens, device):
+        if stop():
+            raise GenerationStopped("stopped while generating the task metrics")
         width = max(len(prompts[i]) for i in group)
         ids = torch.full((len(group), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(group), width), dtype=torch.long)
@@ -217,6 +229,7 @@ def evaluate_task(
     labels: Sequence[str],
     max_positions: int,
     device: torch.device,
+    stop: Callable[[], bool] = _never,
 ) -> dict[str, Any]:
     """Generate for ``rows`` with the adapter disabled and enabled; the ``eval.json["task"]`` dict."""
     started = time.monotonic()
@@ -230,8 +243,8 @@ def evaluate_task(
     peft_model.eval()
     try:
         with peft_model.disable_adapter():
-            base = generate(peft_model, tokenizer, prompts, new_tokens, stops, pad_id, device)
-        adapter = generate(peft_model, tokenizer, prompts, new_tokens, stops, pad_id, device)
+            base = generate(peft_model, tokenizer, prompts, new_tokens, stops, pad_id, device, stop)
+        adapter = generate(peft_model, tokenizer, prompts, new_tokens, stops, pad_id, device, stop)
     finally:
         if was_training:
             peft_model.train()
@@ -270,6 +283,7 @@ def run_task_eval(
     seed: int,
     max_positions: int,
     device: torch.device,
+    stop: Callable[[], bool] = _never,
 ) -> dict[str, Any] | None:
     """Read the channels, pick up to ``limit`` rows and evaluate them; ``None`` when there is
     nothing to evaluate (``limit`` 0, or no row with an assistant text after a prompt)."""
@@ -287,6 +301,6 @@ def run_task_eval(
         for records in channels.values():
             labels.update(r.label for r in map(_row, records) if r is not None and r.label is not None)
         labels.update(r.label if r.label is not None else r.target.strip() for r in rows)
-    report = evaluate_task(peft_model, tokenizer, rows, kind, sorted(labels), max_positions, device)
+    report = evaluate_task(peft_model, tokenizer, rows, kind, sorted(labels), max_positions, device, stop)
     report["split"] = split
     return report
