@@ -15,6 +15,16 @@ if [ -z "${FASTUNER_TEST_POSTGRES_URL:-}" ]; then
     echo "warning: PostgreSQL unavailable; its tests will be skipped" >&2
   fi
 fi
+# The console's browser tests (tests/console) drive Debian's chromium through Playwright.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) >&2
+  elif [ -n "${CI:-}" ]; then
+    echo "chromium is not installed and we are not root" >&2; exit 1
+  else
+    echo "warning: chromium unavailable; the console's browser tests will be skipped" >&2
+  fi
+fi
 echo "== ruff"; ruff check .
 echo "== mypy"; mypy
 echo "== pytest"; python -m pytest "$@"

@@ -86,6 +86,7 @@ def ui(state: State, host: str, port: int, no_browser: bool) -> None:
             thread, server = _serve(host, port)
     url = signin_url(base, state.api_key or local_api_key())
     console.print(f"Fastuner console: {url}", highlight=False, soft_wrap=True)
+    console.file.flush()  # before serving: whoever reads a pipe gets the link now
     if "/ui/signin/token" in url:
         err_console.print("[dim]the link signs in once, within 60 s[/]")
     if not no_browser:
