@@ -42,13 +42,17 @@
       { label: "target S*", stroke: "#1a7f37", get: function (r) { return num(r.target_s); } },
       { label: "band low", stroke: "rgba(26,127,55,0.5)", dash: [4, 4], get: function (r) { return band(r, -1); } }
     ] },
-    { id: "chart-lambda", log: true, series: [
+    { id: "chart-lambda", log: true, exp: true, series: [
       { label: "λ", stroke: "#b42318", get: function (r) { return pos(r.lambda); } }
     ] },
-    { id: "chart-lr", series: [
+    { id: "chart-lr", exp: true, series: [
       { label: "learning rate", stroke: "#0e7490", get: function (r) { return num(r.lr); } }
     ] }
   ];
+
+  function expTicks(u, splits) {
+    return splits.map(function (v) { return v === 0 ? "0" : v.toExponential(1); });
+  }
 
   function band(r, sign) {
     var t = num(r.target_s);
@@ -69,7 +73,7 @@
       var opts = {
         width: Math.max(280, el.clientWidth || 320), height: 220,
         scales: { x: { time: false }, y: p.log ? { distr: 3 } : {} },
-        axes: [{ label: "step" }, {}],
+        axes: [{ label: "step" }, p.exp ? { size: 60, values: expTicks } : {}],
         series: [{ label: "step" }].concat(p.series.map(function (s) {
           return { label: s.label, stroke: s.stroke, width: 1.5, dash: s.dash, spanGaps: true };
         }))
