@@ -97,6 +97,8 @@ class LocalBackend:
             self.python, "-m", "scu.entry", "train",
         ]  # fmt: skip
         env = dict(os.environ, OPT_ML_ROOT=str(root), PYTHONUNBUFFERED="1")
+        if self.models is not None and self.models.offline:  # no network: fail fast, never wait on the hub
+            env.setdefault("HF_HUB_OFFLINE", "1")
         if self.hf_token_secret:
             env[HF_TOKEN_SECRET_ENV] = self.hf_token_secret
         pid = spawn_detached(cmd, log_path=root / LOG_FILE, env=env, cwd=root)

@@ -83,6 +83,8 @@ class LocalEndpoints:
             FASTUNER_LOG_LEVEL="INFO",
             PYTHONUNBUFFERED="1",
         )
+        if self.models is not None and self.models.offline:  # no network: fail fast, never wait on the hub
+            env.setdefault("HF_HUB_OFFLINE", "1")
         if self.hf_token_secret:
             env[HF_TOKEN_SECRET_ENV] = self.hf_token_secret
         cmd = [self.python, "-m", "loraserve.entry", "serve", "--host", "127.0.0.1", "--port", str(port)]

@@ -238,5 +238,7 @@ def test_local_backend_passes_the_secret_name_to_the_training_process(tmp_path: 
         if env_file.is_file() and env_file.read_text():
             break
         time.sleep(0.05)
-    assert f"{HF_TOKEN_SECRET_ENV}=fastuner/hf-token" in env_file.read_text().splitlines()
+    lines = env_file.read_text().splitlines()
+    assert f"{HF_TOKEN_SECRET_ENV}=fastuner/hf-token" in lines
+    assert "HF_HUB_OFFLINE=1" in lines  # no network on the local backend: never wait on the hub
     assert backend.model_access == "offline"

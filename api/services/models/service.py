@@ -21,7 +21,7 @@ from api.domain.errors import BadRequest, NotFound
 from api.logging import get_logger
 from api.services.finetune.preflight import check_model_allowed, hub_id_allowed
 from api.services.models import availability
-from api.services.models.catalog import CATALOG, OFFLINE_SOURCES, gated
+from api.services.models.catalog import CATALOG, gated
 from api.services.models.facts import folder_facts
 from api.services.models.pull import check as pull_check
 from api.services.models.pull import offline_gguf, pull
@@ -204,6 +204,3 @@ def check_folder(path: str, settings: Settings) -> bool:
         return check_model_allowed(path, settings) is not None
     except BadRequest:
         return False
-
-
-__all__ = ["OFFLINE_SOURCES", "ModelService"]
