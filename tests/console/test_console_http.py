@@ -211,3 +211,15 @@ def test_vendored_assets_match_their_pinned_hashes() -> None:
         assert hashlib.sha256((VENDOR / name).read_bytes()).hexdigest() == sha, name
         assert sha in readme
     assert (VENDOR / "htmx-LICENSE").is_file() and (VENDOR / "uPlot-LICENSE").is_file()
+
+
+def test_user_text_is_escaped(world: World, tmp_path: Path) -> None:
+    evil = '<script>alert("x")</script>'
+    rows_ = [{"input": f"{evil} {i}", "target": f"<b>{i}</b>"} for i in range(120)]
+    with TestClient(world.app) as api:
+        api.headers["Authorization"] = f"Bearer {world.key_a}"
+        ds = upload(api, write_jsonl(tmp_path / "evil.jsonl", rows_), name="evil")
+    assert ds.status_code == 201, ds.text
+    html = sign_in(world.client(), world.key_a).get(f"/ui/datasets/{ds.json()['id']}").text
+    assert "&lt;script&gt;alert(" in html and "<script>alert" not in html
+    assert "&lt;b&gt;" in html and "<b>" not in html
