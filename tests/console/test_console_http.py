@@ -223,3 +223,19 @@ def test_user_text_is_escaped(world: World, tmp_path: Path) -> None:
     html = sign_in(world.client(), world.key_a).get(f"/ui/datasets/{ds.json()['id']}").text
     assert "&lt;script&gt;alert(" in html and "<script>alert" not in html
     assert "&lt;b&gt;" in html and "<b>" not in html
+
+
+def test_the_console_files_ship_in_the_package() -> None:
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "api"
+    ]
+    console = root / "api" / "console"
+    files = [p for d in ("static", "templates") for p in (console / d).rglob("*") if p.is_file()]
+    assert len(files) >= 20
+    for path in files:
+        rel = path.relative_to(root / "api").as_posix()
+        assert any(fnmatch.fnmatch(rel, pat) and rel.count("/") == pat.count("/") for pat in patterns), rel
