@@ -239,3 +239,56 @@ def test_the_console_files_ship_in_the_package() -> None:
     for path in files:
         rel = path.relative_to(root / "api").as_posix()
         assert any(fnmatch.fnmatch(rel, pat) and rel.count("/") == pat.count("/") for pat in patterns), rel
+
+
+def _seed_completed_job(world: World) -> tuple[str, str]:
+    """A completed job and its adapter (with task metrics) of tenant A, written as the reconciler
+    would: the pages read them back through the services."""
+    from api.db.models import AdapterRow, FineTuneJobRow
+
+    job_id, adapter_id = "ft_seededjob001", "adp_seededjob001"
+    task = {"kind": "classification", "rows": 24, "base": {"accuracy": 0.5, "macro_f1": 0.33},
+            "adapter": {"accuracy": 0.875, "macro_f1": 0.86},
+            "samples": [{"input": "question number 3?", "target": "odd", "base": "even", "adapter": "odd"}]}  # fmt: skip
+    with world.app.state.ctx.db.session() as session:
+        session.add(FineTuneJobRow(
+            id=job_id, tenant_id="default", dataset_id=world.dataset_id, base_model="tiny/model", method="lora",
+            hyperparameters={"max_steps": 12}, backend="local", instance_type="local", status="completed",
+            adapter_id=adapter_id, billable_seconds=30, cost_estimate_usd=0.0,
+        ))  # fmt: skip
+        session.flush()
+        session.add(AdapterRow(
+            id=adapter_id, tenant_id="default", job_id=job_id, dataset_id=world.dataset_id,
+            dataset_sha256="ab" * 32, base_model="tiny/model", uri="store://adapters/x",
+            eval_metrics={"base": {"bpt": 9.1}, "adapter": {"bpt": 4.2}, "tokens": 512, "task": task},
+        ))  # fmt: skip
+    return job_id, adapter_id
+
+
+def test_job_and_adapter_pages_and_their_tenant_404(world: World) -> None:
+    job_id, adapter_id = _seed_completed_job(world)
+    a = sign_in(world.client(), world.key_a)
+    jobs = a.get("/ui/jobs").text
+    assert f'href="/ui/jobs/{job_id}"' in jobs and "step 0/12" in jobs
+    job = a.get(f"/ui/jobs/{job_id}").text
+    assert f'data-stream="/ui/jobs/{job_id}/stream"' in job and f'href="/ui/adapters/{adapter_id}"' in job
+    assert "Cancel this job" not in job  # completed: nothing to cancel
+    adapter = a.get(f"/ui/adapters/{adapter_id}").text
+    eval_table = adapter.split('id="eval"')[1].split("</table>")[0]
+    assert re.search(r"<td>bits per token</td><td>9\.1</td><td>4\.2</td>", eval_table), eval_table
+    assert re.search(r"<td>accuracy</td>\s*<td>50%</td>\s*<td>88%</td>", eval_table), eval_table
+    assert re.search(r"<td>macro-F1</td>\s*<td>33%</td>\s*<td>86%</td>", eval_table), eval_table
+    assert "ab" * 32 in adapter and f'href="/ui/jobs/{job_id}"' in adapter  # lineage
+    assert f'action="/ui/adapters/{adapter_id}/deploy"' in adapter
+    b = sign_in(world.client(), world.key_b)
+    for path in (f"/ui/jobs/{job_id}", f"/ui/jobs/{job_id}/cancel", f"/ui/adapters/{adapter_id}",
+                 f"/ui/adapters/{adapter_id}/download"):  # fmt: skip
+        resp = b.get(path)
+        assert resp.status_code == 404, (path, resp.status_code)
+    assert job_id not in b.get("/ui/jobs").text and adapter_id not in b.get("/ui/adapters").text
+    token = csrf_of(b.get("/ui/jobs").text)
+    assert b.post(f"/ui/jobs/{job_id}/cancel", data={"csrf": token}).status_code == 404
+    resp = b.post(f"/ui/adapters/{adapter_id}/deploy", data={"csrf": token, "ttl_minutes": "5"})
+    assert resp.status_code == 404
+    api = world.client().get(f"/v0/finetune/{job_id}", headers={"Authorization": f"Bearer {world.key_b}"})
+    assert api.status_code == 404 and api.json()["message"] in b.get(f"/ui/jobs/{job_id}").text
