@@ -67,8 +67,20 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
             f"http://127.0.0.1:{port}", app.state.local_api_key, other, models / "tiny-llama", app
         )
     finally:
+        _stop_everything(app.state.ctx)  # a failed test must not leave a job training or a server up
         server.should_exit = True
         thread.join(timeout=60)
+
+
+def _stop_everything(ctx: Any) -> None:
+    for tenant in ("default", "tenant-b"):
+        jobs, _ = ctx.finetune.list_page(tenant, limit=200)
+        for job in jobs:
+            if not job.status.terminal and job.status.value != "cancelling":
+                ctx.finetune.cancel(tenant, job.id)
+        live, _ = ctx.deployments.list_page(tenant, limit=200, live_only=True)
+        for dep in live:
+            ctx.deployments.delete(tenant, dep.id)
 
 
 @pytest.fixture(scope="module")

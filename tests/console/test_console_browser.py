@@ -44,11 +44,19 @@ def state() -> dict[str, Any]:
 
 
 @pytest.fixture
-def page(browser: Any, live_server: LiveServer) -> Iterator[Any]:
+def errors() -> list[str]:
+    """Script errors and console errors (a CSP violation is one) of the test's page."""
+    return []
+
+
+@pytest.fixture
+def page(browser: Any, live_server: LiveServer, errors: list[str]) -> Iterator[Any]:
     """A fresh browser context (no cookies), signed in with the bootstrap key."""
     context = browser.new_context(base_url=live_server.base, viewport={"width": 1280, "height": 900})
     context.set_default_timeout(UI_MS)
     page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
     sign_in(page, live_server.key)
     try:
         yield page
@@ -77,6 +85,19 @@ def start_job(server: LiveServer, dataset_id: str, max_steps: int) -> str:
     assert resp.status_code == 201, resp.text
     job_id: str = resp.json()["id"]
     return job_id
+
+
+INK = """canvas => {
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let n = 0;
+  for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
+  return n;
+}"""
+
+
+def ink(page: Any, selector: str) -> int:
+    """How many pixels of a canvas are drawn on (0: blank)."""
+    return int(page.locator(selector).evaluate(INK))
 
 
 def save_shot(page: Any, shots: Path, name: str) -> None:
@@ -135,7 +156,7 @@ def test_start_a_job_and_find_it_in_the_list(
 
 
 def test_watch_the_chart_gain_points_then_cancel_the_job(
-    page: Any, live_server: LiveServer, state: dict[str, Any]
+    page: Any, live_server: LiveServer, state: dict[str, Any], errors: list[str]
 ) -> None:
     job_id = start_job(live_server, state["dataset"], max_steps=5000)  # trains until cancelled
     page.goto(f"/ui/jobs/{job_id}")
@@ -147,6 +168,7 @@ def test_watch_the_chart_gain_points_then_cancel_the_job(
     assert int(counter.inner_text()) > seen
     for chart in ("bpt", "s", "lambda", "lr"):
         expect(page.locator(f"#chart-{chart} canvas")).to_have_count(1)
+    assert errors == []  # no script error, nothing refused by the CSP
     page.get_by_role("link", name="Cancel this job…").click()
     expect(page.get_by_role("heading", name=f"Cancel job {job_id}?")).to_be_visible()
     page.get_by_role("button", name="Yes, cancel the job").click()
@@ -158,7 +180,7 @@ def test_watch_the_chart_gain_points_then_cancel_the_job(
 
 
 def test_the_first_job_completes_with_its_curves(
-    page: Any, live_server: LiveServer, state: dict[str, Any], shots: Path
+    page: Any, live_server: LiveServer, state: dict[str, Any], shots: Path, errors: list[str]
 ) -> None:
     page.goto(f"/ui/jobs/{state['job']}")
     expect(page.locator("#stream-state")).to_contain_text("completed", timeout=TRAIN_S)
@@ -168,11 +190,14 @@ def test_the_first_job_completes_with_its_curves(
     expect(page.locator("#points-count")).to_have_text("12")  # the stream replays the whole run
     expect(adapter).to_be_visible()
     state["adapter"] = adapter.inner_text()
+    for chart in ("bpt", "s", "lambda", "lr"):
+        assert ink(page, f"#chart-{chart} canvas") > 2000, chart  # axes, ticks and a curve drawn
+    assert errors == []
     save_shot(page, shots, "console-job.png")
 
 
 def test_deploy_try_and_delete(
-    page: Any, live_server: LiveServer, state: dict[str, Any], shots: Path
+    page: Any, live_server: LiveServer, state: dict[str, Any], shots: Path, errors: list[str]
 ) -> None:
     page.goto("/ui/adapters")
     page.get_by_role("link", name=state["adapter"]).click()
@@ -191,6 +216,7 @@ def test_deploy_try_and_delete(
     page.goto("/ui/deployments")
     expect(page.locator("#live")).to_contain_text(deployment_id)
     expect(page.locator("#live time[data-countdown]")).to_contain_text(re.compile(r"\d+m \d\ds"))
+    assert errors == []  # htmx (polling, the "try it" form) and the countdown ran within the CSP
     save_shot(page, shots, "console-costs.png")
     page.get_by_role("row", name=re.compile(deployment_id)).get_by_role("button", name="Delete").click()
     expect(page).to_have_url(re.compile(f"/ui/deployments/{deployment_id}$"))

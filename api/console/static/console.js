@@ -51,7 +51,7 @@
   ];
 
   function expTicks(u, splits) {
-    return splits.map(function (v) { return v === 0 ? "0" : v.toExponential(1); });
+    return splits.map(function (v) { return v == null ? "" : v === 0 ? "0" : v.toExponential(1); });
   }
 
   function band(r, sign) {
