@@ -292,3 +292,21 @@ def test_job_and_adapter_pages_and_their_tenant_404(world: World) -> None:
     assert resp.status_code == 404
     api = world.client().get(f"/v0/finetune/{job_id}", headers={"Authorization": f"Bearer {world.key_b}"})
     assert api.status_code == 404 and api.json()["message"] in b.get(f"/ui/jobs/{job_id}").text
+
+
+def test_the_drops_page_lists_the_tenants_own_drop_objects(world: World) -> None:
+    from api.db.models import DropObjectRow
+
+    with world.app.state.ctx.db.session() as session:
+        session.add(DropObjectRow(tenant_id="default", bucket="b", key="drop/default/mine.jsonl", etag="e1",
+                                  status="done", dataset_id=world.dataset_id, job_id="ft_fromdrop0001", attempts=1))  # fmt: skip
+        session.add(DropObjectRow(tenant_id="default", bucket="b", key="drop/default/bad.jsonl", etag="e2",
+                                  status="rejected", error="line 3: not JSON", attempts=1))  # fmt: skip
+        session.add(DropObjectRow(tenant_id="tenant-b", bucket="b", key="drop/tenant-b/theirs.jsonl", etag="e3",
+                                  status="done", attempts=1))  # fmt: skip
+    a = sign_in(world.client(), world.key_a).get("/ui/drops").text
+    assert "drop/default/mine.jsonl" in a and f'href="/ui/datasets/{world.dataset_id}"' in a
+    assert "drop/default/bad.jsonl" in a and "line 3: not JSON" in a and "status-rejected" in a
+    assert "theirs.jsonl" not in a and "drop/default/" in a
+    b = sign_in(world.client(), world.key_b).get("/ui/drops").text
+    assert "theirs.jsonl" in b and "mine.jsonl" not in b
