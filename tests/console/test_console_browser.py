@@ -252,3 +252,19 @@ def test_a_form_post_without_the_csrf_token_is_refused(page: Any) -> None:
     assert resp.status == 403
     page.goto("/ui/jobs")  # still signed in: nothing happened
     expect(page.get_by_role("heading", name="Fine-tune jobs")).to_be_visible()
+
+
+def test_readable_on_a_phone(browser: Any, live_server: LiveServer, state: dict[str, Any]) -> None:
+    context = browser.new_context(base_url=live_server.base, viewport={"width": 390, "height": 844})
+    context.set_default_timeout(UI_MS)
+    try:
+        page = context.new_page()
+        sign_in(page, live_server.key)
+        for path in ("/ui/jobs", f"/ui/jobs/{state['job']}", f"/ui/datasets/{state['dataset']}",
+                     f"/ui/adapters/{state['adapter']}", "/ui/deployments"):  # fmt: skip
+            page.goto(path)
+            expect(page.get_by_role("heading", level=1)).to_be_visible()
+            overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{path} is {overflow}px wider than the phone"  # tables scroll inside
+    finally:
+        context.close()
