@@ -121,3 +121,13 @@ def test_non_finite_hyperparameters_are_refused() -> None:
             parse_hyperparameters({key: "inf"})
     with pytest.raises(HyperparameterError, match="kp"):
         parse_hyperparameters({"kp": "1e309"})
+
+
+def test_auto_means_the_default_where_the_default_is_not_none() -> None:
+    cfg = parse_hyperparameters(
+        {"precision": "auto", "lr_scheduler": "", "lora_r": "auto", "target_s": "none"}
+    )
+    assert cfg.precision == "auto" and cfg.lr_scheduler == TrainConfig().lr_scheduler  # not a refused None
+    assert cfg.lora_r is None and cfg.target_s is None  # None is their default ("pick for me")
+    with pytest.raises(HyperparameterError, match="scu"):
+        parse_hyperparameters({"scu": "none"})  # not silently "on"

@@ -81,11 +81,21 @@ class TrainConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _none_strings(cls, data: Any) -> Any:
+        """``"auto"``/``"none"``/``""`` mean "not set" (None). Where a field's default is not None,
+        ``"auto"`` and ``""`` mean that default (``precision=auto`` is the default ``"auto"``, not a
+        None it refuses); ``"none"`` there stays None and is refused (``scu=none`` is not "on")."""
         if isinstance(data, dict):
-            return {
-                k: (None if isinstance(v, str) and v.strip().lower() in _NONE_STRINGS else v)
-                for k, v in data.items()
-            }
+            out: dict[str, Any] = {}
+            for k, v in data.items():
+                word = v.strip().lower() if isinstance(v, str) else None
+                if word in _NONE_STRINGS:
+                    field = cls.model_fields.get(k)
+                    has_default = field is not None and field.default is not None and not field.is_required()
+                    if has_default and word in ("auto", ""):
+                        continue  # the default applies
+                    v = None
+                out[k] = v
+            return out
         return data
 
     @field_validator("target_modules", mode="before")
