@@ -30,7 +30,7 @@ from api.domain.enums import JobStatus
 from api.domain.finetune import Adapter, DryRun, FineTuneJob, FineTuneRequest, JobEvent, MetricPoint
 from api.domain.tenants import TenantInfo
 from fastuner_sdk import _retry
-from fastuner_sdk._sse import iter_sse
+from fastuner_sdk._sse import ServerSentEvent, iter_sse
 from fastuner_sdk.errors import ConfigurationError, StreamError, api_error
 
 T = TypeVar("T", bound=BaseModel)
@@ -319,19 +319,11 @@ class FastunerClient:
         body = {**req.model_dump(mode="json", exclude_none=True), "stream": True}
         headers = {"Accept": "text/event-stream"}
         with self._stream("POST", "/v0/inference", json=body, headers=headers) as resp:
-            for event in iter_sse(resp.iter_lines()):
+            for event in _until_done(resp):
                 if event.event == "token":
                     yield InferenceToken.model_validate_json(event.data).text
                 elif event.event == "done":
                     yield InferenceResponse.model_validate_json(event.data)
-                    return
-                elif event.event == "error":
-                    err = InferenceStreamError.model_validate_json(event.data)
-                    raise StreamError(502, err.code, err.message, err.request_id)
-            raise StreamError(
-                502, "stream_ended", "the stream ended before its done event",
-                resp.headers.get("x-request-id"),
-            )  # fmt: skip
 
     # -- base models --------------------------------------------------------------------------
     def list_models(self) -> list[BaseModelInfo]:
@@ -349,18 +341,12 @@ class FastunerClient:
         through ``on_progress`` as the server reports it."""
         path = f"/v0/models/{quote(model_id, safe='')}/pull"
         with self._stream("POST", path, headers={"Accept": "text/event-stream"}) as resp:
-            for event in iter_sse(resp.iter_lines()):
+            for event in _until_done(resp):
                 if event.event == "progress" and on_progress is not None:
                     on_progress(PullProgress.model_validate_json(event.data))
                 elif event.event == "done":
                     return PullResult.model_validate_json(event.data)
-                elif event.event == "error":
-                    err = InferenceStreamError.model_validate_json(event.data)
-                    raise StreamError(502, err.code, err.message, err.request_id)
-            raise StreamError(
-                502, "stream_ended", "the stream ended before its done event",
-                resp.headers.get("x-request-id"),
-            )  # fmt: skip
+        raise AssertionError("unreachable: _until_done ends with done or raises")
 
     def tenant(self) -> TenantInfo:
         return self._model(TenantInfo, "GET", "/v0/tenant")
@@ -414,3 +400,18 @@ def connect(
 
 
 __all__ = ["DEFAULT_TIMEOUT", "FastunerClient", "StatusUpdate", "connect"]
+
+
+def _until_done(resp: httpx.Response) -> Iterator[ServerSentEvent]:
+    """The events of a stream that ends with a ``done`` event (yielded last); an ``error`` event,
+    or the stream ending before ``done``, raises :class:`StreamError`."""
+    for event in iter_sse(resp.iter_lines()):
+        if event.event == "error":
+            err = InferenceStreamError.model_validate_json(event.data)
+            raise StreamError(502, err.code, err.message, err.request_id)
+        yield event
+        if event.event == "done":
+            return
+    raise StreamError(
+        502, "stream_ended", "the stream ended before its done event", resp.headers.get("x-request-id")
+    )
