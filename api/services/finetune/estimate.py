@@ -1,7 +1,7 @@
 """Preflight estimates: parameter count, GPU memory, runtime and cost. Estimates, not promises.
 
-The parameter count is read from the model's ``config.json`` (a local folder) or a small table of
-well-known models; it is computed with the standard decoder formula (embeddings, attention with
+The parameter count is read from the model's ``config.json`` (a local folder) or the static model
+catalog (``api.services.models.catalog``); it is computed with the standard decoder formula (embeddings, attention with
 grouped KV heads, gated MLP, untied head), which is within a few percent for Llama-style models.
 """
 
@@ -15,22 +15,7 @@ from typing import Any, Final
 
 from api.domain.finetune import CostEstimate
 from api.domain.instances import SPOT_PRICE_FACTOR, InstanceType
-
-KNOWN_MODELS: Final[dict[str, int]] = {
-    "HuggingFaceTB/SmolLM2-135M": 134_515_008,
-    "HuggingFaceTB/SmolLM2-135M-Instruct": 134_515_008,
-    "HuggingFaceTB/SmolLM2-360M-Instruct": 361_821_120,
-    "HuggingFaceTB/SmolLM2-1.7B-Instruct": 1_711_376_384,
-    "Qwen/Qwen2.5-0.5B-Instruct": 494_032_768,
-    "Qwen/Qwen2.5-1.5B-Instruct": 1_543_714_304,
-    "Qwen/Qwen2.5-7B-Instruct": 7_615_616_512,
-    "meta-llama/Llama-3.2-1B-Instruct": 1_235_814_400,
-    "meta-llama/Llama-3.2-3B-Instruct": 3_212_749_824,
-    "meta-llama/Llama-3.1-8B-Instruct": 8_030_261_248,
-    "mistralai/Mistral-7B-Instruct-v0.3": 7_248_023_552,
-    "google/gemma-2-2b-it": 2_614_341_888,
-    "microsoft/Phi-3.5-mini-instruct": 3_821_079_552,
-}
+from api.services.models.catalog import CATALOG
 
 # Fraction of peak FLOP/s a LoRA fine-tune typically reaches, and FLOPs per token per parameter
 # (forward 2N, backward through activations 2N; frozen weights need no weight gradients).
@@ -76,8 +61,8 @@ def model_facts(base_model: str, local_dir: Path | None = None) -> ModelFacts | 
         except (OSError, ValueError, RecursionError):
             return None
         return params_from_config(config) if isinstance(config, dict) else None
-    n = KNOWN_MODELS.get(base_model)
-    return ModelFacts(n) if n else None
+    entry = CATALOG.get(base_model)
+    return ModelFacts(entry.parameters) if entry else None
 
 
 def gpu_memory_gb(n_params: int, method: str) -> float:
