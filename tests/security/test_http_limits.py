@@ -32,7 +32,8 @@ from api.middleware import UPLOAD_ROUTES
 from api.settings import Settings
 
 MB = 1024 * 1024
-TIMEOUT_S = 1.0  # the header and body timeouts of the server under test
+TIMEOUT_S = 1.0  # the header and body timeouts of the server the slow-client tests use
+CAPS_TIMEOUT_S = 30.0  # ... and of the one the body-cap tests use
 JSON_ROUTES = ["/v0/finetune", "/v0/inference"]
 
 
@@ -57,9 +58,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("http-limits") / "home"
+@contextlib.contextmanager
+def _serve(home: Path, timeout: float) -> Iterator[Server]:
+    """``fastuner server`` in a subprocess with these header and body timeouts."""
     log = home.parent / "server.log"
     env = {
         **os.environ,
@@ -67,8 +68,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "FASTUNER_DATABASE_URL": f"sqlite:///{home / 'fastuner.db'}",
         "FASTUNER_BACKGROUND_TASKS": "false",
         "FASTUNER_LOG_LEVEL": "WARNING",
-        "FASTUNER_HEADER_TIMEOUT_SECONDS": str(TIMEOUT_S),
-        "FASTUNER_BODY_TIMEOUT_SECONDS": str(TIMEOUT_S),
+        "FASTUNER_HEADER_TIMEOUT_SECONDS": str(timeout),
+        "FASTUNER_BODY_TIMEOUT_SECONDS": str(timeout),
         "FASTUNER_RATE_LIMIT": "",  # not under test here
     }
     env.pop("FASTUNER_API_URL", None)
@@ -95,6 +96,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """For the body caps: timeouts far beyond any stall of this (loaded) test process, so a request
+    the test sends promptly is never cut off because the test itself paused for a second (CI once
+    saw a plain warm-up POST dropped as "sent nothing" by a 1 s header deadline)."""
+    with _serve(tmp_path_factory.mktemp("http-limits") / "home", CAPS_TIMEOUT_S) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """For the slow-client tests: header and body timeouts of ``TIMEOUT_S``."""
+    with _serve(tmp_path_factory.mktemp("http-timeouts") / "home", TIMEOUT_S) as s:
+        yield s
 
 
 # -- raw HTTP --------------------------------------------------------------------------------------
@@ -304,9 +321,9 @@ def _trickle(sock: socket.socket, pieces: list[bytes], every: float, until: floa
     return _read_reply(sock, started, 5)
 
 
-def test_a_client_trickling_its_headers_is_cut_off(server: Server) -> None:
+def test_a_client_trickling_its_headers_is_cut_off(strict_server: Server) -> None:
     pieces = [b"GET /v0/tenant HTTP/1.1\r\n", b"Host: x\r\n"] + [b"X-Slow: %d\r\n" % i for i in range(200)]
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+    with socket.create_connection(("127.0.0.1", strict_server.port)) as sock:
         started = time.monotonic()
         data, closed = _trickle(sock, pieces, every=0.1, until=20)
         elapsed = time.monotonic() - started
@@ -314,17 +331,17 @@ def test_a_client_trickling_its_headers_is_cut_off(server: Server) -> None:
     assert data.startswith(b"HTTP/1.1 408"), data
 
 
-def test_a_connection_that_sends_nothing_is_closed(server: Server) -> None:
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+def test_a_connection_that_sends_nothing_is_closed(strict_server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", strict_server.port)) as sock:
         started = time.monotonic()
         data, closed = _read_reply(sock, started, 20)
         elapsed = time.monotonic() - started
     assert closed and data == b"" and elapsed < TIMEOUT_S + 3, (elapsed, data)
 
 
-def test_the_header_deadline_restarts_per_request_on_a_keep_alive_connection(server: Server) -> None:
-    auth = f"Authorization: Bearer {server.key}\r\n".encode()
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+def test_the_header_deadline_restarts_per_request_on_a_keep_alive_connection(strict_server: Server) -> None:
+    auth = f"Authorization: Bearer {strict_server.key}\r\n".encode()
+    with socket.create_connection(("127.0.0.1", strict_server.port)) as sock:
         for i in range(3):  # each request well within the deadline, together well beyond it
             if i:
                 time.sleep(TIMEOUT_S * 0.6)
@@ -338,17 +355,17 @@ def test_the_header_deadline_restarts_per_request_on_a_keep_alive_connection(ser
     [("/v0/finetune", "application/json"), ("/v0/datasets", "multipart/form-data; boundary=b")],
     ids=["json", "upload"],
 )
-def test_a_client_trickling_its_body_is_cut_off(server: Server, path: str, content_type: str) -> None:
+def test_a_client_trickling_its_body_is_cut_off(strict_server: Server, path: str, content_type: str) -> None:
     """JSON route: a byte every 0.1 s never idles for the timeout, but the whole body must arrive
     within it. Upload route: the client stalls for longer than the timeout between chunks."""
-    head = _head("POST", path, {"Authorization": f"Bearer {server.key}", "Content-Type": content_type,
+    head = _head("POST", path, {"Authorization": f"Bearer {strict_server.key}", "Content-Type": content_type,
                                 "Content-Length": "100000"})  # fmt: skip
     upload = path == "/v0/datasets"
     first = (
         b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jsonl"\r\n\r\n' if upload else b"{"
     )
     pieces = [head + first] + ([] if upload else [b" "] * 500)
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+    with socket.create_connection(("127.0.0.1", strict_server.port)) as sock:
         started = time.monotonic()
         data, closed = _trickle(sock, pieces, every=0.1, until=20)  # the upload stalls after one piece
         elapsed = time.monotonic() - started
