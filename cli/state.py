@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 import click
 
 from cli.client import FastunerClient, connect
+from cli.output import print_json
 
 F = TypeVar("F", bound=Callable[..., Any])
+V = TypeVar("V")
 
 
 @dataclass
@@ -32,6 +34,13 @@ class State:
             root = click.get_current_context().find_root()
             self._client = root.with_resource(connect(self.api_url, self.api_key))
         return self._client
+
+    def show(self, value: V, render: Callable[[V], object]) -> None:
+        """``value`` as JSON under ``--json``, else drawn for people by ``render``."""
+        if self.json:
+            print_json(value)
+        else:
+            render(value)
 
 
 pass_state = click.make_pass_decorator(State)

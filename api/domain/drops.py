@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel
 
 from api.domain.datasets import ValidationReport
+
+DropSource = Literal["sqs", "scan"]
+"""Where a worker learns of drops: the bucket's SQS event queue, or a scan of ``drop/``."""
+DROP_SOURCES: tuple[DropSource, ...] = get_args(DropSource)
 
 
 class DropState(StrEnum):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,18 +11,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from api.domain.datasets import Dataset, ValidationReport
+from api.domain.datasets import SPLIT_NAMES, Dataset, ValidationReport
+from cli.choices import FORMATS, SPLITS, TASK_TYPES
 from cli.output import console, kv_table, print_json, table
 from cli.state import State, pass_state
 
-TASK_TYPES = click.Choice(["generation", "classification", "qa"])
-FORMATS = click.Choice(["input_target", "chat", "prompt_completion", "instruction", "sharegpt", "text"])
-
 
 def _options(f: Any) -> Any:
+    """The dataset options of upload and validate; the command gets them as ``**options`` (the
+    SDK's upload keywords)."""
     f = click.option("--split", help="train,validation,test ratios (default 0.8,0.1,0.1)")(f)
     f = click.option("--seed", type=int, help="split seed (default 42)")(f)
-    f = click.option("--format", "fmt", type=FORMATS, help="force a format (default: auto-detect)")(f)
+    f = click.option("--format", type=FORMATS, help="force a format (default: auto-detect)")(f)
     return click.option("--task-type", type=TASK_TYPES, default="generation", show_default=True)(f)
 
 
@@ -50,61 +51,31 @@ def with_progress(state: State, path: Path, action: str, call: Any) -> Any:
 @click.option("--name", help="dataset name (default: the file name)")
 @_options
 @pass_state
-def upload(
-    state: State,
-    file: Path,
-    name: str | None,
-    task_type: str,
-    fmt: str | None,
-    seed: int | None,
-    split: str | None,
-) -> None:
+def upload(state: State, file: Path, name: str | None, **options: Any) -> None:
     """Validate, dedup, split and store FILE (JSONL)."""
-    client = state.client()
-    ds: Dataset = with_progress(
-        state,
-        file,
-        "uploading",
-        lambda cb: client.upload_dataset(
-            file,
-            on_progress=cb,
-            name=name or file.stem,
-            task_type=task_type,
-            format=fmt,
-            seed=seed,
-            split=split,
-        ),
-    )
-    if state.json:
-        print_json(ds)
-        return
-    console.print(f"[green]✓[/] dataset [bold]{ds.id}[/] stored")
-    print_dataset(ds)
+    upload_to = state.client().upload_dataset
+    ds: Dataset = _send(state, file, "uploading", upload_to, name=name or file.stem, **options)
+    if not state.json:
+        console.print(f"[green]✓[/] dataset [bold]{ds.id}[/] stored")
+    state.show(ds, print_dataset)
 
 
 @datasets.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_options
 @pass_state
-def validate(
-    state: State, file: Path, task_type: str, fmt: str | None, seed: int | None, split: str | None
-) -> None:
+def validate(state: State, file: Path, **options: Any) -> None:
     """Dry run: report problems and split counts, store nothing. Exit 1 if invalid."""
-    client = state.client()
-    report: ValidationReport = with_progress(
-        state,
-        file,
-        "validating",
-        lambda cb: client.validate_dataset(
-            file, on_progress=cb, name=file.stem, task_type=task_type, format=fmt, seed=seed, split=split
-        ),
-    )
-    if state.json:
-        print_json(report)
-    else:
-        print_report(report)
+    validate_on = state.client().validate_dataset
+    report: ValidationReport = _send(state, file, "validating", validate_on, name=file.stem, **options)
+    state.show(report, print_report)
     if not report.ok:
         raise SystemExit(1)
+
+
+def _send(state: State, file: Path, action: str, call: Callable[..., Any], **options: Any) -> Any:
+    """``call(file, on_progress=…, **options)`` under a progress bar (none with ``--json``)."""
+    return with_progress(state, file, action, lambda cb: call(file, on_progress=cb, **options))
 
 
 @datasets.command("list")
@@ -149,9 +120,7 @@ def get(state: State, dataset_id: str) -> None:
 
 @datasets.command()
 @click.argument("dataset_id")
-@click.option(
-    "--split", default="train", show_default=True, type=click.Choice(["train", "validation", "test"])
-)
+@click.option("--split", default="train", show_default=True, type=SPLITS)
 @click.option("--limit", default=5, show_default=True, type=click.IntRange(1, 100))
 @pass_state
 def preview(state: State, dataset_id: str, split: str, limit: int) -> None:
@@ -175,14 +144,11 @@ def delete(state: State, dataset_id: str, yes: bool) -> None:
     if not yes and not state.json:
         click.confirm(f"Delete {dataset_id} and its stored splits?", abort=True)
     state.client().delete_dataset(dataset_id)
-    if state.json:
-        print_json({"deleted": dataset_id})
-    else:
-        console.print(f"[green]✓[/] deleted {dataset_id}")
+    state.show({"deleted": dataset_id}, lambda _: console.print(f"[green]✓[/] deleted {dataset_id}"))
 
 
 def _counts(counts: dict[str, int]) -> str:
-    return "/".join(str(counts.get(s, 0)) for s in ("train", "validation", "test"))
+    return "/".join(str(counts.get(s, 0)) for s in SPLIT_NAMES)
 
 
 def print_dataset(ds: Dataset) -> None:

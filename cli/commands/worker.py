@@ -14,6 +14,7 @@ from types import FrameType
 import click
 from rich.markup import escape
 
+from cli.choices import WORKER_SOURCES
 from cli.output import console, print_json
 from cli.state import State, pass_state
 
@@ -21,7 +22,7 @@ from cli.state import State, pass_state
 @click.command()
 @click.option(
     "--source",
-    type=click.Choice(["auto", "sqs", "scan"]),
+    type=WORKER_SOURCES,
     default="auto",
     show_default=True,
     help="sqs: the bucket's event queue (FASTUNER_DROP_QUEUE_URL); scan: list drop/ (the local store, "

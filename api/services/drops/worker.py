@@ -6,15 +6,16 @@ import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from api.domain.drops import DropSource
 from api.logging import get_logger
 from api.services.drops.handler import Outcome
 from api.services.drops.service import DropService
 from api.services.drops.sources import QueueSource
 
 log = get_logger("drops")
-Source = Literal["sqs", "scan"]
+Source = DropSource
 MAX_DRAIN_POLLS = 100
 
 
