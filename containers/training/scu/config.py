@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from scu import defaults
+from scu import controllers, defaults
 from scu.defaults import Facts
 
 _NONE_STRINGS = {"", "null", "none", "auto"}
@@ -29,7 +29,7 @@ class TrainConfig(BaseModel):
     base_model: str | None = None
     method: Literal["lora", "qlora"] = "lora"
     # SCU
-    scu: Literal["on", "off", "fixed"] = "on"
+    scu: str = "on"  # a registered controller (scu.controllers): on | off | fixed | a plugin's
     target_s: float | None = Field(default=None, gt=0.0, lt=1.0)
     lambda_init: float = Field(default=0.01, gt=0.0, le=LAMBDA_LIMIT)
     lambda_fixed: float | None = Field(default=None, ge=0.0, le=LAMBDA_LIMIT)
@@ -111,10 +111,14 @@ class TrainConfig(BaseModel):
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
+    @field_validator("scu")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return controllers.known(value)
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.scu == "fixed" and self.lambda_fixed is None:
-            raise ValueError("scu=fixed needs lambda_fixed (the constant lambda)")
+        controllers.check(self)
         if self.lambda_min > self.lambda_max:
             raise ValueError("lambda_min must be <= lambda_max")
         if not self.lambda_min <= self.lambda_init <= self.lambda_max:
@@ -130,7 +134,7 @@ class ResolvedConfig(BaseModel):
     base_model: str
     method: Literal["lora", "qlora"]
     method_requested: Literal["lora", "qlora"]
-    scu: Literal["on", "off", "fixed"]
+    scu: str
     target_s: float
     lambda_init: float
     lambda_fixed: float | None

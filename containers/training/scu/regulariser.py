@@ -20,10 +20,12 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 LN2 = math.log(2.0)
+Bits = TypeVar("Bits", float, torch.Tensor)
 
 
 @dataclass(frozen=True)
@@ -89,11 +91,22 @@ def param_bpt(factors: Sequence[LoraFactor], sigma: float, n_tokens: int) -> tor
     return delta_w_sq_norm(factors) / (2.0 * sigma * sigma * n_tokens * LN2)
 
 
+def regularised_loss(data_bpt: Bits, param_bpt: Bits, lam: float) -> Bits:
+    """The SCU objective in bits/token, DataBPT + lambda * ParamBPT (the metrics' ``loss_bpt``).
+
+    The trainer descends ln 2 times its gradient in two parts: the data part (clipped), then the
+    penalty part from :func:`add_penalty_grad`, which clipping never scales.
+    """
+    return data_bpt + lam * param_bpt
+
+
 def penalty_grads(
     factors: Sequence[LoraFactor], params: Sequence[torch.Tensor], sigma: float, n_tokens: int, lam: float
 ) -> list[torch.Tensor | None]:
-    """d(lambda * ParamBPT * ln 2)/dw for each of ``params`` (None where it does not enter)."""
-    penalty = lam * LN2 * param_bpt(factors, sigma, n_tokens)
+    """The penalty part of d(ln 2 * regularised_loss)/dw, i.e. d(lambda * ParamBPT * ln 2)/dw, for
+    each of ``params`` (None where it does not enter)."""
+    bits = param_bpt(factors, sigma, n_tokens)
+    penalty = LN2 * regularised_loss(torch.zeros_like(bits), bits, lam)
     return list(torch.autograd.grad(penalty, list(params), allow_unused=True))
 
 
