@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     s3_prefix: str = ""
     s3_endpoint_url: str | None = None
 
-    backend: Literal["local", "sagemaker"] = "local"
+    backend: str = Field(
+        default="local", description="a registered backend (api/backends/registry.py): local, sagemaker, …"
+    )
     aws_region: str | None = None
     sagemaker_role_arn: str | None = None
     training_image_uri: str | None = Field(default=None, description="ECR URI of containers/training")
@@ -193,8 +195,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name}: not a rate limit ({exc})") from None
         if self.store == "s3" and not self.s3_bucket:
             raise ValueError("FASTUNER_S3_BUCKET is required when FASTUNER_STORE=s3")
-        if self.backend == "sagemaker" and self.store != "s3":
-            raise ValueError("FASTUNER_BACKEND=sagemaker needs FASTUNER_STORE=s3 (SageMaker reads S3)")
+        from api.backends.registry import lookup  # the backends import this module
+
+        backend = lookup(self.backend)  # an unknown name fails at start-up, naming the registered ones
+        if backend.store is not None and self.store != backend.store:
+            raise ValueError(
+                f"FASTUNER_BACKEND={self.backend} needs FASTUNER_STORE={backend.store}{backend.store_reason}"
+            )
         return self
 
     @property

@@ -65,9 +65,9 @@ from api.backends.sagemaker_endpoints import (
     resource_tags,
     status_from_description,
 )
+from api.backends.sagemaker_instances import lookup
 from api.domain.enums import DeploymentStatus
 from api.domain.errors import BackendError
-from api.domain.instances import lookup
 from api.logging import get_logger
 from api.storage.s3 import S3Store
 

@@ -1,15 +1,12 @@
-"""What each instance type offers and costs: the table preflight checks and cost estimates use.
+"""What an instance type offers and costs: the shape of every backend's instance catalogue.
 
-Prices are on-demand USD/hour in us-east-1 for SageMaker training/hosting (public price list,
-rounded); a spot run is estimated at ``SPOT_PRICE_FACTOR`` of that. Estimates, not bills.
+Each backend declares its own catalogue (see :mod:`api.backends.capabilities`); preflight checks
+and cost estimates read it. Prices are estimates, not bills.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
-
-SPOT_PRICE_FACTOR: Final = 0.35
 
 
 @dataclass(frozen=True)
@@ -19,35 +16,8 @@ class InstanceType:
     gpus: int
     gpu_memory_gb: float  # per GPU
     peak_tflops: float  # dense bf16/fp16 per GPU (CPU: a rough figure for the whole machine)
+    on_host: bool = False  # the API's own machine: its GPUs/cores are probed when asked
 
     @property
     def has_gpu(self) -> bool:
         return self.gpus > 0
-
-
-_TABLE: tuple[InstanceType, ...] = (
-    InstanceType("local", 0.0, 0, 0.0, 0.2),
-    InstanceType("ml.m5.xlarge", 0.23, 0, 0.0, 0.3),
-    InstanceType("ml.m5.2xlarge", 0.461, 0, 0.0, 0.6),
-    InstanceType("ml.c5.4xlarge", 0.816, 0, 0.0, 1.2),
-    InstanceType("ml.g4dn.xlarge", 0.736, 1, 16.0, 65.0),
-    InstanceType("ml.g4dn.2xlarge", 0.94, 1, 16.0, 65.0),
-    InstanceType("ml.g4dn.12xlarge", 4.89, 4, 16.0, 65.0),
-    InstanceType("ml.g5.xlarge", 1.408, 1, 24.0, 125.0),
-    InstanceType("ml.g5.2xlarge", 1.515, 1, 24.0, 125.0),
-    InstanceType("ml.g5.4xlarge", 2.03, 1, 24.0, 125.0),
-    InstanceType("ml.g5.12xlarge", 7.09, 4, 24.0, 125.0),
-    InstanceType("ml.g5.48xlarge", 20.36, 8, 24.0, 125.0),
-    InstanceType("ml.g6.xlarge", 1.01, 1, 24.0, 121.0),
-    InstanceType("ml.g6.12xlarge", 5.67, 4, 24.0, 121.0),
-    InstanceType("ml.g6e.xlarge", 2.24, 1, 48.0, 362.0),
-    InstanceType("ml.p3.2xlarge", 3.825, 1, 16.0, 125.0),
-    InstanceType("ml.p4d.24xlarge", 37.69, 8, 40.0, 312.0),
-    InstanceType("ml.p4de.24xlarge", 47.11, 8, 80.0, 312.0),
-    InstanceType("ml.p5.48xlarge", 113.07, 8, 80.0, 989.0),
-)
-INSTANCE_TYPES: Final[dict[str, InstanceType]] = {i.name: i for i in _TABLE}
-
-
-def lookup(name: str) -> InstanceType | None:
-    return INSTANCE_TYPES.get(name)

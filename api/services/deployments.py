@@ -15,6 +15,7 @@ from api.backends.endpoints import (
     InvocationError,
     StreamingEndpointBackend,
 )
+from api.backends.registry import capabilities
 from api.db import models
 from api.db.models import utcnow
 from api.db.repositories import deployments as repo
@@ -30,7 +31,6 @@ from api.domain.deployments import (
 from api.domain.enums import DeploymentStatus
 from api.domain.errors import BackendError, BadRequest, Conflict, FastunerError, NotFound
 from api.domain.ids import new_id
-from api.domain.instances import INSTANCE_TYPES, lookup
 from api.logging import get_logger
 from api.services.tenants import TenantService
 from api.settings import Settings
@@ -71,7 +71,7 @@ class DeploymentService:
             )
         base_model = bases.pop()
         instance_name = self._instance(req)
-        price = lookup(instance_name)
+        price = capabilities(self.settings).instance(instance_name)
         deployment_id = new_id("dep")
         row = models.DeploymentRow(
             id=deployment_id,
@@ -126,15 +126,18 @@ class DeploymentService:
         return self.get(tenant_id, deployment_id)
 
     def _instance(self, req: DeploymentRequest) -> str:
-        if self.backend.name == "local":
-            if req.instance_type not in (None, "local") or req.instance_count != 1:
-                raise BadRequest(
-                    "the local backend serves one process on this machine: instance_type 'local'"
-                )
-            return "local"
-        name = req.instance_type or self.settings.default_inference_instance_type
-        if name not in INSTANCE_TYPES or name == "local":
+        caps = capabilities(self.settings)
+        name = req.instance_type or caps.default_inference_instance
+        several = req.instance_count > 1 and not caps.multi_node
+        if caps.on_host_only and (name not in caps.instances or several):
+            must = " or ".join(repr(n) for n in caps.instances)
+            raise BadRequest(
+                f"the {self.settings.backend} backend serves one process on this machine: instance_type {must}"
+            )
+        if name not in caps.instances:
             raise BadRequest(f"unknown instance type {name!r}")
+        if several:
+            raise BadRequest(f"the {self.settings.backend} backend {caps.summary}: no instance_count > 1")
         return name
 
     def _fail(self, tenant_id: str, deployment_id: str, reason: str) -> None:

@@ -390,7 +390,7 @@ class OpenAICompat:
                 if hub is not None:
                     if preflight.hub_id_allowed(hub, settings.allowed_models):
                         found.setdefault(hub, created)
-                elif settings.backend == "local" and preflight.local_model_dir(str(path), [root]):
+                elif preflight.host_files(settings) and preflight.local_model_dir(str(path), [root]):
                     found.setdefault(str(path), created)
                 if len(found) >= MAX_LOCAL_MODELS:
                     break

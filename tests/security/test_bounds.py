@@ -16,8 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.backends.sagemaker_instances import lookup
 from api.domain.errors import BadRequest
-from api.domain.instances import lookup
 from api.services.finetune import preflight
 from api.settings import Settings
 from tests.api.support import authorize, rows, upload, write_jsonl

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from api.backends.capabilities import Capabilities
 from api.domain.finetune import CostEstimate
-from api.domain.instances import SPOT_PRICE_FACTOR, InstanceType
+from api.domain.instances import InstanceType
 from api.services.models.catalog import CATALOG
 
 # Fraction of peak FLOP/s a LoRA fine-tune typically reaches, and FLOPs per token per parameter
@@ -22,8 +23,6 @@ from api.services.models.catalog import CATALOG
 MFU: Final = 0.3
 FLOPS_PER_TOKEN_PER_PARAM: Final = 4.0
 OVERHEAD_GB: Final = 1.5
-LOCAL_STARTUP_S: Final = 30
-SAGEMAKER_STARTUP_S: Final = 300
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,7 @@ def gpu_memory_gb(n_params: int, method: str) -> float:
 
 def estimate(
     *,
+    capabilities: Capabilities,
     instance: InstanceType,
     instance_count: int,
     spot: bool,
@@ -82,10 +82,12 @@ def estimate(
     train_tokens: int | None,
     epochs: float | None,
 ) -> CostEstimate:
+    """Memory, runtime and cost of a run on ``instance`` of the backend with ``capabilities``."""
     notes: list[str] = []
-    hourly = instance.hourly_usd * instance_count * (SPOT_PRICE_FACTOR if spot else 1.0)
+    factor = capabilities.spot_price_factor
+    hourly = instance.hourly_usd * instance_count * (factor if spot else 1.0)
     if spot:
-        notes.append(f"spot priced at {SPOT_PRICE_FACTOR:.0%} of on-demand (typical; varies)")
+        notes.append(f"spot priced at {factor:.0%} of on-demand (typical; varies)")
     n_params = facts.n_params if facts else None
     runtime: int | None = None
     need: float | None = None
@@ -97,7 +99,7 @@ def estimate(
             passes = epochs if epochs is not None else 3.0
             devices = max(instance.gpus, 1) * instance_count
             per_s = instance.peak_tflops * 1e12 * MFU * devices / (FLOPS_PER_TOKEN_PER_PARAM * n_params)
-            startup = LOCAL_STARTUP_S if instance.name == "local" else SAGEMAKER_STARTUP_S
+            startup = capabilities.startup_seconds
             runtime = math.ceil(train_tokens * passes / per_s) + startup
             notes.append(f"runtime includes ~{startup} s of start-up (process/instance, model load)")
     cost = round(hourly * runtime / 3600, 4) if runtime is not None else None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from api.backends.local_models import LocalModels, Where, hub_cache_dir
+from api.backends.registry import capabilities
 from api.domain.catalog import ModelUnavailable
 from api.services.models.catalog import gated
 from api.services.models.pull import pull_hint
@@ -40,11 +41,11 @@ def local_models(settings: Settings) -> LocalModels:
 
 
 def token_configured(settings: Settings) -> bool:
-    """A Hugging Face token reaches the backend's containers: the secret setting, or (local backend,
-    whose processes inherit the server's environment) HF_TOKEN or a token saved by ``hf auth login``."""
+    """A Hugging Face token reaches the backend's containers: the secret setting, or (a backend whose
+    jobs run on this machine and inherit the server's environment) HF_TOKEN or a token saved by ``hf auth login``."""
     if settings.hf_token_secret:
         return True
-    if settings.backend != "local":
+    if not capabilities(settings).host_files:
         return False
     if any(os.environ.get(name) for name in TOKEN_ENV):
         return True
@@ -62,7 +63,7 @@ class Verdict:
 
 def judge_hub(hub_id: str, settings: Settings, access: Access) -> Verdict:
     """Can the backend get hub id ``hub_id`` (already allowed)? With the reason or the fix."""
-    if settings.backend == "local":
+    if capabilities(settings).host_files:
         found = local_models(settings).find(hub_id)
         if found is not None:
             folder, where = found
@@ -70,7 +71,8 @@ def judge_hub(hub_id: str, settings: Settings, access: Access) -> Verdict:
             return Verdict(True, f"on this machine ({what})", where, folder)
     if access == "offline":
         return Verdict(
-            False, f"not on this machine, and the local backend does not download: {pull_hint(hub_id)}"
+            False,
+            f"not on this machine, and the {settings.backend} backend does not download: {pull_hint(hub_id)}",
         )
     if gated(hub_id) and not token_configured(settings):
         return Verdict(False, f"gated on the Hugging Face hub and no token is configured: {TOKEN_FIX}")

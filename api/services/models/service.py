@@ -1,7 +1,7 @@
-"""Base models as a first-class thing: list, show and (local backend) pull.
+"""Base models as a first-class thing: list, show and (where jobs run on this machine) pull.
 
 The list holds the allow-listed hub ids of the static catalog, the allow-listed hub ids on this
-machine (pulled, or in the Hugging Face cache) and, on the local backend, the model folders under
+machine (pulled, or in the Hugging Face cache) and, where jobs run on this machine, the folders under
 the model roots. Each says whether the configured backend can get it (see
 :mod:`api.services.models.availability`).
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from api.backends.local_models import MARKER, complete, hf_cache_snapshot, hub_cache_dir, pulled_hub_id
+from api.backends.registry import capabilities
 from api.domain.catalog import BaseModelInfo, PullProgress, PullResult
 from api.domain.errors import BadRequest, NotFound
 from api.logging import get_logger
@@ -43,12 +44,17 @@ class ModelService:
     def access(self) -> availability.Access:
         return availability.backend_access(self.backend)
 
+    @property
+    def host_files(self) -> bool:
+        """The backend's jobs run on this machine: models on disk here are listed and pulled."""
+        return capabilities(self.settings).host_files
+
     # -- read ---------------------------------------------------------------------------------
     def list_models(self) -> list[BaseModelInfo]:
         allowed = self.settings.allowed_models
         hub_ids = {h for h in CATALOG if hub_id_allowed(h, allowed)}
         folders: list[Path] = []
-        if self.settings.backend == "local":
+        if self.host_files:
             hub_ids |= {h for h in self._hub_ids_on_disk() if hub_id_allowed(h, allowed)}
             folders = self._folders()
         out = sorted(
@@ -90,7 +96,7 @@ class ModelService:
             kind="hub",
             gated=gated(hub_id),
             on_disk=verdict.on_disk,
-            pullable=self.settings.backend == "local" and offline_gguf(hub_id) is not None,
+            pullable=self.host_files and offline_gguf(hub_id) is not None,
             backend=self.settings.backend,
             available=verdict.available,
             reason=verdict.reason,
@@ -155,12 +161,12 @@ class ModelService:
         """Refusals before a pull starts (an HTTP error rather than an event of a stream)."""
         if check_model_allowed(hub_id, self.settings) is not None:
             raise BadRequest(f"{hub_id} is a model folder already on this machine; nothing to pull")
-        if self.settings.backend == "local":
+        if self.host_files:
             pull_check(hub_id, self.settings.models_dir)
 
     def pull(self, hub_id: str, progress: Any = None) -> PullResult:
         self.check_pull(hub_id)
-        if self.settings.backend != "local":  # its jobs download hub models themselves
+        if not self.host_files:  # its jobs download hub models themselves
             source = f"nothing to pull: the {self.settings.backend} backend downloads hub models in the job"
             return PullResult(model=self.hub_info(hub_id), pulled=False, source=source)
         with self._lock_for(hub_id):  # one pull of a model at a time in this process
