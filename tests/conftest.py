@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from botocore.retries.standard import ExponentialBackoff
 
+from tests.support.aws import forget_hooks
+
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -77,3 +79,10 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(ExponentialBackoff, "delay_amount", delay_amount)
     return delays
+
+
+@pytest.fixture(autouse=True)
+def _forget_aws_hooks() -> Iterator[None]:
+    """botocore handlers a test registered through ``tests.support.aws.hook`` end with it."""
+    yield
+    forget_hooks()
