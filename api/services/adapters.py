@@ -6,10 +6,9 @@ import io
 import tarfile
 import tempfile
 from collections.abc import Iterator
-from typing import Any
 
 from api.db import models
-from api.db.repositories import jobs as repo
+from api.db.repositories import adapters as repo
 from api.db.session import Database
 from api.domain.errors import NotFound
 from api.domain.finetune import Adapter
@@ -25,13 +24,13 @@ class AdapterService:
 
     def get(self, tenant_id: str, adapter_id: str) -> Adapter:
         with self.db.session() as session:
-            return to_model(self._row(session, tenant_id, adapter_id))
+            return to_model(repo.require(session, tenant_id, adapter_id))
 
     def list_page(
         self, tenant_id: str, *, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[Adapter], str | None]:
         with self.db.session() as session:
-            rows, next_cursor = repo.adapters_page(session, tenant_id, limit=limit, cursor=cursor)
+            rows, next_cursor = repo.list_page(session, tenant_id, limit=limit, cursor=cursor)
             return [to_model(r) for r in rows], next_cursor
 
     def archive(self, tenant_id: str, adapter_id: str) -> Iterator[bytes]:
@@ -57,22 +56,6 @@ class AdapterService:
             while chunk := spool.read(CHUNK):
                 yield chunk
 
-    def _row(self, session: Any, tenant_id: str, adapter_id: str) -> models.AdapterRow:
-        row = repo.adapter(session, tenant_id, adapter_id)
-        if row is None:
-            raise NotFound(f"adapter {adapter_id} not found")
-        return row
-
 
 def to_model(row: models.AdapterRow) -> Adapter:
-    return Adapter(
-        id=row.id,
-        job_id=row.job_id,
-        dataset_id=row.dataset_id,
-        dataset_sha256=row.dataset_sha256,
-        base_model=row.base_model,
-        uri=row.uri,
-        eval_metrics=row.eval_metrics,
-        config=row.config,
-        created_at=row.created_at,
-    )
+    return Adapter.model_validate(row, from_attributes=True)

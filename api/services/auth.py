@@ -35,9 +35,12 @@ class AuthService:
         check_tenant_id(tenant_id)
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         row = ApiKeyRow(
-            id=new_id("key"), tenant_id=tenant_id, name=name, prefix=secret[:PREFIX_LEN],
+            id=new_id("key"),
+            tenant_id=tenant_id,
+            name=name,
+            prefix=secret[:PREFIX_LEN],
             secret_sha256=digest(secret),
-        )  # fmt: skip
+        )
         with self.db.session() as session:
             repo.ensure(session, tenant_id)
             session.add(row)
@@ -103,7 +106,4 @@ def read_secret(path: Path) -> str | None:
 
 
 def _info(row: ApiKeyRow) -> ApiKeyInfo:
-    return ApiKeyInfo(
-        id=row.id, tenant_id=row.tenant_id, name=row.name, prefix=row.prefix,
-        created_at=row.created_at, revoked_at=row.revoked_at,
-    )  # fmt: skip
+    return ApiKeyInfo.model_validate(row, from_attributes=True)

@@ -10,18 +10,18 @@ concurrently (API loop, CLI, Lambda) and a use racing the janitor wins.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from api.backends.endpoints import AdapterHosting, EndpointBackend
 from api.db import models
 from api.db.repositories import deployments as repo
-from api.db.repositories import jobs as jobs_repo
+from api.db.repositories import events
 from api.db.session import Database
 from api.domain.deployments import JanitorAction, JanitorReport
 from api.domain.enums import DeploymentStatus
 from api.logging import get_logger
-from api.services.deployments import teardown
+from api.services.teardown import teardown
 from api.settings import Settings
 
 log = get_logger("janitor")
@@ -76,17 +76,14 @@ class Janitor:
             if reason is None or row.endpoint_name is None:
                 continue
             action = JanitorAction(
-                deployment_id=row.id, endpoint_name=row.endpoint_name, reason=reason,
-                hourly_price_usd=row.hourly_price_usd, done=False,
-            )  # fmt: skip
+                deployment_id=row.id,
+                endpoint_name=row.endpoint_name,
+                reason=reason,
+                hourly_price_usd=row.hourly_price_usd,
+                done=False,
+            )
             if not dry_run:
-                try:
-                    action.done = (
-                        teardown(self.db, self.backend, row, reason, expected_version=row.version) is not None
-                    )
-                except Exception as exc:
-                    action.error = str(exc)
-                    log.warning("teardown failed; retried next pass", extra={"deployment_id": row.id})
+                self._teardown(row, action)
             actions.append(action)
         if tenant_id is None:
             actions.extend(self._orphans(now, dry_run))
@@ -98,6 +95,15 @@ class Janitor:
             log.info("janitor pass", extra={"actions": len(actions), "dry_run": dry_run})
         return report
 
+    def _teardown(self, row: models.DeploymentRow, action: JanitorAction) -> None:
+        try:
+            torn = teardown(self.db, self.backend, row, action.reason, expected_version=row.version)
+        except Exception as exc:
+            action.error = str(exc)
+            log.warning("teardown failed; retried next pass", extra={"deployment_id": row.id})
+            return
+        action.done = torn is not None
+
     def _orphans(self, now: datetime, dry_run: bool) -> list[JanitorAction]:
         grace = timedelta(seconds=self.settings.orphan_grace_seconds)
         with self.db.session() as session:
@@ -108,23 +114,24 @@ class Janitor:
                 continue
             if endpoint.created_at is not None and now - endpoint.created_at < grace:
                 continue  # maybe a deployment whose row is being written right now
-            action = JanitorAction(
-                deployment_id=endpoint.tags.get("fastuner:deployment"), endpoint_name=endpoint.name,
-                reason="orphan: managed endpoint without a live deployment", hourly_price_usd=None, done=False,
-            )  # fmt: skip
+            action = _stray(
+                endpoint.tags, endpoint.name, "orphan: managed endpoint without a live deployment"
+            )
             if not dry_run:
                 try:
                     self.backend.delete_endpoint(endpoint.name, {})
                     action.done = True
-                    tenant = endpoint.tags.get("fastuner:tenant")
-                    if tenant and action.deployment_id:
-                        with self.db.session() as session:
-                            jobs_repo.add_event(session, tenant, action.deployment_id, "orphan_deleted",
-                                                f"orphan endpoint {endpoint.name} deleted")  # fmt: skip
+                    self._orphan_event(endpoint.tags.get("fastuner:tenant"), action)
                 except Exception as exc:
                     action.error = str(exc)
             actions.append(action)
         return actions
+
+    def _orphan_event(self, tenant: str | None, action: JanitorAction) -> None:
+        if tenant and action.deployment_id:
+            with self.db.session() as session:
+                message = f"orphan endpoint {action.endpoint_name} deleted"
+                events.add(session, tenant, action.deployment_id, "orphan_deleted", message)
 
     def _stray_components(self, backend: AdapterHosting, now: datetime, dry_run: bool) -> list[JanitorAction]:
         """Adapter components (tagged ``fastuner:managed=true``) that no live deployment serves: an
@@ -144,11 +151,11 @@ class Janitor:
                 continue
             if component.created_at is not None and now - component.created_at < grace:
                 continue  # maybe an adapter being added right now
-            action = JanitorAction(
-                deployment_id=component.tags.get("fastuner:deployment"), endpoint_name=component.endpoint_name,
-                reason=f"stray adapter component {component.name} ({component.adapter_id} no longer served)",
-                hourly_price_usd=None, done=False,
-            )  # fmt: skip
+            action = _stray(
+                component.tags,
+                component.endpoint_name,
+                f"stray adapter component {component.name} ({component.adapter_id} no longer served)",
+            )
             if not dry_run:
                 try:
                     backend.delete_component(component.name)
@@ -157,3 +164,15 @@ class Janitor:
                     action.error = str(exc)
             actions.append(action)
         return actions
+
+
+def _stray(tags: Mapping[str, str], endpoint_name: str, reason: str) -> JanitorAction:
+    """The action on a managed resource no live deployment holds (nothing is billed to a row)."""
+    deployment_id = tags.get("fastuner:deployment")
+    return JanitorAction(
+        deployment_id=deployment_id,
+        endpoint_name=endpoint_name,
+        reason=reason,
+        hourly_price_usd=None,
+        done=False,
+    )

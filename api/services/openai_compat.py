@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from scu.config import TrainConfig
 from scu.defaults import learning_rate as default_learning_rate
 
+from api.db.repositories import events as events_repo
 from api.db.repositories import jobs as jobs_repo
 from api.db.repositories.paging import encode_cursor
 from api.domain.datasets import Dataset, DatasetOptions, ValidationReport
@@ -214,14 +215,14 @@ class OpenAICompat:
         if body.method is not None and body.method.supervised and body.method.supervised.hyperparameters:
             hp = body.method.supervised.hyperparameters
         with self.ctx.db.session() as session:
-            jobs_repo.add_event(
+            events_repo.add(
                 session, tenant, job_id, RECORD_KIND, "created through the OpenAI-compatible API",
                 suffix=body.suffix, metadata=body.metadata, hyperparameters=hp.model_dump(),
             )  # fmt: skip
 
     def _record(self, tenant: str, job_id: str) -> dict[str, Any] | None:
         with self.ctx.db.session() as session:
-            for event in jobs_repo.events(session, tenant, job_id):
+            for event in events_repo.after(session, tenant, job_id):
                 if event.kind == RECORD_KIND:
                     return dict(event.data)
         return None
@@ -314,7 +315,7 @@ class OpenAICompat:
         self.ctx.finetune.get(tenant, job_id)  # 404 for another tenant's job
         with self.ctx.db.session() as session:
             events = [_event(job_id, e.id, e.kind, e.message, dict(e.data), e.at)
-                      for e in jobs_repo.events(session, tenant, job_id) if e.kind != RECORD_KIND]  # fmt: skip
+                      for e in events_repo.after(session, tenant, job_id) if e.kind != RECORD_KIND]  # fmt: skip
             metrics = [_metric_event(job_id, m.step, dict(m.values), m.at)
                        for m in jobs_repo.metrics(session, tenant, job_id)]  # fmt: skip
         merged = sorted(events + metrics, key=lambda e: (e[0], e[1]), reverse=True)

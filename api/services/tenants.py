@@ -57,14 +57,14 @@ class TenantService:
     def admit_job(self, session: Session, tenant_id: str, instance_type: str) -> None:
         quotas = self._effective(repo.lock(session, tenant_id))
         _check_instance_type(quotas, tenant_id, instance_type)
-        _check_count("max_concurrent_jobs", "concurrent fine-tune jobs", quotas.max_concurrent_jobs,
-                     repo.active_jobs(session, tenant_id))  # fmt: skip
+        in_use = repo.active_jobs(session, tenant_id)
+        _check_count("max_concurrent_jobs", "concurrent fine-tune jobs", quotas.max_concurrent_jobs, in_use)
 
     def admit_endpoint(self, session: Session, tenant_id: str, instance_type: str) -> None:
         quotas = self._effective(repo.lock(session, tenant_id))
         _check_instance_type(quotas, tenant_id, instance_type)
-        _check_count("max_endpoints", "live endpoints", quotas.max_endpoints,
-                     repo.active_endpoints(session, tenant_id))  # fmt: skip
+        in_use = repo.active_endpoints(session, tenant_id)
+        _check_count("max_endpoints", "live endpoints", quotas.max_endpoints, in_use)
 
     def _effective(self, row: TenantRow | None) -> EffectiveQuotas:
         s = self.settings

@@ -14,6 +14,7 @@ import pytest
 
 from api.backends.base import TrainingStatus
 from api.db import models
+from api.db.repositories import events
 from api.db.repositories import jobs as repo
 from api.db.session import Database
 from api.domain.enums import JobStatus
@@ -81,7 +82,7 @@ def reconciler(
 
 def warnings(db: Database) -> list[tuple[str, dict[str, Any]]]:
     with db.session() as s:
-        return [(e.message, e.data) for e in repo.events(s, TENANT, JOB) if e.kind == "warning"]
+        return [(e.message, e.data) for e in events.after(s, TENANT, JOB) if e.kind == "warning"]
 
 
 def reconcile(reconciler: Reconciler) -> int:

@@ -194,7 +194,7 @@ def test_concurrent_janitors_delete_once(db: Database, settings: Settings) -> No
 
 def test_a_use_racing_the_janitor_wins(db: Database, settings: Settings) -> None:
     from api.db.repositories import deployments as repo
-    from api.services.deployments import teardown
+    from api.services.teardown import teardown
 
     backend = FakeEndpoints()
     _deployment(db, backend, "dep_idle")
@@ -208,7 +208,7 @@ def test_a_use_racing_the_janitor_wins(db: Database, settings: Settings) -> None
 def test_a_janitor_that_reads_a_claimed_row_leaves_it_alone(db: Database, settings: Settings) -> None:
     """The CI flake: janitor B lists the row after janitor A claimed it (``deleting``, new version)
     and judged it with that version; B must not delete the endpoint a second time."""
-    from api.services.deployments import teardown
+    from api.services.teardown import teardown
 
     backend = FakeEndpoints()
     _deployment(db, backend, "dep_idle")
@@ -229,7 +229,7 @@ def test_a_janitor_that_reads_a_claimed_row_leaves_it_alone(db: Database, settin
 
 
 def test_a_claim_left_by_a_dead_teardown_is_retried_after_its_lease(db: Database, settings: Settings) -> None:
-    from api.services.deployments import DELETE_LEASE
+    from api.services.teardown import DELETE_LEASE
 
     backend = FakeEndpoints()
     _deployment(db, backend, "dep_fresh", status="deleting")  # a teardown claimed it just now

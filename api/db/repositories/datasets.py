@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.db.models import DatasetRow, FineTuneJobRow
 from api.db.repositories.paging import page
+from api.db.repositories.rows import count, owned
 from api.domain.enums import DatasetStatus, JobStatus
-from api.domain.ids import valid_id
 
 
 def get(session: Session, tenant_id: str, dataset_id: str) -> DatasetRow | None:
-    if not valid_id(dataset_id):  # names nothing; PostgreSQL could not even bind it with a NUL
-        return None
-    return session.scalar(
-        select(DatasetRow).where(DatasetRow.tenant_id == tenant_id, DatasetRow.id == dataset_id)
-    )
+    return owned(session, DatasetRow, tenant_id, dataset_id)
 
 
 def list_page(
@@ -42,11 +38,9 @@ def active_jobs_using(session: Session, tenant_id: str, dataset_id: str) -> list
 
 
 def any_jobs_using(session: Session, tenant_id: str, dataset_id: str) -> int:
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(FineTuneJobRow)
-            .where(FineTuneJobRow.tenant_id == tenant_id, FineTuneJobRow.dataset_id == dataset_id)
-        )
-        or 0
+    return count(
+        session,
+        FineTuneJobRow,
+        FineTuneJobRow.tenant_id == tenant_id,
+        FineTuneJobRow.dataset_id == dataset_id,
     )

@@ -1,4 +1,4 @@
-"""Deployment rows; compare-and-set transitions and the last-used touch."""
+"""Deployment rows: by id, live ones, the one serving an adapter; the last-used touch and claim release."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.db.models import DeploymentRow, utcnow
-from api.db.repositories.cas import compare_and_set as compare_and_set
 from api.db.repositories.paging import page
+from api.db.repositories.rows import owned, required
 from api.domain.enums import DeploymentStatus
-from api.domain.ids import valid_id
 
 LIVE = [DeploymentStatus.CREATING.value, DeploymentStatus.IN_SERVICE.value, DeploymentStatus.DELETING.value]
 
 
 def get(session: Session, tenant_id: str, deployment_id: str) -> DeploymentRow | None:
-    if not valid_id(deployment_id):  # names nothing; PostgreSQL could not even bind it with a NUL
-        return None
-    return session.scalar(
-        select(DeploymentRow).where(DeploymentRow.tenant_id == tenant_id, DeploymentRow.id == deployment_id)
-    )
+    return owned(session, DeploymentRow, tenant_id, deployment_id)
+
+
+def require(session: Session, tenant_id: str, deployment_id: str) -> DeploymentRow:
+    """The tenant's deployment, or :class:`NotFound`."""
+    return required(session, DeploymentRow, tenant_id, deployment_id, "deployment")
 
 
 def list_page(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.db.models import ApiKeyRow, DeploymentRow, FineTuneJobRow, TenantRow
 from api.db.repositories.jobs import ACTIVE as ACTIVE_JOBS
+from api.db.repositories.rows import count
 from api.domain.enums import DeploymentStatus
 
 # What an endpoint quota counts: endpoints that exist or are coming up (a deleting one is leaving).
@@ -54,24 +55,17 @@ def lock(session: Session, tenant_id: str) -> TenantRow:
 
 
 def active_jobs(session: Session, tenant_id: str) -> int:
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(FineTuneJobRow)
-            .where(FineTuneJobRow.tenant_id == tenant_id, FineTuneJobRow.status.in_(ACTIVE_JOBS))
-        )
-        or 0
+    return count(
+        session, FineTuneJobRow, FineTuneJobRow.tenant_id == tenant_id, FineTuneJobRow.status.in_(ACTIVE_JOBS)
     )
 
 
 def active_endpoints(session: Session, tenant_id: str) -> int:
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(DeploymentRow)
-            .where(DeploymentRow.tenant_id == tenant_id, DeploymentRow.status.in_(ACTIVE_ENDPOINTS))
-        )
-        or 0
+    return count(
+        session,
+        DeploymentRow,
+        DeploymentRow.tenant_id == tenant_id,
+        DeploymentRow.status.in_(ACTIVE_ENDPOINTS),
     )
 
 

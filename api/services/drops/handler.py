@@ -21,7 +21,6 @@ from api.domain.enums import JobStatus
 from api.domain.errors import (
     BadRequest,
     Conflict,
-    FastunerError,
     Forbidden,
     NotFound,
     QuotaExceeded,
@@ -40,6 +39,7 @@ from api.services.drops.objects import Objects
 from api.services.drops.status import StatusWriter
 from api.services.finetune import preflight
 from api.services.finetune.service import FineTuneService
+from api.services.transitions import reason_of
 from api.settings import Settings
 
 log = get_logger("drops")
@@ -143,8 +143,7 @@ class DropHandler:
             return self._retry(at, exc.message)
         except Exception as exc:  # storage, backend, database: worth another try
             log.exception("drop attempt failed", extra=at.log_extra())
-            reason = exc.message if isinstance(exc, FastunerError) else f"{type(exc).__name__}: {exc}"
-            return self._retry(at, reason)
+            return self._retry(at, reason_of(exc))
         if job.status == JobStatus.FAILED:
             message = f"job {job.id} failed: {job.failure_reason or 'unknown reason'}"
             return self._final(at, DropState.FAILED, message, job=job)

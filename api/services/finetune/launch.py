@@ -47,12 +47,15 @@ from tenacity import (
 from api import faults
 from api.backends.base import ComputeBackend, TrainingSpec
 from api.db import models
+from api.db.repositories import events
 from api.db.repositories import jobs as repo
+from api.db.repositories.cas import compare_and_set
 from api.db.session import Database
 from api.domain.enums import JobStatus
 from api.domain.errors import BackendError, FastunerError
 from api.logging import get_logger
 from api.services.finetune.launcher import launcher_state, launcher_token
+from api.services.transitions import reason_of, transition
 from api.settings import Settings
 
 log = get_logger("finetune.launch")
@@ -188,11 +191,9 @@ class Launcher:
             found = self._find_quietly(spec.job_name)  # created in spite of the error?
             if found is None:
                 self._fail(tenant_id, job_id, exc, attempts)
-                reason = exc.message if isinstance(exc, FastunerError) else f"{type(exc).__name__}: {exc}"
-                transient = is_transient(exc)
                 raise BackendError(
-                    f"could not launch job {job_id}: {reason}",
-                    details={"job_id": job_id, "transient": transient, "attempts": attempts},
+                    f"could not launch job {job_id}: {reason_of(exc)}",
+                    details={"job_id": job_id, "transient": is_transient(exc), "attempts": attempts},
                 ) from exc
             state = found
         faults.point("finetune.after_backend_call")
@@ -208,7 +209,7 @@ class Launcher:
             return None
 
     def _fail(self, tenant_id: str, job_id: str, exc: Exception, attempts: int) -> None:
-        reason = exc.message if isinstance(exc, FastunerError) else f"{type(exc).__name__}: {exc}"
+        reason = reason_of(exc)
         transient = is_transient(exc)
         kind = (
             ("transient" + (f", {attempts} attempts" if attempts > 1 else "")) if transient else "permanent"
@@ -220,19 +221,15 @@ class Launcher:
                 job = repo.get(session, tenant_id, job_id)
                 if job is None or job.backend_state or JobStatus(job.status).terminal:
                     return
-                before = job.status
                 launch = dict(job.launch or {}, error={"reason": reason, "transient": transient})
                 # Cancelled while launching: nothing runs, so it ends as the user asked.
-                values: dict[str, Any] = (
-                    {"status": JobStatus.CANCELLED.value}
-                    if before == JobStatus.CANCELLING.value
-                    else {"status": JobStatus.FAILED.value, "failure_reason": failure}
-                )
-                if repo.compare_and_set(session, job, launch=launch, ended_at=datetime.now(UTC), **values):
-                    repo.add_event(
-                        session, tenant_id, job_id, "status", f"{before} → {values['status']}",
-                        reason=failure, transient=transient,
-                    )  # fmt: skip
+                cancelled = job.status == JobStatus.CANCELLING.value
+                to = JobStatus.CANCELLED if cancelled else JobStatus.FAILED
+                values: dict[str, Any] = {} if cancelled else {"failure_reason": failure}
+                data = {"reason": failure, "transient": transient}
+                if transition(
+                    session, job, to, data=data, launch=launch, ended_at=datetime.now(UTC), **values
+                ):
                     return
 
     def record(self, tenant_id: str, job_id: str, state: dict[str, Any], *, how: str) -> str | None:
@@ -241,35 +238,33 @@ class Launcher:
         ``launching``/``queued`` → ``provisioning``. A row cancelled meanwhile (``cancelling``) keeps
         its status and the backend job is asked to stop; the reconciler then ends it ``cancelled``.
         """
-        stop = False
-        transition: str | None = None
         for _ in range(CAS_TRIES):
             with self.db.session() as session:
                 job = repo.get(session, tenant_id, job_id)
                 if job is None or job.backend_state:
                     return None
-                before = job.status
+                before, name = job.status, job.backend_job_name
                 if before in (JobStatus.LAUNCHING.value, JobStatus.QUEUED.value):
-                    values: dict[str, Any] = {"status": JobStatus.PROVISIONING.value, "backend_state": state}
-                    transition = f"{before} → provisioning"
-                else:  # cancelling, or (should not happen) terminal: keep it tracked, then stop it
-                    values = {"backend_state": state}
-                    stop = True
-                if not repo.compare_and_set(session, job, **values):
+                    change = transition(
+                        session, job, JobStatus.PROVISIONING, data={"how": how}, backend_state=state
+                    )
+                    if change is None:
+                        continue
+                elif compare_and_set(session, job, backend_state=state):
+                    # cancelling, or (should not happen) terminal: keep it tracked, then stop it
+                    message = f"backend job {how} while {before}; stopping it"
+                    events.add(session, tenant_id, job_id, "launch", message, how=how)
+                    change = None
+                else:
                     continue
-                message = transition or f"backend job {how} while {before}; stopping it"
-                repo.add_event(
-                    session, tenant_id, job_id, "status" if transition else "launch", message, how=how
-                )
-                name = job.backend_job_name
-                break
+            break
         else:
             raise BackendError(f"could not record the launch of job {job_id}: it kept changing")
-        if stop and name:
+        if change is None and name:
             self.backend.stop_training(name, state)
         if how != "launched":
             log.info("launch adopted", extra={"job_id": job_id, "how": how})
-        return transition
+        return change
 
     # -- resolving ----------------------------------------------------------------------------
     def in_flight(self, row: models.FineTuneJobRow) -> bool:
@@ -316,10 +311,8 @@ class Launcher:
                 return "failed"
             attempts = int(launch.get("attempts", 1))
             if attempts > MAX_RELAUNCHES:
-                self._settle(
-                    row, JobStatus.FAILED,
-                    f"the launch was lost {attempts} times (no backend job {name}); not trying again",
-                )  # fmt: skip
+                lost = f"the launch was lost {attempts} times (no backend job {name}); not trying again"
+                self._settle(row, JobStatus.FAILED, lost)
                 return "failed"
             if not self._reclaim(row, attempts + 1, "launch lost (its launcher is gone); launching again"):
                 return None
@@ -343,29 +336,28 @@ class Launcher:
             launch = dict(job.launch or {})
             launch.pop("error", None)
             launch.update(launcher=launcher_token(), intent_at=datetime.now(UTC).isoformat(), attempts=1)
-            if not repo.compare_and_set(
-                session, job, status=JobStatus.LAUNCHING.value, failure_reason=None, ended_at=None,
+            why = "retried under the same Idempotency-Key after a transient launch failure"
+            change = transition(
+                session,
+                job,
+                JobStatus.LAUNCHING,
+                data={"reason": why},
+                failure_reason=None,
+                ended_at=None,
                 launch=launch,
-            ):  # fmt: skip
-                return False
-            repo.add_event(
-                session, row.tenant_id, row.id, "status", "failed → launching",
-                reason="retried under the same Idempotency-Key after a transient launch failure",
-            )  # fmt: skip
-            return True
+            )
+            return change is not None
 
     def _reclaim(self, row: models.FineTuneJobRow, attempts: int, why: str) -> bool:
         with self.db.session() as session:
             job = repo.get(session, row.tenant_id, row.id)
             if job is None or job.version != row.version:
                 return False
-            launch = dict(
-                job.launch or {}, attempts=attempts, launcher=launcher_token(),
-                intent_at=datetime.now(UTC).isoformat(),
-            )  # fmt: skip
-            if not repo.compare_and_set(session, job, status=JobStatus.LAUNCHING.value, launch=launch):
+            launch = dict(job.launch or {}, attempts=attempts)
+            launch.update(launcher=launcher_token(), intent_at=datetime.now(UTC).isoformat())
+            if not transition(session, job, JobStatus.LAUNCHING, record=False, launch=launch):
                 return False
-            repo.add_event(session, row.tenant_id, row.id, "launch", why, attempt=attempts)
+            events.add(session, row.tenant_id, row.id, "launch", why, attempt=attempts)
             log.warning("relaunching a lost launch", extra={"job_id": row.id, "attempt": attempts})
             return True
 
@@ -374,13 +366,10 @@ class Launcher:
             job = repo.get(session, row.tenant_id, row.id)
             if job is None or job.version != row.version:
                 return
-            values: dict[str, Any] = {"status": status.value, "ended_at": datetime.now(UTC)}
+            values: dict[str, Any] = {"ended_at": datetime.now(UTC)}
             if status == JobStatus.FAILED:
                 values["failure_reason"] = reason
-            if repo.compare_and_set(session, job, **values):
-                repo.add_event(
-                    session, row.tenant_id, row.id, "status", f"{row.status} → {status.value}", reason=reason
-                )
+            if transition(session, job, status, data={"reason": reason}, **values):
                 log.warning("unlaunched job settled", extra={"job_id": row.id, "status": status.value})
 
 

@@ -24,10 +24,11 @@ from sqlalchemy.exc import IntegrityError
 
 from api.backends.base import ComputeBackend, TrainingStatus
 from api.db import models
+from api.db.repositories import events
 from api.db.repositories import jobs as repo
+from api.db.repositories.cas import compare_and_set
 from api.db.session import Database
 from api.domain.enums import JobStatus
-from api.domain.errors import FastunerError
 from api.domain.metrics import (
     UNREACHABLE_EVENT_KIND,
     parse_metric_records,
@@ -37,6 +38,7 @@ from api.domain.metrics import (
 )
 from api.logging import get_logger, job_id_var
 from api.services.finetune.launch import Launcher
+from api.services.transitions import reason_of, transition
 from api.settings import Settings
 from api.storage.base import ObjectStore, upload_dir
 
@@ -133,21 +135,19 @@ class Reconciler:
             values["secondary_status"] = observed.secondary_status
         if observed.started_at and job.started_at is None:
             values["started_at"] = observed.started_at
-        if target != current:
-            values["status"] = target.value
-            if target.terminal:
-                values["ended_at"] = observed.ended_at or datetime.now(UTC)
-                values["billable_seconds"] = observed.billable_seconds
-                if target == JobStatus.FAILED:
-                    values["failure_reason"] = observed.failure_reason or "the backend reported a failure"
-        if values and repo.compare_and_set(session, job, **values) and "status" in values:
-            message = f"{current.value} → {target.value}"
-            repo.add_event(
-                session, job.tenant_id, job.id, "status", message,
-                secondary=observed.secondary_status, reason=observed.failure_reason,
-            )  # fmt: skip
-            report.transitions.append(f"{job.id}: {message}")
-            log.info("job transition", extra={"from": current.value, "to": target.value})
+        if target == current:
+            if values:
+                compare_and_set(session, job, **values)
+            return
+        if target.terminal:
+            values["ended_at"] = observed.ended_at or datetime.now(UTC)
+            values["billable_seconds"] = observed.billable_seconds
+            if target == JobStatus.FAILED:
+                values["failure_reason"] = observed.failure_reason or "the backend reported a failure"
+        data = {"secondary": observed.secondary_status, "reason": observed.failure_reason}
+        change = transition(session, job, target, data=data, **values)
+        if change is not None:
+            report.transitions.append(f"{job.id}: {change}")
 
     def _ingest(self, tenant_id: str, job_id: str, records: list[dict[str, float]]) -> int:
         """Store the records of steps not stored yet, and an event where the SCU target turns unreachable.
@@ -179,11 +179,9 @@ class Reconciler:
         step = int(rec["step"])
         message = unreachable_message(rec, since_step=step)
         keys = ("target_s", "band", "s", "s_hat", "lambda")
-        data = {k: rec[k] for k in keys if math.isfinite(rec.get(k, math.nan))}  # JSONB has no NaN
-        repo.add_event(
-            session, tenant_id, job_id, UNREACHABLE_EVENT_KIND, message,
-            step=step, unreachable=unreachable_flag(rec), **data,
-        )  # fmt: skip
+        data: dict[str, Any] = {"step": step, "unreachable": unreachable_flag(rec)}
+        data.update((k, rec[k]) for k in keys if math.isfinite(rec.get(k, math.nan)))  # JSONB has no NaN
+        events.add(session, tenant_id, job_id, UNREACHABLE_EVENT_KIND, message, **data)
         log.warning("SCU target unreachable", extra={"step": step, "unreachable": unreachable_flag(rec)})
 
     def _complete(
@@ -195,69 +193,26 @@ class Reconciler:
         observed: TrainingStatus,
         report: ReconcileReport,
     ) -> None:
+        """Store the job's model as its adapter, register it, then mark the job completed."""
         adapter_id = adapter_id_for(job_id)
         prefix = adapter_prefix(tenant_id, adapter_id)
         work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=_mkdir(self.settings.work_dir)))
         try:
             try:
-                self.backend.fetch_model(name, state, work)
-                if not (work / "adapter_config.json").is_file():
-                    raise ValueError("the job's output holds no adapter_config.json")
-                eval_metrics = _read_json(work / "eval.json")
-                config = _read_json(work / "fastuner_config.json")
-                final_metrics = _read_jsonl(work / "metrics.jsonl")
+                model = _fetch_model(self.backend, name, state, work)
             except Exception as exc:
                 # Retried on every pass for a while (an upload may lag); then the job fails
                 # rather than staying "running" forever.
                 ended = observed.ended_at
                 if ended is None or datetime.now(UTC) - ended <= REGISTER_GRACE:
                     raise
-                reason = exc.message if isinstance(exc, FastunerError) else f"{type(exc).__name__}: {exc}"
-                self._fail_registration(tenant_id, job_id, observed, reason, report)
+                self._fail_registration(tenant_id, job_id, observed, reason_of(exc), report)
                 return
-            try:
-                upload_dir(self.store, work, prefix)
-            except Exception:
-                self.store.delete_prefix(prefix + "/")
-                raise
+            self._upload(work, prefix)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        report.metrics_ingested += self._ingest(tenant_id, job_id, final_metrics)
-        try:
-            with self.db.session() as session:
-                job = repo.get(session, tenant_id, job_id)
-                if job is None or JobStatus(job.status).terminal:
-                    return
-                dataset = session.get(models.DatasetRow, job.dataset_id)
-                session.add(
-                    models.AdapterRow(
-                        id=adapter_id,
-                        tenant_id=tenant_id,
-                        job_id=job_id,
-                        dataset_id=job.dataset_id,
-                        dataset_sha256=dataset.content_sha256 if dataset else "",
-                        base_model=job.base_model,
-                        uri=self.store.uri(prefix),
-                        eval_metrics=eval_metrics,
-                        config=config,
-                    )
-                )
-                before = job.status
-                ok = repo.compare_and_set(
-                    session, job, status=JobStatus.COMPLETED.value, adapter_id=adapter_id,
-                    secondary_status=observed.secondary_status, ended_at=observed.ended_at or datetime.now(UTC),
-                    billable_seconds=observed.billable_seconds, started_at=job.started_at or observed.started_at,
-                )  # fmt: skip
-                if not ok:
-                    raise IntegrityError("job changed concurrently", None, ValueError())
-                repo.add_event(
-                    session, tenant_id, job_id, "status", f"{before} → completed", adapter_id=adapter_id
-                )
-                repo.add_event(
-                    session, tenant_id, job_id, "adapter", f"adapter {adapter_id} registered", **eval_metrics
-                )
-        except IntegrityError:
-            log.info("adapter already registered by another reconciler")
+        report.metrics_ingested += self._ingest(tenant_id, job_id, model.metrics)
+        if not self._register(tenant_id, job_id, adapter_id, observed, model):
             return
         report.adapters_registered.append(adapter_id)
         report.transitions.append(f"{job_id}: → completed")
@@ -268,6 +223,51 @@ class Reconciler:
             log.warning("could not delete the checkpoints of a completed job", exc_info=True)
         log.info("adapter registered", extra={"adapter_id": adapter_id})
 
+    def _upload(self, work: Path, prefix: str) -> None:
+        try:
+            upload_dir(self.store, work, prefix)
+        except Exception:
+            self.store.delete_prefix(prefix + "/")
+            raise
+
+    def _register(
+        self, tenant_id: str, job_id: str, adapter_id: str, observed: TrainingStatus, model: _Model
+    ) -> bool:
+        """Add the adapter row and complete the job in one transaction; False if another did."""
+        try:
+            with self.db.session() as session:
+                job = repo.get(session, tenant_id, job_id)
+                if job is None or JobStatus(job.status).terminal:
+                    return False
+                session.add(self._adapter_row(session, job, adapter_id, model))
+                values = dict(_ended(job, observed), adapter_id=adapter_id)
+                if not transition(
+                    session, job, JobStatus.COMPLETED, data={"adapter_id": adapter_id}, **values
+                ):
+                    raise IntegrityError("job changed concurrently", None, ValueError())
+                message = f"adapter {adapter_id} registered"
+                events.add(session, tenant_id, job_id, "adapter", message, **model.eval_metrics)
+                return True
+        except IntegrityError:
+            log.info("adapter already registered by another reconciler")
+            return False
+
+    def _adapter_row(
+        self, session: Any, job: models.FineTuneJobRow, adapter_id: str, model: _Model
+    ) -> models.AdapterRow:
+        dataset = session.get(models.DatasetRow, job.dataset_id)
+        return models.AdapterRow(
+            id=adapter_id,
+            tenant_id=job.tenant_id,
+            job_id=job.id,
+            dataset_id=job.dataset_id,
+            dataset_sha256=dataset.content_sha256 if dataset else "",
+            base_model=job.base_model,
+            uri=self.store.uri(adapter_prefix(job.tenant_id, adapter_id)),
+            eval_metrics=model.eval_metrics,
+            config=model.config,
+        )
+
     def _fail_registration(
         self, tenant_id: str, job_id: str, observed: TrainingStatus, reason: str, report: ReconcileReport
     ) -> None:
@@ -276,18 +276,43 @@ class Reconciler:
             job = repo.get(session, tenant_id, job_id)
             if job is None or JobStatus(job.status).terminal:
                 return
-            before = job.status
-            if repo.compare_and_set(
-                session, job, status=JobStatus.FAILED.value, failure_reason=reason,
-                secondary_status=observed.secondary_status, ended_at=observed.ended_at or datetime.now(UTC),
-                billable_seconds=observed.billable_seconds, started_at=job.started_at or observed.started_at,
-            ):  # fmt: skip
-                repo.add_event(
-                    session, tenant_id, job_id, "status", f"{before} → failed",
-                    secondary=observed.secondary_status, reason=reason,
-                )  # fmt: skip
-                report.transitions.append(f"{job_id}: {before} → failed")
+            data = {"secondary": observed.secondary_status, "reason": reason}
+            change = transition(
+                session, job, JobStatus.FAILED, data=data, failure_reason=reason, **_ended(job, observed)
+            )
+            if change is not None:
+                report.transitions.append(f"{job_id}: {change}")
                 log.warning("model not registrable; job failed", extra={"reason": reason})
+
+
+@dataclass(frozen=True)
+class _Model:
+    """What a completed job's output holds besides the adapter's weights."""
+
+    eval_metrics: dict[str, Any]
+    config: dict[str, Any]
+    metrics: list[dict[str, float]]  # metrics.jsonl: the records the last reads may have missed
+
+
+def _fetch_model(backend: ComputeBackend, name: str, state: dict[str, Any], work: Path) -> _Model:
+    backend.fetch_model(name, state, work)
+    if not (work / "adapter_config.json").is_file():
+        raise ValueError("the job's output holds no adapter_config.json")
+    return _Model(
+        eval_metrics=_read_json(work / "eval.json"),
+        config=_read_json(work / "fastuner_config.json"),
+        metrics=_read_jsonl(work / "metrics.jsonl"),
+    )
+
+
+def _ended(job: models.FineTuneJobRow, observed: TrainingStatus) -> dict[str, Any]:
+    """The columns a job's end takes from the backend's last description of it."""
+    return {
+        "secondary_status": observed.secondary_status,
+        "ended_at": observed.ended_at or datetime.now(UTC),
+        "billable_seconds": observed.billable_seconds,
+        "started_at": job.started_at or observed.started_at,
+    }
 
 
 def _mkdir(path: Path) -> Path:

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
 from api.backends.base import ComputeBackend
 from api.db import models
+from api.db.repositories import events
 from api.db.repositories import jobs as repo
 from api.db.session import Database
-from api.domain.enums import JobStatus, TaskType, TuneMethod
-from api.domain.errors import Conflict, NotFound
-from api.domain.finetune import CostEstimate, DryRun, FineTuneJob, FineTuneRequest, JobEvent, MetricPoint
+from api.domain.datasets import Dataset
+from api.domain.enums import JobStatus, TaskType
+from api.domain.errors import Conflict
+from api.domain.finetune import DryRun, FineTuneJob, FineTuneRequest, JobEvent, MetricPoint
 from api.domain.ids import new_id
 from api.logging import get_logger
 from api.services.datasets.service import DatasetService, split_key
 from api.services.finetune import preflight
 from api.services.finetune.launch import UNLAUNCHED, Launcher, launch_record
 from api.services.tenants import TenantService
+from api.services.transitions import transition
 from api.settings import Settings
 
 log = get_logger("finetune")
@@ -64,8 +66,7 @@ class FineTuneService:
         """
         request_hash = hashlib.sha256(req.model_dump_json().encode()).hexdigest()
         if idempotency_key is not None and not req.dry_run:
-            with self.db.session() as session:
-                existing = repo.by_idempotency_key(session, tenant_id, idempotency_key)
+            existing = self._by_key(tenant_id, idempotency_key)
             if existing is not None:
                 return self._replay(existing, request_hash)
         dataset = self.datasets.get(tenant_id, req.dataset_id)
@@ -73,20 +74,51 @@ class FineTuneService:
         checked = preflight.run(req, dataset, manifest, self.settings, self.backend)
         checked.hyperparameters.setdefault("task_type", engine_task_type(dataset.task_type))
         if req.dry_run:
-            with self.db.session() as session:
-                self.tenants.check_instance_type(session, tenant_id, checked.instance.name)
-            return DryRun(
-                backend=self.backend.name,
-                hyperparameters=checked.hyperparameters,
-                estimate=checked.estimate,
-                warnings=checked.warnings,
-            )
+            return self._dry_run(tenant_id, checked)
+        row = self._new_row(tenant_id, req, dataset, checked, key=idempotency_key, request_hash=request_hash)
+        assert row.backend_job_name is not None
+        with self.launcher.claim(row.backend_job_name) as claimed:
+            assert claimed  # a fresh id: nobody else holds its name
+            try:
+                self._insert(row, checked)
+            except IntegrityError:
+                existing = self._by_key(tenant_id, idempotency_key) if idempotency_key else None
+                if existing is None:
+                    raise
+                return self._replay(existing, request_hash)  # a concurrent request with the same key won
+            self.launcher.launch(tenant_id, row.id)
+        return self.get(tenant_id, row.id)
+
+    def _by_key(self, tenant_id: str, idempotency_key: str) -> models.FineTuneJobRow | None:
+        with self.db.session() as session:
+            return repo.by_idempotency_key(session, tenant_id, idempotency_key)
+
+    def _dry_run(self, tenant_id: str, checked: preflight.Preflight) -> DryRun:
+        with self.db.session() as session:
+            self.tenants.check_instance_type(session, tenant_id, checked.instance.name)
+        return DryRun(
+            backend=self.backend.name,
+            hyperparameters=checked.hyperparameters,
+            estimate=checked.estimate,
+            warnings=checked.warnings,
+        )
+
+    def _new_row(
+        self,
+        tenant_id: str,
+        req: FineTuneRequest,
+        dataset: Dataset,
+        checked: preflight.Preflight,
+        *,
+        key: str | None,
+        request_hash: str,
+    ) -> models.FineTuneJobRow:
+        """The job's row, ``launching`` under a fresh id and its deterministic backend job name."""
         job_id = new_id("ft")
-        name = job_name_for(job_id)
         channels = {
             c: split_key(tenant_id, dataset.id, c) for c in CHANNELS if dataset.row_counts.get(c, 0) > 0
         }
-        row = models.FineTuneJobRow(
+        return models.FineTuneJobRow(
             id=job_id,
             tenant_id=tenant_id,
             dataset_id=dataset.id,
@@ -94,12 +126,12 @@ class FineTuneService:
             method=req.method.value,
             hyperparameters=checked.hyperparameters,
             backend=self.backend.name,
-            backend_job_name=name,
+            backend_job_name=job_name_for(job_id),
             instance_type=checked.instance.name,
             instance_count=req.instance_count,
             spot=req.spot,
             status=JobStatus.LAUNCHING.value,
-            idempotency_key=idempotency_key,
+            idempotency_key=key,
             request_hash=request_hash,
             cost_estimate_usd=checked.estimate.estimated_cost_usd,
             estimate=checked.estimate.model_dump(mode="json"),
@@ -108,25 +140,13 @@ class FineTuneService:
                 channels, max_runtime_seconds=req.max_runtime_seconds, volume_gb=req.volume_gb
             ),
         )
-        with self.launcher.claim(name) as claimed:
-            assert claimed  # a fresh id: nobody else holds its name
-            try:
-                with self.db.session() as session:
-                    self.tenants.admit_job(session, tenant_id, checked.instance.name)
-                    session.add(row)
-                    repo.add_event(
-                        session, tenant_id, job_id, "created", "job launching", warnings=checked.warnings
-                    )
-            except IntegrityError:
-                if idempotency_key is None:
-                    raise
-                with self.db.session() as session:  # a concurrent request with the same key won
-                    existing = repo.by_idempotency_key(session, tenant_id, idempotency_key)
-                if existing is None:
-                    raise
-                return self._replay(existing, request_hash)
-            self.launcher.launch(tenant_id, job_id)
-        return self.get(tenant_id, job_id)
+
+    def _insert(self, row: models.FineTuneJobRow, checked: preflight.Preflight) -> None:
+        """Commit the row (quota-checked) and its ``created`` event."""
+        with self.db.session() as session:
+            self.tenants.admit_job(session, row.tenant_id, checked.instance.name)
+            session.add(row)
+            events.add(session, row.tenant_id, row.id, "created", "job launching", warnings=checked.warnings)
 
     def _replay(self, existing: models.FineTuneJobRow, request_hash: str) -> FineTuneJob:
         """The job a start with an Idempotency-Key already used made — never one never launched.
@@ -151,7 +171,7 @@ class FineTuneService:
             self.launcher.resolve(tenant_id, job_id, wait_s=REPLAY_WAIT_S)
             job = self.get(tenant_id, job_id)
             with self.db.session() as session:
-                launched = bool(self._row(session, tenant_id, job_id).backend_state)
+                launched = bool(repo.require(session, tenant_id, job_id).backend_state)
             if not launched and not job.status.terminal:
                 raise Conflict(
                     f"job {job_id} is still launching; retry shortly",
@@ -172,7 +192,7 @@ class FineTuneService:
     # -- read ---------------------------------------------------------------------------------
     def get(self, tenant_id: str, job_id: str) -> FineTuneJob:
         with self.db.session() as session:
-            return self._to_model(session, self._row(session, tenant_id, job_id))
+            return to_model(repo.require(session, tenant_id, job_id), repo.latest_metric(session, job_id))
 
     def list_page(
         self, tenant_id: str, *, limit: int = 50, cursor: str | None = None, status: JobStatus | None = None
@@ -181,28 +201,28 @@ class FineTuneService:
             rows, next_cursor = repo.list_page(
                 session, tenant_id, limit=limit, cursor=cursor, status=status.value if status else None
             )
-            return [self._to_model(session, r) for r in rows], next_cursor
+            return [to_model(r, repo.latest_metric(session, r.id)) for r in rows], next_cursor
 
     def events(self, tenant_id: str, job_id: str, after_id: int = 0) -> list[JobEvent]:
         with self.db.session() as session:
-            self._row(session, tenant_id, job_id)
+            repo.require(session, tenant_id, job_id)
             return [
-                JobEvent(id=e.id, kind=e.kind, message=e.message, data=e.data, at=e.at)
-                for e in repo.events(session, tenant_id, job_id, after_id)
+                JobEvent.model_validate(e, from_attributes=True)
+                for e in events.after(session, tenant_id, job_id, after_id)
             ]
 
     def metrics(self, tenant_id: str, job_id: str, after_step: int = 0) -> list[MetricPoint]:
         with self.db.session() as session:
-            self._row(session, tenant_id, job_id)
+            repo.require(session, tenant_id, job_id)
             return [
-                MetricPoint(step=m.step, values=m.values)
+                MetricPoint.model_validate(m, from_attributes=True)
                 for m in repo.metrics(session, tenant_id, job_id, after_step)
             ]
 
     def logs(self, tenant_id: str, job_id: str, tail: int = 200) -> list[str]:
         job = self.get(tenant_id, job_id)
         with self.db.session() as session:
-            state = dict(self._row(session, tenant_id, job_id).backend_state)
+            state = dict(repo.require(session, tenant_id, job_id).backend_state)
         if not state or job.backend_job_name is None:
             return []
         return self.backend.read_logs(job.backend_job_name, state, tail)
@@ -216,55 +236,27 @@ class FineTuneService:
         exists and no launch of it can still be in flight, it is ``cancelled`` at once.
         """
         with self.db.session() as session:
-            job = self._row(session, tenant_id, job_id)
+            job = repo.require(session, tenant_id, job_id)
             status = JobStatus(job.status)
             if status.terminal:
                 raise Conflict(f"job {job_id} is already {status.value}")
             if status == JobStatus.CANCELLING:
-                return self._to_model(session, job)
+                return to_model(job, repo.latest_metric(session, job_id))
             name, state = job.backend_job_name, dict(job.backend_state)
         if state and name:
             self.backend.stop_training(name, state)
         with self.db.session() as session:
-            job = self._row(session, tenant_id, job_id)
-            before = job.status
-            if not JobStatus(before).terminal and repo.compare_and_set(
-                session, job, status=JobStatus.CANCELLING.value
-            ):
-                repo.add_event(session, tenant_id, job_id, "status", f"{before} → cancelling", by="user")
+            job = repo.require(session, tenant_id, job_id)
+            if not JobStatus(job.status).terminal:
+                transition(session, job, JobStatus.CANCELLING, data={"by": "user"})
         if not state:
             self.launcher.resolve(tenant_id, job_id, wait_s=REPLAY_WAIT_S)
         return self.get(tenant_id, job_id)
 
-    # -- helpers ------------------------------------------------------------------------------
-    def _row(self, session: Any, tenant_id: str, job_id: str) -> models.FineTuneJobRow:
-        row = repo.get(session, tenant_id, job_id)
-        if row is None:
-            raise NotFound(f"fine-tune job {job_id} not found")
-        return row
 
-    def _to_model(self, session: Any, row: models.FineTuneJobRow) -> FineTuneJob:
-        latest = repo.latest_metric(session, row.id)
-        return FineTuneJob(
-            id=row.id,
-            dataset_id=row.dataset_id,
-            base_model=row.base_model,
-            method=TuneMethod(row.method),
-            hyperparameters=row.hyperparameters,
-            backend=row.backend,
-            backend_job_name=row.backend_job_name,
-            instance_type=row.instance_type,
-            instance_count=row.instance_count,
-            spot=row.spot,
-            status=JobStatus(row.status),
-            secondary_status=row.secondary_status,
-            failure_reason=row.failure_reason,
-            estimate=CostEstimate.model_validate(row.estimate) if row.estimate else None,
-            billable_seconds=row.billable_seconds,
-            cost_estimate_usd=row.cost_estimate_usd,
-            adapter_id=row.adapter_id,
-            latest_metrics={"step": float(latest.step), **latest.values} if latest else None,
-            created_at=row.created_at,
-            started_at=row.started_at,
-            ended_at=row.ended_at,
-        )
+def to_model(row: models.FineTuneJobRow, latest: models.MetricRow | None) -> FineTuneJob:
+    """The job as the API shows it, with its newest metric record (if any)."""
+    job = FineTuneJob.model_validate(row, from_attributes=True)
+    return job.model_copy(
+        update={"latest_metrics": {"step": float(latest.step), **latest.values} if latest else None}
+    )

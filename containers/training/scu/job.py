@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from scu import data as data_mod
 from scu.config import ResolvedConfig, TrainConfig, resolve
+from scu.data import Conversation
 from scu.defaults import Facts
 from scu.distributed import DistInfo, barrier, init_distributed, shutdown
 from scu.evaluate import evaluate_adapter
@@ -25,7 +27,7 @@ from scu.modeling import apply_lora, load_base_model, load_tokenizer, model_fact
 from scu.paths import EXIT_INTERRUPTED, EXIT_OK, ContractPaths
 from scu.task_eval import GenerationStopped, run_task_eval
 from scu.task_metrics import summary_line
-from scu.trainer import StopFlag, TrainingDiverged, train
+from scu.trainer import StopFlag, TrainingDiverged, TrainResult, train
 
 log = logging.getLogger("scu.job")
 
@@ -70,34 +72,84 @@ def run_job(paths: ContractPaths, cfg: TrainConfig) -> int:
         log.warning("received signal %d: will checkpoint and stop", signum)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    previous = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return _run(paths, cfg, info, device, stop)
     finally:
         shutdown(info)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The data of a run, tokenized, and the config resolved from it."""
+
+    rcfg: ResolvedConfig
+    examples: list[data_mod.Example]
+    val_examples: list[data_mod.Example]
+    n_tokens: int  # target tokens trained per epoch (N of ParamBPT)
+    summary: dict[str, Any]  # rows, tokens and truncation per split
+    max_positions: int
 
 
 def _run(paths: ContractPaths, cfg: TrainConfig, info: DistInfo, device: torch.device, stop: StopFlag) -> int:
+    """Set up (data, config, model) -> fit -> validate."""
     base = resolve_base_model(cfg, paths)
     tokenizer = load_tokenizer(base)
+    prep = _prepare(paths, cfg, base, tokenizer, info, device)
+    torch.manual_seed(prep.rcfg.seed)  # the LoRA init draws from the global RNG: same seed, same run
+    rcfg = prep.rcfg
+    model = load_base_model(base, rcfg.precision, rcfg.method, device, rcfg.gradient_checkpointing)
+    model, targets = apply_lora(model, rcfg.lora_r, rcfg.lora_alpha, rcfg.lora_dropout, rcfg.target_modules)
+    prep = dataclasses.replace(prep, rcfg=rcfg.model_copy(update={"target_modules": targets}))
+    if info.is_main:
+        _announce(paths, base, prep, info)
+    pad_id = int(tokenizer.pad_token_id)
+    result = train(prep.rcfg, model, prep.examples, prep.n_tokens, pad_id, device, info, paths, stop)
+    if result.status == "interrupted":
+        if info.is_main:
+            _write_status(paths, "interrupted", result)
+            print(
+                f"[scu] interrupted at step {result.global_step}/{result.total_steps}: checkpoint saved",
+                flush=True,
+            )
+        return EXIT_INTERRUPTED
+    _validate(paths, model, tokenizer, prep, result, pad_id, device, info, stop)
+    return EXIT_OK
+
+
+def _write_status(paths: ContractPaths, status: str, result: TrainResult) -> None:
+    _write_json(
+        paths.status_file, {"status": status, "step": result.global_step, "total_steps": result.total_steps}
+    )
+
+
+def _read_rows(paths: ContractPaths, cfg: TrainConfig) -> tuple[list[Conversation], list[Conversation], str]:
+    """(train rows, validation rows, where validation came from: "validation" or "holdout")."""
     train_rows = data_mod.read_channel(paths.channel("train"))
     if not train_rows:
         raise JobError(f"No training rows: expected one or more *.jsonl files in {paths.channel('train')}.")
     val_rows = data_mod.read_channel(paths.channel("validation"))
-    val_source = "validation"
-    if not val_rows:
-        train_rows, val_rows = data_mod.split_holdout(train_rows, cfg.validation_fraction, cfg.seed)
-        val_source = "holdout"
+    if val_rows:
+        return train_rows, val_rows, "validation"
+    train_rows, val_rows = data_mod.split_holdout(train_rows, cfg.validation_fraction, cfg.seed)
+    return train_rows, val_rows, "holdout"
+
+
+def _prepare(
+    paths: ContractPaths, cfg: TrainConfig, base: str, tokenizer: Any, info: DistInfo, device: torch.device
+) -> Prepared:
+    """Read and tokenize the data, resolve the smart defaults from it and build the examples."""
+    train_rows, val_rows, val_source = _read_rows(paths, cfg)
     enc_train = data_mod.encode_rows(tokenizer, train_rows)
     enc_val = data_mod.encode_rows(tokenizer, val_rows)
     n_params, max_pos = model_facts(base)
-    lengths = [len(p) + len(t) for p, t in enc_train]
     facts = Facts(
         n_params=n_params,
         train_rows=len(train_rows),
         train_tokens=sum(len(t) for _, t in enc_train),
-        p95_row_tokens=_p95(lengths),
+        p95_row_tokens=_p95([len(p) + len(t) for p, t in enc_train]),
         max_positions=max_pos,
         cuda=device.type == "cuda",
         world_size=info.world_size,
@@ -107,7 +159,6 @@ def _run(paths: ContractPaths, cfg: TrainConfig, info: DistInfo, device: torch.d
     rcfg = resolve(cfg, facts, base, qlora_available=qlora_available(), bf16_ok=bf16_ok)
     if cfg.method == "qlora" and rcfg.method != "qlora":
         log.warning("method=qlora needs CUDA and bitsandbytes; falling back to LoRA on %s", device)
-
     examples, stats = data_mod.build_examples(enc_train, rcfg.block_size, rcfg.train_on_inputs)
     if rcfg.packing:
         examples = data_mod.pack(examples, rcfg.block_size)
@@ -123,44 +174,37 @@ def _run(paths: ContractPaths, cfg: TrainConfig, info: DistInfo, device: torch.d
         rcfg = resolve(cfg, facts, base, qlora_available=qlora_available(), bf16_ok=bf16_ok)
     val_examples, val_stats = data_mod.build_examples(enc_val, rcfg.block_size, train_on_inputs=False)
     rcfg = rcfg.model_copy(update={"data_sha256": data_mod.examples_sha256(examples)})
+    summary = {"train": stats.summary(), "validation": val_stats.summary(), "validation_source": val_source}
+    return Prepared(rcfg, examples, val_examples, n_tokens, summary, max_pos)
 
-    torch.manual_seed(rcfg.seed)  # the LoRA init draws from the global RNG: same seed, same run
-    model = load_base_model(base, rcfg.precision, rcfg.method, device, rcfg.gradient_checkpointing)
-    model, targets = apply_lora(model, rcfg.lora_r, rcfg.lora_alpha, rcfg.lora_dropout, rcfg.target_modules)
-    rcfg = rcfg.model_copy(update={"target_modules": targets})
-    if info.is_main:
-        summary = {
-            **rcfg.model_dump(),
-            "data": {
-                "train": stats.summary(),
-                "validation": val_stats.summary(),
-                "validation_source": val_source,
-            },
-        }
-        _write_json(paths.model_dir / "fastuner_config.json", summary)
-        print(
-            f"[scu] config: base={base} params={n_params} method={rcfg.method} r={rcfg.lora_r} "
-            f"alpha={rcfg.lora_alpha} lr={rcfg.learning_rate:g} batch={rcfg.batch_size}x{rcfg.grad_accum}"
-            f"x{info.world_size} block={rcfg.block_size} epochs={rcfg.epochs:g} scu={rcfg.scu} "
-            f"target_s={rcfg.target_s:g} N={n_tokens} rows={len(examples)} precision={rcfg.precision}",
-            flush=True,
-        )
 
-    pad_id = int(tokenizer.pad_token_id)
-    result = train(rcfg, model, examples, n_tokens, pad_id, device, info, paths, stop)
-    if result.status == "interrupted":
-        if info.is_main:
-            _write_json(
-                paths.status_file,
-                {"status": "interrupted", "step": result.global_step, "total_steps": result.total_steps},
-            )
-            print(
-                f"[scu] interrupted at step {result.global_step}/{result.total_steps}: checkpoint saved",
-                flush=True,
-            )
-        return EXIT_INTERRUPTED
+def _announce(paths: ContractPaths, base: str, prep: Prepared, info: DistInfo) -> None:
+    """``model/fastuner_config.json`` and the ``[scu] config:`` line (rank 0)."""
+    rcfg = prep.rcfg
+    _write_json(paths.model_dir / "fastuner_config.json", {**rcfg.model_dump(), "data": prep.summary})
+    print(
+        f"[scu] config: base={base} params={rcfg.n_params} method={rcfg.method} r={rcfg.lora_r} "
+        f"alpha={rcfg.lora_alpha} lr={rcfg.learning_rate:g} batch={rcfg.batch_size}x{rcfg.grad_accum}"
+        f"x{info.world_size} block={rcfg.block_size} epochs={rcfg.epochs:g} scu={rcfg.scu} "
+        f"target_s={rcfg.target_s:g} N={prep.n_tokens} rows={len(prep.examples)} precision={rcfg.precision}",
+        flush=True,
+    )
 
-    report = evaluate_adapter(model, val_examples, rcfg.eval_batch_size, pad_id, device, info)
+
+def _validate(
+    paths: ContractPaths,
+    model: Any,
+    tokenizer: Any,
+    prep: Prepared,
+    result: TrainResult,
+    pad_id: int,
+    device: torch.device,
+    info: DistInfo,
+    stop: StopFlag,
+) -> None:
+    """Held-out BPT base vs adapter (all ranks), then the adapter, task metrics and eval.json (rank 0)."""
+    rcfg = prep.rcfg
+    report = evaluate_adapter(model, prep.val_examples, rcfg.eval_batch_size, pad_id, device, info)
     adapter_bpt = report.get("adapter", {}).get("bpt") if report.get("tokens") else 0.0
     if adapter_bpt is None or not math.isfinite(float(adapter_bpt)):  # same on every rank
         raise TrainingDiverged(
@@ -171,18 +215,15 @@ def _run(paths: ContractPaths, cfg: TrainConfig, info: DistInfo, device: torch.d
             where=f"the trained adapter's held-out loss is non-finite after step {result.global_step}",
         )
     if info.is_main:
-        report.update(source=val_source, steps=result.global_step, scu=rcfg.scu, target_s=rcfg.target_s)
+        source = prep.summary["validation_source"]
+        report.update(source=source, steps=result.global_step, scu=rcfg.scu, target_s=rcfg.target_s)
         model.save_pretrained(paths.model_dir)  # before the task generation, which may be cut short
-        task = _task_metrics(paths, model, tokenizer, rcfg, max_pos, device, stop)
+        task = _task_metrics(paths, model, tokenizer, rcfg, prep.max_positions, device, stop)
         if task is not None:
             report["task"] = task
-        _finish(paths, model, rcfg, report, val_examples or examples, pad_id, device)
-        _write_json(
-            paths.status_file,
-            {"status": "completed", "step": result.global_step, "total_steps": result.total_steps},
-        )
+        _finish(paths, model, rcfg, report, prep.val_examples or prep.examples, pad_id, device)
+        _write_status(paths, "completed", result)
     barrier(info)
-    return EXIT_OK
 
 
 def _task_metrics(
