@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.backends.endpoints import AdapterHosting, EndpointBackend, EndpointSpec
+from api.backends.registry import capabilities
 from api.db import models
 from api.db.repositories import adapters as adapters_repo
 from api.db.repositories import deployments as repo
@@ -21,7 +22,6 @@ from api.domain.deployments import Deployment, DeploymentRequest, InferenceReque
 from api.domain.enums import DeploymentStatus
 from api.domain.errors import BackendError, BadRequest, Conflict, NotFound
 from api.domain.ids import new_id
-from api.domain.instances import INSTANCE_TYPES, lookup
 from api.logging import get_logger
 from api.services.inference import InferenceRelay
 from api.services.teardown import teardown, teardown_at
@@ -76,7 +76,7 @@ class DeploymentService:
     def _record(
         self, tenant_id: str, req: DeploymentRequest, base_model: str, instance_name: str
     ) -> models.DeploymentRow:
-        price = lookup(instance_name)
+        price = capabilities(self.settings).instance(instance_name)
         deployment_id = new_id("dep")
         row = models.DeploymentRow(
             id=deployment_id,
@@ -108,6 +108,7 @@ class DeploymentService:
         return row
 
     def _instance(self, req: DeploymentRequest) -> str:
+        """The request's instance type or the backend's default, from the backend's catalogue."""
         caps = capabilities(self.settings)
         name = req.instance_type or caps.default_inference_instance
         several = req.instance_count > 1 and not caps.multi_node
