@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
-from moto import mock_aws
+from botocore.config import Config
 from moto.backends import get_backend
 
 from api.backends.endpoints import MANAGED_TAG, EndpointBackend, EndpointSpec, InvocationError
@@ -25,70 +25,34 @@ from api.backends.sagemaker_endpoints import (
 )
 from api.domain.enums import DeploymentStatus
 from api.domain.errors import BackendError
+from api.services.deployments import endpoint_name_for
 from api.storage.s3 import S3Store
+from tests.support.aws import ANSWERED, answer, aws_error, aws_response, hook, inject
+from tests.support.calls import Calls
+from tests.support.moto import ACCOUNT, REGION, aws_clients, mocked_bucket, moto_sagemaker
 
-REGION = "us-east-1"
-ACCOUNT = "123456789012"  # moto's default account
 BUCKET = "fastuner-test"
 IMAGE_URI = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/fastuner-inference:test"
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/fastuner-sagemaker"
 TENANT = "acme"
 DEPLOYMENT = "dep_abc123def456"
-NAME = "fastuner-dep-abc123def456"
+NAME = endpoint_name_for(DEPLOYMENT)
 INSTANCE = "ml.g4dn.xlarge"  # moto's endpoint configs reject newer instance types
 TAGS = {MANAGED_TAG: "true", "fastuner:tenant": TENANT, "fastuner:deployment": DEPLOYMENT}
 CREATE_OPS = ("CreateModel", "CreateEndpointConfig", "CreateEndpoint")
+NO_RETRY = Config(retries={"mode": "standard", "max_attempts": 1})
 
 
 # -- fixtures ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def clients() -> dict[str, Any]:
-    """Clients built once per module (as the backend builds its own); each test's ``mock_aws``
-    gives them fresh state. Per-test event handlers are unregistered after each test."""
-    return {
-        "s3": boto3.client("s3", region_name=REGION, config=RETRY_CONFIG),
-        "sagemaker": boto3.client("sagemaker", region_name=REGION, config=RETRY_CONFIG),
-        "runtime": boto3.client("sagemaker-runtime", region_name=REGION, config=RUNTIME_CONFIG),
-    }
-
-
-_hooks: list[tuple[Any, str, Callable[..., Any]]] = []
-
-
-def hook(client: Any, event: str, handler: Callable[..., Any]) -> None:
-    client.meta.events.register_first(event, handler)
-    _hooks.append((client, event, handler))
-
-
-def answer(client: Any, operation: str, respond: Callable[..., AWSResponse]) -> None:
-    """Answer ``operation`` with ``respond(request)`` instead of moto.
-
-    botocore runs every ``before-send`` handler and keeps the first response, so the request is
-    also pointed at a host moto does not serve: moto leaves it alone instead of executing it too.
-    """
-
-    def handler(request: Any, **_: Any) -> AWSResponse:
-        response = respond(request)
-        request.url = "https://answered-by-test.invalid/"
-        return response
-
-    service = client.meta.service_model.service_id.hyphenize()
-    hook(client, f"before-send.{service}.{operation}", handler)
-
-
-@pytest.fixture(autouse=True)
-def _forget_hooks() -> Iterator[None]:
-    yield
-    while _hooks:
-        client, event, handler = _hooks.pop()
-        client.meta.events.unregister(event, handler)
+    return aws_clients(s3=RETRY_CONFIG, sagemaker=RETRY_CONFIG, sagemaker_runtime=RUNTIME_CONFIG)
 
 
 @pytest.fixture
 def store(clients: dict[str, Any]) -> Iterator[S3Store]:
-    with mock_aws():
-        clients["s3"].create_bucket(Bucket=BUCKET)
-        yield S3Store(BUCKET, client=clients["s3"])
+    with mocked_bucket(clients["s3"], BUCKET) as store:
+        yield store
 
 
 @pytest.fixture
@@ -99,7 +63,7 @@ def backend(store: S3Store, clients: dict[str, Any]) -> SageMakerEndpoints:
         role_arn=ROLE_ARN,
         region=REGION,
         sagemaker_client=clients["sagemaker"],
-        runtime_client=clients["runtime"],
+        runtime_client=clients["sagemaker_runtime"],
     )
 
 
@@ -120,22 +84,11 @@ def make_spec(**overrides: Any) -> EndpointSpec:
 
 
 @pytest.fixture
-def calls(clients: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Every SageMaker request's parameters, by operation, as sent."""
-    seen: dict[str, list[dict[str, Any]]] = {}
-
-    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
-        seen.setdefault(model.name, []).append(json.loads(json.dumps(params, default=str)))
-
-    hook(clients["sagemaker"], "before-parameter-build.sagemaker", record)
-    return seen
+def calls(clients: dict[str, Any]) -> Calls:
+    return Calls.on(clients["sagemaker"])
 
 
-def moto_sagemaker() -> Any:
-    return get_backend("sagemaker")[ACCOUNT][REGION]
-
-
-def created(calls: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+def created(calls: Calls) -> dict[str, int]:
     return {op: len(calls.get(op, [])) for op in CREATE_OPS}
 
 
@@ -145,9 +98,7 @@ def test_is_an_endpoint_backend(backend: SageMakerEndpoints) -> None:
     assert backend.name == "sagemaker"
 
 
-def test_create_sends_the_exact_requests(
-    backend: SageMakerEndpoints, calls: dict[str, list[dict[str, Any]]]
-) -> None:
+def test_create_sends_the_exact_requests(backend: SageMakerEndpoints, calls: Calls) -> None:
     state = backend.create_endpoint(make_spec())
 
     tags = [{"Key": k, "Value": v} for k, v in TAGS.items()]
@@ -192,9 +143,7 @@ def test_create_sends_the_exact_requests(
     assert json.loads(json.dumps(state)) == state  # stored as JSON by the service
 
 
-def test_create_guarantees_the_ownership_tags(
-    backend: SageMakerEndpoints, calls: dict[str, list[dict[str, Any]]]
-) -> None:
+def test_create_guarantees_the_ownership_tags(backend: SageMakerEndpoints, calls: Calls) -> None:
     backend.create_endpoint(make_spec(tags={"team": "x"}))
     for op in CREATE_OPS:
         tags = {t["Key"]: t["Value"] for t in calls[op][0]["Tags"]}
@@ -215,16 +164,14 @@ def test_many_adapters_raise_the_cache_size_and_fit_the_environment_limit(
 
 @pytest.mark.parametrize("name", ["has_underscore", "-leading", "x" * 64, ""])
 def test_invalid_names_are_refused_before_any_call(
-    backend: SageMakerEndpoints, calls: dict[str, list[dict[str, Any]]], name: str
+    backend: SageMakerEndpoints, calls: Calls, name: str
 ) -> None:
     with pytest.raises(ValueError, match="endpoint name"):
         backend.create_endpoint(make_spec(endpoint_name=name))
     assert calls == {}
 
 
-def test_create_twice_creates_nothing_new(
-    backend: SageMakerEndpoints, calls: dict[str, list[dict[str, Any]]]
-) -> None:
+def test_create_twice_creates_nothing_new(backend: SageMakerEndpoints, calls: Calls) -> None:
     first = backend.create_endpoint(make_spec())
     second = backend.create_endpoint(make_spec())
     assert second == first
@@ -235,14 +182,14 @@ def test_create_twice_creates_nothing_new(
 def test_a_half_created_endpoint_is_completed(
     backend: SageMakerEndpoints,
     clients: dict[str, Any],
-    calls: dict[str, list[dict[str, Any]]],
+    calls: Calls,
 ) -> None:
     """The model was created, then the config call failed: a retry creates only what is missing."""
 
     def fail_config(**_: Any) -> None:
         raise RuntimeError("crash after the model")
 
-    hook(clients["sagemaker"], "before-call.sagemaker.CreateEndpointConfig", fail_config)
+    hook(clients["sagemaker"], "before-call.sagemaker.CreateEndpointConfig", fail_config, first=True)
     with pytest.raises(RuntimeError):
         backend.create_endpoint(make_spec())
     assert NAME in moto_sagemaker()._models
@@ -256,35 +203,15 @@ def test_a_half_created_endpoint_is_completed(
     assert backend.describe_endpoint(NAME, state).status is DeploymentStatus.IN_SERVICE
 
 
-def aws_error(status: int, code: str, message: str) -> Callable[..., AWSResponse]:
-    """An AWS JSON-protocol error response."""
-
-    def respond(request: Any) -> AWSResponse:
-        body = json.dumps({"__type": code, "message": message}).encode()
-        return AWSResponse(request.url, status, {"x-amzn-ErrorType": code}, _Raw(body))
-
-    return respond
-
-
 def test_a_lost_create_race_reuses_the_winner(
-    backend: SageMakerEndpoints, clients: dict[str, Any], calls: dict[str, list[dict[str, Any]]]
+    backend: SageMakerEndpoints, clients: dict[str, Any], calls: Calls
 ) -> None:
     """Another caller created the endpoint between our describe and our create: SageMaker says
     it already exists, and the existing one is adopted."""
     backend.create_endpoint(make_spec())
     arn = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/{NAME}"
-    describes = {"n": 0}
     missing = aws_error(400, "ValidationException", f'Could not find endpoint "{arn}".')
-
-    def describe(request: Any, **_: Any) -> AWSResponse | None:
-        describes["n"] += 1
-        if describes["n"] == 1:
-            response = missing(request)
-            request.url = "https://answered-by-test.invalid/"
-            return response
-        return None  # moto answers
-
-    hook(clients["sagemaker"], "before-send.sagemaker.DescribeEndpoint", describe)
+    describes = inject(clients["sagemaker"], "DescribeEndpoint", [missing])  # then moto answers
     answer(
         clients["sagemaker"],
         "CreateEndpoint",
@@ -293,37 +220,19 @@ def test_a_lost_create_race_reuses_the_winner(
     calls.clear()
     state = backend.create_endpoint(make_spec())
     assert state["endpoint_arn"] == arn
-    assert describes["n"] == 2
+    assert describes["attempts"] == 2
     assert created(calls) == {"CreateModel": 0, "CreateEndpointConfig": 0, "CreateEndpoint": 1}
 
 
 def test_aws_errors_are_backend_errors_with_details(backend: SageMakerEndpoints) -> None:
     throttled = aws_error(400, "ThrottlingException", "Rate exceeded")
     backend.sagemaker = boto3.client(  # no retries: keep the test fast
-        "sagemaker", region_name=REGION, config=RETRY_CONFIG.merge(_no_retry())
+        "sagemaker", region_name=REGION, config=RETRY_CONFIG.merge(NO_RETRY)
     )
     answer(backend.sagemaker, "DescribeModel", throttled)
     with pytest.raises(BackendError) as info:
         backend.create_endpoint(make_spec())
     assert info.value.details == {"aws_error": "ThrottlingException", "transient": True}
-
-
-def _no_retry() -> Any:
-    from botocore.config import Config
-
-    return Config(retries={"mode": "standard", "max_attempts": 1})
-
-
-class _Raw:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self._data
-
-    def read(self, *_: Any, **__: Any) -> bytes:
-        data, self._data = self._data, b""
-        return data
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -388,7 +297,7 @@ def test_delete_of_an_orphan_works_from_the_name_and_cleans_remnants(
     def fail_config(**_: Any) -> None:
         raise RuntimeError("crash")
 
-    hook(clients["sagemaker"], "before-call.sagemaker.CreateEndpointConfig", fail_config)
+    hook(clients["sagemaker"], "before-call.sagemaker.CreateEndpointConfig", fail_config, first=True)
     with pytest.raises(RuntimeError):
         backend.create_endpoint(make_spec())
     backend.delete_endpoint(NAME, {})
@@ -436,26 +345,27 @@ def queue_result(body: str, content_type: str = "application/json") -> None:
 
 def test_invoke_round_trip(backend: SageMakerEndpoints, clients: dict[str, Any]) -> None:
     state = backend.create_endpoint(make_spec())
-    answer = {
+    reply = {
         "outputs": [
             {"generated_text": " there", "prompt_tokens": 4, "completion_tokens": 2, "finish_reason": "stop"}
         ],
         "adapter": "adp_one000000001",
         "latency_ms": 12.5,
     }
-    queue_result(json.dumps(answer))
+    queue_result(json.dumps(reply))
     sent: list[dict[str, Any]] = []
 
     def record(params: dict[str, Any], **_: Any) -> None:
         sent.append(dict(params))
 
-    hook(clients["runtime"], "before-parameter-build.sagemaker-runtime.InvokeEndpoint", record)
+    event = "before-parameter-build.sagemaker-runtime.InvokeEndpoint"
+    hook(clients["sagemaker_runtime"], event, record, first=True)
     payload = {
         "inputs": "Once upon a time",
         "adapter": "adp_one000000001",
         "parameters": {"max_new_tokens": 8},
     }
-    assert backend.invoke(NAME, state, payload) == answer
+    assert backend.invoke(NAME, state, payload) == reply
     assert sent == [
         {
             "EndpointName": NAME,
@@ -474,7 +384,7 @@ def test_invoke_rejects_a_non_json_answer(backend: SageMakerEndpoints) -> None:
 
 def _model_error(
     original_status: int, original_body: str, *, modeled: bool = True
-) -> Callable[..., AWSResponse]:
+) -> Callable[[Any], AWSResponse]:
     """What SageMaker Runtime answers when the container returned an error status."""
     message = (
         f'Received client error ({original_status}) from primary with message "{original_body}". '
@@ -488,13 +398,9 @@ def _model_error(
             LogStreamArn=f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{NAME}",
         )
 
-    def respond(request: Any, **_: Any) -> AWSResponse:
-        headers = {
-            "x-amzn-ErrorType": "ModelError:http://internal.amazon.com/coral/com.amazon.sagemaker.runtime/"
-        }
-        return AWSResponse(request.url, 424, headers, _Raw(json.dumps(fields).encode()))
-
-    return respond
+    error_type = "ModelError:http://internal.amazon.com/coral/com.amazon.sagemaker.runtime/"
+    body = json.dumps(fields).encode()
+    return lambda request: aws_response(request, 424, body, headers={"x-amzn-ErrorType": error_type})
 
 
 @pytest.mark.parametrize("modeled", [True, False])
@@ -502,7 +408,7 @@ def test_invoke_maps_the_servers_error(
     backend: SageMakerEndpoints, clients: dict[str, Any], modeled: bool
 ) -> None:
     body = json.dumps({"code": "adapter_not_found", "message": "no adapter adp_missing00000"})
-    answer(clients["runtime"], "InvokeEndpoint", _model_error(404, body, modeled=modeled))
+    answer(clients["sagemaker_runtime"], "InvokeEndpoint", _model_error(404, body, modeled=modeled))
     with pytest.raises(InvocationError) as info:
         backend.invoke(NAME, {}, {"inputs": "x", "adapter": "adp_missing00000"})
     assert (info.value.status, info.value.code, info.value.message) == (
@@ -513,7 +419,7 @@ def test_invoke_maps_the_servers_error(
 
 
 def test_invoke_maps_a_non_json_server_error(backend: SageMakerEndpoints, clients: dict[str, Any]) -> None:
-    answer(clients["runtime"], "InvokeEndpoint", _model_error(500, "boom"))
+    answer(clients["sagemaker_runtime"], "InvokeEndpoint", _model_error(500, "boom"))
     with pytest.raises(InvocationError) as info:
         backend.invoke(NAME, {}, {"inputs": "x"})
     assert (info.value.status, info.value.code, info.value.message) == (500, "internal_error", "boom")
@@ -546,15 +452,11 @@ def test_invoke_maps_runtime_errors(
     message: str,
     expected: tuple[int, str],
 ) -> None:
-    def respond(request: Any, **_: Any) -> AWSResponse:
-        return AWSResponse(
-            request.url,
-            status,
-            {"x-amzn-ErrorType": error_type},
-            _Raw(json.dumps({"Message": message}).encode()),
-        )
+    def respond(request: Any) -> AWSResponse:
+        body = json.dumps({"Message": message}).encode()
+        return aws_response(request, status, body, headers={"x-amzn-ErrorType": error_type})
 
-    backend.runtime = boto3.client("sagemaker-runtime", region_name=REGION, config=_no_retry())
+    backend.runtime = boto3.client("sagemaker-runtime", region_name=REGION, config=NO_RETRY)
     answer(backend.runtime, "InvokeEndpoint", respond)
     with pytest.raises(InvocationError) as info:
         backend.invoke(NAME, {}, {"inputs": "x"})
@@ -564,12 +466,11 @@ def test_invoke_maps_runtime_errors(
 def test_invoke_aws_failure_is_a_transient_backend_error(
     backend: SageMakerEndpoints, clients: dict[str, Any]
 ) -> None:
-    def respond(request: Any, **_: Any) -> AWSResponse:
-        return AWSResponse(
-            request.url, 503, {"x-amzn-ErrorType": "ServiceUnavailable"}, _Raw(b'{"Message": "try later"}')
-        )
+    def respond(request: Any) -> AWSResponse:
+        body = b'{"Message": "try later"}'
+        return aws_response(request, 503, body, headers={"x-amzn-ErrorType": "ServiceUnavailable"})
 
-    backend.runtime = boto3.client("sagemaker-runtime", region_name=REGION, config=_no_retry())
+    backend.runtime = boto3.client("sagemaker-runtime", region_name=REGION, config=NO_RETRY)
     answer(backend.runtime, "InvokeEndpoint", respond)
     with pytest.raises(BackendError) as info:
         backend.invoke(NAME, {}, {"inputs": "x"})
@@ -577,19 +478,20 @@ def test_invoke_aws_failure_is_a_transient_backend_error(
 
 
 # -- list_managed -----------------------------------------------------------------------------
+def create_theirs(sm: Any, endpoint_name: str) -> None:
+    """An endpoint someone else created in the account, untagged, with its model and config."""
+    sm.create_model(ModelName="theirs", PrimaryContainer={"Image": IMAGE_URI}, ExecutionRoleArn=ROLE_ARN)
+    variant = {"VariantName": "v", "ModelName": "theirs", "InstanceType": INSTANCE, "InitialInstanceCount": 1}
+    sm.create_endpoint_config(EndpointConfigName="theirs", ProductionVariants=[variant])
+    sm.create_endpoint(EndpointName=endpoint_name, EndpointConfigName="theirs")
+
+
 def test_list_managed_skips_untagged_endpoints(backend: SageMakerEndpoints, clients: dict[str, Any]) -> None:
     backend.create_endpoint(make_spec())
     backend.create_endpoint(make_spec(endpoint_name="fastuner-dep-second", deployment_id="dep_second"))
     sm = clients["sagemaker"]
-    # Someone else's endpoint: no tags, and one tagged managed=false.
-    sm.create_model(ModelName="theirs", PrimaryContainer={"Image": IMAGE_URI}, ExecutionRoleArn=ROLE_ARN)
-    sm.create_endpoint_config(
-        EndpointConfigName="theirs",
-        ProductionVariants=[
-            {"VariantName": "v", "ModelName": "theirs", "InstanceType": INSTANCE, "InitialInstanceCount": 1}
-        ],
-    )
-    sm.create_endpoint(EndpointName="theirs-untagged", EndpointConfigName="theirs")
+    # Someone else's endpoints: no tags, and one tagged managed=false.
+    create_theirs(sm, "theirs-untagged")
     sm.create_endpoint(
         EndpointName="theirs-tagged",
         EndpointConfigName="theirs",
@@ -612,14 +514,7 @@ def test_list_managed_skips_endpoints_whose_tags_it_may_not_read(
     """IAM may scope ListTags to our own names; someone else's endpoint is then simply not ours."""
     backend.create_endpoint(make_spec())
     sm = clients["sagemaker"]
-    sm.create_model(ModelName="theirs", PrimaryContainer={"Image": IMAGE_URI}, ExecutionRoleArn=ROLE_ARN)
-    sm.create_endpoint_config(
-        EndpointConfigName="theirs",
-        ProductionVariants=[
-            {"VariantName": "v", "ModelName": "theirs", "InstanceType": INSTANCE, "InitialInstanceCount": 1}
-        ],
-    )
-    sm.create_endpoint(EndpointName="theirs", EndpointConfigName="theirs")
+    create_theirs(sm, "theirs")
     denied = aws_error(400, "AccessDeniedException", "not authorized to perform: sagemaker:ListTags")
     refused: list[bytes] = []
 
@@ -628,10 +523,10 @@ def test_list_managed_skips_endpoints_whose_tags_it_may_not_read(
             return None
         refused.append(request.body)
         response = denied(request)
-        request.url = "https://answered-by-test.invalid/"
+        request.url = ANSWERED
         return response
 
-    hook(sm, "before-send.sagemaker.ListTags", list_tags)
+    hook(sm, "before-send.sagemaker.ListTags", list_tags, first=True)
     assert [m.name for m in backend.list_managed()] == [NAME]
     assert len(refused) == 1
 
@@ -645,7 +540,7 @@ def test_list_managed_pages(backend: SageMakerEndpoints, clients: dict[str, Any]
         params["MaxResults"] = 2
         pages.append(params)
 
-    hook(clients["sagemaker"], "before-parameter-build.sagemaker.ListEndpoints", small_pages)
+    hook(clients["sagemaker"], "before-parameter-build.sagemaker.ListEndpoints", small_pages, first=True)
     assert sorted(m.name for m in backend.list_managed()) == [f"fastuner-dep-{i}" for i in range(3)]
     assert len(pages) == 2
 
