@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+from pydantic import TypeAdapter
 from sqlalchemy.exc import IntegrityError
 
 from api.backends.base import ComputeBackend
@@ -27,6 +28,8 @@ from api.settings import Settings
 log = get_logger("finetune")
 CHANNELS = ("train", "validation", "test")  # the engine computes task metrics on test
 REPLAY_WAIT_S = 30.0  # a replay or cancel waits this long for a launch in progress in this process
+_EVENTS = TypeAdapter(list[JobEvent])
+_METRICS = TypeAdapter(list[MetricPoint])
 
 
 def engine_task_type(task_type: TaskType) -> str:
@@ -206,18 +209,14 @@ class FineTuneService:
     def events(self, tenant_id: str, job_id: str, after_id: int = 0) -> list[JobEvent]:
         with self.db.session() as session:
             repo.require(session, tenant_id, job_id)
-            return [
-                JobEvent.model_validate(e, from_attributes=True)
-                for e in events.after(session, tenant_id, job_id, after_id)
-            ]
+            rows = events.after(session, tenant_id, job_id, after_id)
+            return _EVENTS.validate_python(rows, from_attributes=True)
 
     def metrics(self, tenant_id: str, job_id: str, after_step: int = 0) -> list[MetricPoint]:
         with self.db.session() as session:
             repo.require(session, tenant_id, job_id)
-            return [
-                MetricPoint.model_validate(m, from_attributes=True)
-                for m in repo.metrics(session, tenant_id, job_id, after_step)
-            ]
+            points = repo.metrics(session, tenant_id, job_id, after_step)
+            return _METRICS.validate_python(points, from_attributes=True)
 
     def logs(self, tenant_id: str, job_id: str, tail: int = 200) -> list[str]:
         job = self.get(tenant_id, job_id)
