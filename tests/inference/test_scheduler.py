@@ -151,7 +151,7 @@ def test_deadline_ends_the_request_with_what_it_has(
 
 
 def test_deadline_before_any_token_is_504(make_engine: Callable[..., Any]) -> None:
-    from loraserve.scheduler import DeadlineExceeded
+    from loraserve.errors import DeadlineExceeded
 
     engine = make_engine()
     offset = [0.0]
@@ -227,7 +227,7 @@ def test_full_queue_is_429_with_retry_after_and_recovers(
 
 
 def test_cancelling_a_queued_request_frees_its_places(make_engine: Callable[..., Any]) -> None:
-    from loraserve.scheduler import Cancelled, QueueFull
+    from loraserve.errors import Cancelled, QueueFull
 
     engine = make_engine(max_queue=2)
     engine.scheduler.pause()

@@ -27,32 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loraserve.engine import Generation, Sampler, cut_at_stop, pick_tokens
-from loraserve.errors import ServeError
+from loraserve.errors import Cancelled, DeadlineExceeded, QueueFull, ServeError
+from loraserve.generation import FinishReason, Generation, cut_at_stop
 from loraserve.logs import log_event
+from loraserve.sampling import Sampler, pick_tokens
 from loraserve.schemas import GenerationParameters
 
 if TYPE_CHECKING:
-    from loraserve.engine import Engine, FinishReason
-
-
-class QueueFull(ServeError):
-    status = 429
-    code = "queue_full"
-
-    def __init__(self, message: str, retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class DeadlineExceeded(ServeError):
-    status = 504
-    code = "deadline_exceeded"
-
-
-class Cancelled(ServeError):
-    status = 499
-    code = "cancelled"
+    from loraserve.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -292,7 +274,7 @@ class Scheduler:
         engine = self.engine
         with engine.lock:
             paths = {s.ticket.adapter: s.path for s in batch if s.ticket.adapter is not None}
-            failed = engine.activate({a: p for a, p in paths.items() if p is not None})
+            failed = engine.adapters.activate({a: p for a, p in paths.items() if p is not None})
             for seq in batch:
                 if seq.ticket.adapter in failed:
                     seq.ticket.fail(failed[seq.ticket.adapter])  # type: ignore[index]

@@ -1,0 +1,1 @@
+"""The server's routers: health and adapters (``health``), the SageMaker invocations (``invocations``)."""
