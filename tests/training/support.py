@@ -17,22 +17,23 @@ if str(ENGINE_SRC) not in sys.path:
     sys.path.insert(0, str(ENGINE_SRC))
 
 
+# Every projection of the tiny Llama: what LoRA targets by default (attention and MLP).
+TINY_PROJECTIONS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+
+
+def chat(system: str, user: str, assistant: str) -> list[dict[str, str]]:
+    turns = {"system": system, "user": user, "assistant": assistant}
+    return [{"role": role, "content": content} for role, content in turns.items()]
+
+
 def make_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` one-turn additions in the chat record shape (with a null label and an ignored key)."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         a, b = rng.randint(0, 50), rng.randint(0, 50)
-        rows.append(
-            {
-                "messages": [
-                    {"role": "system", "content": "You add numbers."},
-                    {"role": "user", "content": f"What is {a} plus {b}?"},
-                    {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
-                ],
-                "label": None,
-                "extra_key": "ignored",
-            }
-        )
+        messages = chat("You add numbers.", f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.")
+        rows.append({"messages": messages, "label": None, "extra_key": "ignored"})
     return rows
 
 
@@ -59,6 +60,17 @@ def entry_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]
     env["HF_HUB_OFFLINE"] = "1"
     env.update(extra or {})
     return env
+
+
+def start_entry(root: Path, log: Path, step_sleep: float) -> subprocess.Popen[bytes]:
+    """The entry in the background, output to ``log``, each optimizer step slowed by ``step_sleep`` s."""
+    with log.open("w") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "scu.entry", "train"],
+            env=entry_env(root, {"FASTUNER_SCU_TEST_STEP_SLEEP": str(step_sleep)}),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def run_entry(

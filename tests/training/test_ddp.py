@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.support import run_entry
+from tests.training.support import run_entry, start_entry
 
 pytestmark = pytest.mark.slow
 
@@ -31,24 +31,15 @@ def test_two_process_ddp_run(make_root: Callable[..., Path]) -> None:
 
 def test_sigterm_reaches_ddp_workers_and_resume_completes(make_root: Callable[..., Path]) -> None:
     import signal
-    import subprocess
-    import sys
     import time
 
     from scu.paths import EXIT_INTERRUPTED
 
-    from tests.training.support import entry_env
-
     root = make_root(n_train=48, num_processes=2, batch_size=4, grad_accum=1, epochs=2, log_every=1)
     metrics = root / "output" / "data" / "metrics.jsonl"
     log = root / "launcher.log"
-    with log.open("w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "scu.entry", "train"],
-            env=entry_env(root, {"FASTUNER_SCU_TEST_STEP_SLEEP": "0.3"}),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_entry(root, log, step_sleep=0.3)
+    try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and not (
             metrics.exists() and len(metrics.read_text().splitlines()) >= 3
@@ -57,6 +48,9 @@ def test_sigterm_reaches_ddp_workers_and_resume_completes(make_root: Callable[..
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)  # to the launcher only, as SageMaker does
         proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == EXIT_INTERRUPTED, log.read_text()[-4000:]
     status = json.loads((root / "output" / "data" / "status.json").read_text())
     assert status["status"] == "interrupted" and 3 <= status["step"] < 12

@@ -12,7 +12,7 @@ import torch
 from scu.metrics_format import METRIC_DEFINITIONS, TRAIN_KEYS, parse_with_definitions
 from scu.paths import EXIT_FAILED
 
-from tests.training.support import run_entry
+from tests.training.support import TINY_PROJECTIONS, run_entry
 
 pytestmark = pytest.mark.slow
 
@@ -62,15 +62,7 @@ def test_full_run_writes_a_stock_peft_adapter(make_root: Callable[..., Path], ti
     cfg = json.loads((model_dir / "fastuner_config.json").read_text())
     assert cfg["n_params"] == n_base_params
     assert cfg["max_steps"] == 12 and "target_s" in cfg["defaulted"] and "batch_size" not in cfg["defaulted"]
-    assert cfg["target_modules"] == [
-        "down_proj",
-        "gate_proj",
-        "k_proj",
-        "o_proj",
-        "q_proj",
-        "up_proj",
-        "v_proj",
-    ]
+    assert cfg["target_modules"] == TINY_PROJECTIONS
     assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["step-0000010", "step-0000012"]
 
 

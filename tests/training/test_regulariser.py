@@ -9,10 +9,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from scu.evaluate import causal_ce_sum
 from scu.modeling import apply_lora, detect_target_modules, load_base_model
-from scu.regulariser import LN2, LoraFactor, delta_w_sq_norm, lora_factors, param_bpt, penalty_grads
+from scu.regulariser import (
+    LN2,
+    LoraFactor,
+    add_penalty_grad,
+    delta_w_sq_norm,
+    lora_factors,
+    param_bpt,
+    penalty_grads,
+    regularised_loss,
+)
 
-from tests.training.support import run_entry
+from tests.training.support import TINY_PROJECTIONS, run_entry
 
 
 def _lora(tiny_model: Path, r: int = 4, alpha: float = 8.0, b_std: float = 0.02) -> torch.nn.Module:
@@ -70,15 +80,7 @@ def test_kaiming_a_alone_costs_nothing_unlike_raw_weights(tiny_model: Path) -> N
 
 def test_target_modules_are_attention_and_mlp(tiny_model: Path) -> None:
     model = load_base_model(str(tiny_model), "fp32", "lora", torch.device("cpu"), False)
-    assert detect_target_modules(model) == [
-        "down_proj",
-        "gate_proj",
-        "k_proj",
-        "o_proj",
-        "q_proj",
-        "up_proj",
-        "v_proj",
-    ]
+    assert detect_target_modules(model) == TINY_PROJECTIONS
 
 
 def test_penalty_gradient_matches_analytic(tiny_model: Path) -> None:
@@ -95,6 +97,29 @@ def test_penalty_gradient_matches_analytic(tiny_model: Path) -> None:
         s2 = f.scale**2
         torch.testing.assert_close(by_id[id(f.b)], k * s2 * f.b @ (f.a @ f.a.T), rtol=1e-4, atol=1e-7)
         torch.testing.assert_close(by_id[id(f.a)], k * s2 * (f.b.T @ f.b) @ f.a, rtol=1e-4, atol=1e-7)
+
+
+def test_the_trainers_two_gradient_parts_sum_to_the_regularised_loss(tiny_model: Path) -> None:
+    """Without clipping, the data gradient plus add_penalty_grad is d(ln 2 * regularised_loss)/dw:
+    the trainer's split changes only what clipping sees, never the objective."""
+    model = _lora(tiny_model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    factors = lora_factors(model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(3))
+
+    def data_bpt() -> torch.Tensor:
+        ce, n = causal_ce_sum(model(input_ids=ids).logits, ids)
+        return ce / n / LN2
+
+    model.zero_grad()
+    (LN2 * regularised_loss(data_bpt(), param_bpt(factors, 0.01, 1000), 3.0)).backward()
+    whole = [p.grad.clone() for p in params]
+    model.zero_grad()
+    (LN2 * data_bpt()).backward()
+    add_penalty_grad(factors, params, 0.01, 1000, 3.0)
+    for p, expected in zip(params, whole, strict=True):
+        torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-8)
+    assert regularised_loss(2.0, 0.5, 3.0) == 3.5
 
 
 def _end_state(root: Path) -> tuple[float, dict[str, float]]:

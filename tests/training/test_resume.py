@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from scu.paths import EXIT_INTERRUPTED
 
-from tests.training.support import entry_env, run_entry
+from tests.training.support import run_entry, start_entry
 
 pytestmark = pytest.mark.slow
 
@@ -41,27 +39,21 @@ def test_sigterm_then_resume_matches_uninterrupted_run(make_root: Callable[..., 
     ref = make_root("reference", n_train=24, **HP)
     root = make_root("interrupted", n_train=24, **HP)
     log = root / "first-run.log"
-    with log.open("w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "scu.entry", "train"],
-            env=entry_env(root, {"FASTUNER_SCU_TEST_STEP_SLEEP": "0.2"}),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-        # The uninterrupted reference runs meanwhile, in a thread: the signal must not wait for it
-        # (on a loaded machine the reference can take longer than the whole slowed-down run).
-        with ThreadPoolExecutor(1) as pool:
-            reference = pool.submit(run_entry, ref)
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not any(m["step"] >= 8 for m in _metrics(root)):
-                assert proc.poll() is None, log.read_text()[-3000:]
-                time.sleep(0.05)
-            sent = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-            waited = time.monotonic() - sent
-            done = reference.result()
-        assert done.returncode == 0, done.stderr[-3000:]
+    proc = start_entry(root, log, step_sleep=0.2)
+    # The uninterrupted reference runs meanwhile, in a thread: the signal must not wait for it
+    # (on a loaded machine the reference can take longer than the whole slowed-down run).
+    with ThreadPoolExecutor(1) as pool:
+        reference = pool.submit(run_entry, ref)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(m["step"] >= 8 for m in _metrics(root)):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        waited = time.monotonic() - sent
+        done = reference.result()
+    assert done.returncode == 0, done.stderr[-3000:]
     assert waited < 10
     assert proc.returncode == EXIT_INTERRUPTED, log.read_text()[-3000:]
     ref_metrics = _metrics(ref)
