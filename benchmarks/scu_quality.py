@@ -276,9 +276,28 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def engine_settings(config: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("target_s", "lora_r", "lora_alpha", "learning_rate", "batch_size", "grad_accum", "block_size",
-            "epochs", "lambda_min", "lambda_max", "scu", "weight_decay", "lambda_fixed", "train_tokens",
-            "band", "kp", "ki", "deadband", "controller_warmup", "prior_sigma")  # fmt: skip
+    keys = [
+        "target_s",
+        "lora_r",
+        "lora_alpha",
+        "learning_rate",
+        "batch_size",
+        "grad_accum",
+        "block_size",
+        "epochs",
+        "lambda_min",
+        "lambda_max",
+        "scu",
+        "weight_decay",
+        "lambda_fixed",
+        "train_tokens",
+        "band",
+        "kp",
+        "ki",
+        "deadband",
+        "controller_warmup",
+        "prior_sigma",
+    ]
     out = {k: config.get(k) for k in keys}
     out["steps"] = max((int(m["step"]) for m in metrics), default=0)
     out["target_s_defaulted"] = "target_s" in (config.get("defaulted") or [])
@@ -597,10 +616,25 @@ class Bench:
         for regime, seed, run in todo:
             train = qd.sample(groups["train"], regime.target_tokens, f"{domain}/{regime.name}/{seed}")
             ctx = Context(
-                plan, self.config, domain, regime, seed, train, select[:VALIDATION_ROWS], report_ex, select_ex,
-                base["bpt"], base["select_bpt"], self.model, self.engine, self.engine_commit, self.engine_source, self.work,
-                self.args.threads, self.args.keep_runs,
-            )  # fmt: skip
+                plan,
+                self.config,
+                domain,
+                regime,
+                seed,
+                train,
+                val=select[:VALIDATION_ROWS],
+                report_ex=report_ex,
+                select_ex=select_ex,
+                base_report=base["bpt"],
+                base_select=base["select_bpt"],
+                model=self.model,
+                engine=self.engine,
+                engine_commit=self.engine_commit,
+                engine_source=self.engine_source,
+                work=self.work,
+                threads=self.args.threads,
+                keep_runs=self.args.keep_runs,
+            )
             for c in run_cell(ctx, run, ev):
                 self.store.append(c)
                 print(f"  {domain}/{regime.name} seed {seed} {c['row']}: {progress(c)}", flush=True)
@@ -626,10 +660,20 @@ class Bench:
             for g, rows in (("report", report), ("select", select), ("train_pool", groups["train"]))
         }
         return {
-            "hash": self.config, "mode": self.plan.mode, "domain": domain, "regime": "-", "seed": -1,
-            "row": "base", "status": "ok", "bpt": b_report, "select_bpt": b_select, "n_report": len(report_ex),
-            "report_target_tokens": n_report, "sizes": sizes, "eval_s": time.perf_counter() - t0,
-        }  # fmt: skip
+            "hash": self.config,
+            "mode": self.plan.mode,
+            "domain": domain,
+            "regime": "-",
+            "seed": -1,
+            "row": "base",
+            "status": "ok",
+            "bpt": b_report,
+            "select_bpt": b_select,
+            "n_report": len(report_ex),
+            "report_target_tokens": n_report,
+            "sizes": sizes,
+            "eval_s": time.perf_counter() - t0,
+        }
 
 
 def progress(c: dict[str, Any]) -> str:

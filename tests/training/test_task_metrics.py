@@ -284,8 +284,12 @@ def test_evaluate_generation_exact_values(tiny: tuple[Any, Any]) -> None:
         "Shout this: koala": ("KOALA", "Koala"),  # base right, adapter wrong (case counts)
         "Shout this: tent": ("tent", "TENT"),
     }
-    targets = {"Shout this: amber lotus": "AMBER LOTUS", "Shout this: cobalt rocket": "COBALT ROCKET",
-               "Shout this: koala": "KOALA", "Shout this: tent": "TENT"}  # fmt: skip
+    targets = {
+        "Shout this: amber lotus": "AMBER LOTUS",
+        "Shout this: cobalt rocket": "COBALT ROCKET",
+        "Shout this: koala": "KOALA",
+        "Shout this: tent": "TENT",
+    }
     rows = [r for r in (_row(chat(q, t)) for q, t in targets.items()) if r]
     model = ScriptedModel(tok, data)
     report = evaluate_task(model, tok, rows, "generation", [], 512, torch.device("cpu"))
@@ -293,9 +297,8 @@ def test_evaluate_generation_exact_values(tiny: tuple[Any, Any]) -> None:
     assert report["kind"] == "generation" and report["rows"] == 4
     assert report["base"] == {"exact_match": 0.25} and report["adapter"] == {"exact_match": 0.75}
     assert report["max_new_tokens"] == max_new_tokens(tok, list(targets.values()))
-    assert report["samples"][2] == {
-        "prompt": "Shout this: koala", "target": "KOALA", "base": "KOALA", "adapter": "Koala"
-    }  # fmt: skip
+    koala = {"prompt": "Shout this: koala", "target": "KOALA", "base": "KOALA", "adapter": "Koala"}
+    assert report["samples"][2] == koala
     assert report["samples"][1]["adapter"] == "  COBALT\n ROCKET "  # shown as generated
     assert [c["adapter"] for c in model.calls] == [False, True]  # base first, adapter disabled
     assert model.training  # restored
