@@ -275,29 +275,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+# The engine's resolved settings each cell records.
+SCU_SETTINGS = ("scu", "target_s", "lambda_min", "lambda_max", "lambda_fixed", "prior_sigma", "band")
+PI_SETTINGS = ("kp", "ki", "deadband", "controller_warmup")
+RECIPE_SETTINGS = ("lora_r", "lora_alpha", "learning_rate", "batch_size", "grad_accum", "block_size")
+RUN_SETTINGS = ("epochs", "weight_decay", "train_tokens")
+
+
 def engine_settings(config: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = [
-        "target_s",
-        "lora_r",
-        "lora_alpha",
-        "learning_rate",
-        "batch_size",
-        "grad_accum",
-        "block_size",
-        "epochs",
-        "lambda_min",
-        "lambda_max",
-        "scu",
-        "weight_decay",
-        "lambda_fixed",
-        "train_tokens",
-        "band",
-        "kp",
-        "ki",
-        "deadband",
-        "controller_warmup",
-        "prior_sigma",
-    ]
+    keys = (*SCU_SETTINGS, *PI_SETTINGS, *RECIPE_SETTINGS, *RUN_SETTINGS)
     out = {k: config.get(k) for k in keys}
     out["steps"] = max((int(m["step"]) for m in metrics), default=0)
     out["target_s_defaulted"] = "target_s" in (config.get("defaulted") or [])

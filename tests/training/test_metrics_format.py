@@ -15,22 +15,9 @@ from scu.metrics_format import (
 
 from tests.training.support import ENGINE_SRC
 
-RECORD = {
-    "step": 10,
-    "epoch": 0.5,
-    "loss_bpt": 3.35,
-    "data_bpt": 3.33,
-    "param_bpt": 0.012,
-    "s": 0.0036,
-    "s_hat": 0.0035,
-    "target_s": 0.004,
-    "band": 0.1,
-    "lambda": 1.02,
-    "unreachable": -1,
-    "lr": 2e-4,
-    "tokens_per_s": 812.3,
-    "eta_s": 41,
-}
+# One value per key, in the order of the printed line.
+VALUES = (10, 0.5, 3.35, 3.33, 0.012, 0.0036, 0.0035, 0.004, 0.1, 1.02, -1, 2e-4, 812.3, 41)
+RECORD = dict(zip(TRAIN_KEYS, VALUES, strict=True))
 
 
 def test_train_line_shape() -> None:
