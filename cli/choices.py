@@ -12,7 +12,7 @@ from api.domain.drops import DROP_SOURCES
 from api.domain.enums import DatasetFormat, JobStatus, TaskType, TuneMethod
 
 
-def choice_of(values: type[StrEnum] | Iterable[str]) -> click.Choice:
+def choice_of(values: type[StrEnum] | Iterable[str]) -> click.Choice[str]:
     """A ``click.Choice`` of an enum's values (or of these strings), in their order."""
     return click.Choice([str(v) for v in values])
 

@@ -40,10 +40,14 @@ def error_param(exc: FastunerError) -> str | None:
     return param if isinstance(param, str) else None
 
 
+ERROR_TYPES = (
+    "invalid_request_error, authentication_error, permission_error, rate_limit_error or server_error"
+)
+
+
 class OpenAIErrorDetail(BaseModel):
     message: str
-    type: str = Field(description="invalid_request_error, authentication_error, permission_error, "
-                      "rate_limit_error or server_error")  # fmt: skip
+    type: str = Field(description=ERROR_TYPES)
     param: str | None = Field(description="the request parameter at fault, when known")
     code: str | None = Field(description="stable machine code (Fastuner's error code)")
 
@@ -168,6 +172,13 @@ class FineTuningJobCreate(BaseModel):
         dict[str, Any] | None,
         Field(description="Fastuner's own options (fields of POST /v0/finetune), see above"),
     ] = None
+
+    def effective_hyperparameters(self) -> Hyperparameters:
+        """``method.supervised.hyperparameters`` when given (the newer spelling wins, as in
+        OpenAI's API), else ``hyperparameters``, else all ``auto``."""
+        if self.method is not None and self.method.supervised and self.method.supervised.hyperparameters:
+            return self.method.supervised.hyperparameters
+        return self.hyperparameters or Hyperparameters()
 
 
 class JobError(BaseModel):

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from scu.config import TrainConfig
@@ -32,24 +31,21 @@ from api.domain.openai import (
     FineTuningJobCheckpoint,
     FineTuningJobCreate,
     FineTuningJobEvent,
-    Hyperparameters,
     InvalidParam,
     JobError,
     Model,
     OpenAIJobStatus,
 )
+from api.services import openai_events
 from api.services.finetune import preflight
 from api.services.finetune.estimate import model_facts
+from api.services.openai_events import RECORD_KIND, nats, unix
+from api.services.openai_models import base_models
 
 if TYPE_CHECKING:
     from api.context import AppContext
 
-LN2 = math.log(2)
-RECORD_KIND = "openai"  # the job event holding what only OpenAI's request carries (suffix, metadata)
 ENGINE_SEED = int(TrainConfig.model_fields["seed"].default)
-MAX_LOCAL_MODELS = 500
-MODEL_SCAN_DEPTH = 4
-BASE_OWNER = "fastuner"
 
 STATUS: dict[JobStatus, OpenAIJobStatus] = {
     JobStatus.QUEUED: "queued",
@@ -63,14 +59,6 @@ STATUS: dict[JobStatus, OpenAIJobStatus] = {
 }
 # Fields of POST /v0/finetune that the request itself sets (not options under `fastuner`).
 RESERVED_OPTIONS = {"dataset_id", "base_model", "dry_run"}
-
-
-def unix(when: datetime | None) -> int | None:
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp())
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -151,9 +139,7 @@ class OpenAICompat:
             )
         if body.integrations:
             raise InvalidParam("integrations are not supported", param="integrations")
-        hp = body.hyperparameters or Hyperparameters()
-        if body.method is not None and body.method.supervised and body.method.supervised.hyperparameters:
-            hp = body.method.supervised.hyperparameters  # the newer spelling wins, as in OpenAI's API
+        hp = body.effective_hyperparameters()
         options = dict(body.fastuner or {})
         reserved = sorted(RESERVED_OPTIONS & options.keys())
         if reserved:
@@ -211,14 +197,11 @@ class OpenAICompat:
         one job event, once (a replayed Idempotency-Key finds it there)."""
         if self._record(tenant, job_id) is not None:
             return
-        hp = body.hyperparameters or Hyperparameters()
-        if body.method is not None and body.method.supervised and body.method.supervised.hyperparameters:
-            hp = body.method.supervised.hyperparameters
+        message = "created through the OpenAI-compatible API"
+        data = {"suffix": body.suffix, "metadata": body.metadata}
+        hp = body.effective_hyperparameters().model_dump()
         with self.ctx.db.session() as session:
-            events_repo.add(
-                session, tenant, job_id, RECORD_KIND, "created through the OpenAI-compatible API",
-                suffix=body.suffix, metadata=body.metadata, hyperparameters=hp.model_dump(),
-            )  # fmt: skip
+            events_repo.add(session, tenant, job_id, RECORD_KIND, message, **data, hyperparameters=hp)
 
     def _record(self, tenant: str, job_id: str) -> dict[str, Any] | None:
         with self.ctx.db.session() as session:
@@ -310,24 +293,14 @@ class OpenAICompat:
             return None
         return unix(at + timedelta(seconds=float(eta)))
 
-    # events: our job events and one `metrics` event per logged step, newest first
-    def events(self, tenant: str, job_id: str, *, after: str | None, limit: int) -> tuple[list[FineTuningJobEvent], bool]:  # fmt: skip
+    def events(
+        self, tenant: str, job_id: str, *, after: str | None, limit: int
+    ) -> tuple[list[FineTuningJobEvent], bool]:
+        """Our job events and one ``metrics`` event per logged step, newest first."""
         self.ctx.finetune.get(tenant, job_id)  # 404 for another tenant's job
         with self.ctx.db.session() as session:
-            events = [_event(job_id, e.id, e.kind, e.message, dict(e.data), e.at)
-                      for e in events_repo.after(session, tenant, job_id) if e.kind != RECORD_KIND]  # fmt: skip
-            metrics = [_metric_event(job_id, m.step, dict(m.values), m.at)
-                       for m in jobs_repo.metrics(session, tenant, job_id)]  # fmt: skip
-        merged = sorted(events + metrics, key=lambda e: (e[0], e[1]), reverse=True)
-        items = [e for _, _, e in merged]
-        start = 0
-        if after:
-            ids = [e.id for e in items]
-            if after not in ids:
-                raise InvalidParam(f"No such event of job {job_id}: {after}", param="after")
-            start = ids.index(after) + 1
-        page = items[start : start + limit]
-        return page, start + limit < len(items)
+            items = openai_events.job_events(session, tenant, job_id)
+        return openai_events.page(items, job_id, after=after, limit=limit)
 
     def checkpoints(self, tenant: str, job_id: str) -> list[FineTuningJobCheckpoint]:
         """The registered adapter is the job's checkpoint: the model chat/completions can use."""
@@ -337,10 +310,10 @@ class OpenAICompat:
             return []
         latest = job.latest_metrics or {}
         step = int(latest.get("step") or adapter.eval_metrics.get("steps") or 0)
-        valid = _nats((adapter.eval_metrics.get("adapter") or {}).get("bpt"))
+        valid = nats((adapter.eval_metrics.get("adapter") or {}).get("bpt"))
         metrics = CheckpointMetrics(
             step=float(step),
-            train_loss=_nats(latest.get("data_bpt")),
+            train_loss=nats(latest.get("data_bpt")),
             valid_loss=valid,
             full_valid_loss=valid,
         )
@@ -381,23 +354,7 @@ class OpenAICompat:
                 return out
 
     def base_models(self) -> list[Model]:
-        """Concrete base models on hand: hub models in the Hugging Face cache that match the
-        allow-list, and (local backend) the model folders under the model roots."""
-        settings = self.ctx.settings
-        found: dict[str, int] = {}
-        for root in settings.resolved_model_roots:
-            for path, created in _model_folders(root):
-                hub = _hub_id(path)
-                if hub is not None:
-                    if preflight.hub_id_allowed(hub, settings.allowed_models):
-                        found.setdefault(hub, created)
-                elif preflight.host_files(settings) and preflight.local_model_dir(str(path), [root]):
-                    found.setdefault(str(path), created)
-                if len(found) >= MAX_LOCAL_MODELS:
-                    break
-        return [
-            Model(id=name, created=created, owned_by=BASE_OWNER) for name, created in sorted(found.items())
-        ]
+        return base_models(self.ctx.settings)
 
 
 def _number(value: Any) -> Any:
@@ -410,78 +367,9 @@ def _number(value: Any) -> Any:
     return value
 
 
-def _nats(bpt: Any) -> float | None:
-    return float(bpt) * LN2 if isinstance(bpt, int | float) and math.isfinite(bpt) else None
-
-
 def _trained_tokens(config: dict[str, Any], latest: dict[str, float] | None) -> int | None:
     tokens = ((config.get("data") or {}).get("train") or {}).get("tokens")
     if not isinstance(tokens, int | float):
         return None
     epochs = (latest or {}).get("epoch") or config.get("epochs")
     return round(tokens * float(epochs)) if isinstance(epochs, int | float) else None
-
-
-def _event(job_id: str, event_id: int, kind: str, message: str, data: dict[str, Any], at: datetime
-           ) -> tuple[datetime, int, FineTuningJobEvent]:  # fmt: skip
-    level: Literal["info", "warn", "error"] = "info"
-    if kind == "warning":
-        level = "warn"
-    elif message.endswith("→ failed") or kind in ("error", "failed"):
-        level = "error"
-    return (
-        _aware(at),
-        event_id,
-        FineTuningJobEvent(id=f"ftevent-{job_id}-{event_id}", created_at=unix(at) or 0, level=level,
-                           message=message, data=data or None, type="message"),
-    )  # fmt: skip
-
-
-def _metric_event(job_id: str, step: int, values: dict[str, Any], at: datetime
-                  ) -> tuple[datetime, int, FineTuningJobEvent]:  # fmt: skip
-    loss = _nats(values.get("data_bpt"))
-    message = f"Step {step}: training loss={loss:.4f}" if loss is not None else f"Step {step}"
-    data = {"step": step, "train_loss": loss, **values}
-    return (
-        _aware(at),
-        -1,  # a step logged in the same instant as an event comes before it (newest first: after)
-        FineTuningJobEvent(id=f"ftevent-{job_id}-step-{step}", created_at=unix(at) or 0, level="info",
-                           message=message, data=data, type="metrics"),
-    )  # fmt: skip
-
-
-def _aware(when: datetime) -> datetime:
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-def _model_folders(root: Path) -> list[tuple[Path, int]]:
-    """Folders holding a config.json below ``root`` (not following links, a few levels deep)."""
-    out: list[tuple[Path, int]] = []
-    root = root.expanduser()
-    if not root.is_dir():
-        return out
-    base_depth = len(root.parts)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if "config.json" in filenames:
-            try:
-                created = int((here / "config.json").stat().st_mtime)
-            except OSError:
-                created = 0
-            out.append((here, created))
-            dirnames[:] = []  # a model folder's subfolders are its own
-        elif len(here.parts) - base_depth >= MODEL_SCAN_DEPTH:
-            dirnames[:] = []
-        if len(out) >= MAX_LOCAL_MODELS:
-            break
-    return out
-
-
-def _hub_id(path: Path) -> str | None:
-    """``org/name`` for a snapshot in the Hugging Face hub cache (``models--org--name/snapshots/…``)."""
-    for part in path.parts:
-        if part.startswith("models--"):
-            pieces = part[len("models--") :].split("--")
-            return "/".join(pieces) if all(pieces) else None
-    return None

@@ -51,7 +51,7 @@ def with_progress(state: State, path: Path, action: str, call: Any) -> Any:
 @click.option("--name", help="dataset name (default: the file name)")
 @_options
 @pass_state
-def upload(state: State, file: Path, name: str | None, **options: Any) -> None:
+def upload(state: State, /, file: Path, name: str | None, **options: Any) -> None:
     """Validate, dedup, split and store FILE (JSONL)."""
     upload_to = state.client().upload_dataset
     ds: Dataset = _send(state, file, "uploading", upload_to, name=name or file.stem, **options)
@@ -64,7 +64,7 @@ def upload(state: State, file: Path, name: str | None, **options: Any) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_options
 @pass_state
-def validate(state: State, file: Path, **options: Any) -> None:
+def validate(state: State, /, file: Path, **options: Any) -> None:
     """Dry run: report problems and split counts, store nothing. Exit 1 if invalid."""
     validate_on = state.client().validate_dataset
     report: ValidationReport = _send(state, file, "validating", validate_on, name=file.stem, **options)

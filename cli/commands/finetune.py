@@ -48,7 +48,7 @@ def finetune() -> None:
 @click.option("--wait", is_flag=True, help="follow the job live until it ends")
 @click.option("--idempotency-key", help="retrying with the same key never launches twice (default: random)")
 @pass_state
-def start(state: State, **options: Any) -> None:
+def start(state: State, /, **options: Any) -> None:
     """Start a fine-tune of MODEL on DATASET (an id, or a JSONL file to upload first)."""
     opts = StartOptions(**options)
     req = opts.request(stored_dataset_id(state, opts.dataset_id))
