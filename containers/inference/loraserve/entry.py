@@ -7,6 +7,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from loraserve.config import ServerConfig
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -28,39 +32,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    # Light imports first: a bad configuration fails in well under a second, before torch loads.
+def _fail(event: str, exc: Exception) -> int:
+    """A start-up problem as a log event and one stderr line; exit status 2."""
+    from loraserve.logs import log_event
+
+    log_event(event, logging.ERROR, error=str(exc))
+    print(f"fastuner-serve: {exc}", file=sys.stderr)
+    return 2
+
+
+def _settings(args: argparse.Namespace) -> tuple[ServerConfig, str, int]:
+    """(config, host, port) from the environment and the flags; ValueError when invalid."""
     from loraserve.config import ServerConfig, resolve_host, resolve_port
-    from loraserve.logs import configure_logging, log_event
 
-    level = (args.log_level or os.environ.get("FASTUNER_LOG_LEVEL") or "INFO").upper()
-    configure_logging(level)
-    try:
-        config = ServerConfig.from_env()
-        host, port = resolve_host(os.environ, args.host), resolve_port(os.environ, args.port)
-    except ValueError as exc:
-        log_event("config_invalid", logging.ERROR, error=str(exc))
-        print(f"fastuner-serve: {exc}", file=sys.stderr)
-        return 2
+    config = ServerConfig.from_env()
+    return config, resolve_host(os.environ, args.host), resolve_port(os.environ, args.port)
 
-    from loraserve.hub_token import HubTokenError, resolve_hf_token
 
-    try:  # a gated hub model needs the token: FASTUNER_HF_TOKEN_SECRET names its secret
-        resolve_hf_token()
-    except HubTokenError as exc:
-        log_event("hf_token_unavailable", logging.ERROR, error=str(exc))
-        print(f"fastuner-serve: {exc}", file=sys.stderr)
-        return 2
-
+def _serve(config: ServerConfig, host: str, port: int, level: str) -> int:
+    """Run uvicorn until it stops; 1 when the base model could not be loaded."""
     import uvicorn
 
     from loraserve.app import create_app
     from loraserve.engine import Engine
-    from loraserve.logs import quiet_transformers
+    from loraserve.logs import log_event, quiet_transformers
 
     quiet_transformers()
-
     engine = Engine(config)
     server: uvicorn.Server | None = None
 
@@ -92,6 +89,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     server.run()
     return 1 if engine.state == "failed" else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Light imports first: a bad configuration fails in well under a second, before torch loads.
+    from loraserve.logs import configure_logging
+
+    level = (args.log_level or os.environ.get("FASTUNER_LOG_LEVEL") or "INFO").upper()
+    configure_logging(level)
+    try:
+        config, host, port = _settings(args)
+    except ValueError as exc:
+        return _fail("config_invalid", exc)
+
+    from loraserve.hub_token import HubTokenError, resolve_hf_token
+
+    try:  # a gated hub model needs the token: FASTUNER_HF_TOKEN_SECRET names its secret
+        resolve_hf_token()
+    except HubTokenError as exc:
+        return _fail("hf_token_unavailable", exc)
+    return _serve(config, host, port, level)
 
 
 if __name__ == "__main__":

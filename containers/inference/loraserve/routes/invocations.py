@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -46,19 +47,17 @@ async def invocations(request: Request, engine: EngineDep) -> Response:
     return await Invocation(request, engine, parsed, request_id, started).answer()
 
 
+@dataclass
 class Invocation:
     """One validated request: submitted, its events awaited, its answer built and logged."""
 
-    def __init__(
-        self, request: Request, engine: Engine, req: InvocationRequest, request_id: str, started: float
-    ) -> None:
-        self.request = request
-        self.engine = engine
-        self.req = req
-        self.request_id = request_id
-        self.started = started
-        self.events: asyncio.Queue[Event] = asyncio.Queue()
-        self.loop = asyncio.get_running_loop()
+    request: Request
+    engine: Engine
+    req: InvocationRequest
+    request_id: str
+    started: float  # time.perf_counter() when the request arrived
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
 
     def notify(self, event: Event) -> None:  # on the scheduler's thread
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
