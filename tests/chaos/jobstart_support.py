@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,14 +17,11 @@ from typing import Any
 
 import httpx
 
+from tests.support.http import ok_json
+from tests.support.servers import free_port, stop, wait_until_healthy
+
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:
@@ -43,22 +39,11 @@ class Server:
             PYTHONUNBUFFERED="1",
             **env,
         )
-        cmd = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
-               "--host", "127.0.0.1", "--port", str(self.port)]  # fmt: skip
+        cmd = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory"]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
         self._log = log.open("ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=environ, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}; see {log}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"the server did not come up within {START_TIMEOUT_S} s; see {log}")
+        wait_until_healthy(self.proc, f"{self.url}/healthz", log, START_TIMEOUT_S)
         key = (home / "api_key").read_text().strip()
         self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
@@ -68,13 +53,7 @@ class Server:
         return code
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
         self.close()
 
     def close(self) -> None:
@@ -89,14 +68,11 @@ class Server:
                 data={"name": "upper"},
                 files={"file": (path.name, fh, "application/x-ndjson")},
             )
-        assert resp.status_code == 201, resp.text
-        ds: dict[str, Any] = resp.json()
+        ds: dict[str, Any] = ok_json(resp, 201)
         return ds
 
     def job(self, job_id: str) -> dict[str, Any]:
-        resp = self.client.get(f"/v0/finetune/{job_id}")
-        assert resp.status_code == 200, resp.text
-        job: dict[str, Any] = resp.json()
+        job: dict[str, Any] = ok_json(self.client.get(f"/v0/finetune/{job_id}"))
         return job
 
     def wait_job(self, job_id: str, statuses: set[str], timeout: float) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.services.finetune.service import job_name_for
 from tests.chaos.jobstart_support import Server, job_rows, kill_all, processes_of
 
 pytestmark = pytest.mark.slow
@@ -73,7 +74,7 @@ def test_kill_during_job_start_ends_truthfully(
     assert first.wait_killed() == -9
 
     [row] = job_rows(home)
-    assert row["status"] == left and row["backend_job_name"] == "fastuner-" + row["id"].replace("_", "-")
+    assert row["status"] == left and row["backend_job_name"] == job_name_for(row["id"])
     assert row["launch"]["channels"]  # the spec can be rebuilt from the row
     assert bool(row["backend_state"]) == (left == "provisioning")
     assert bool(processes_of(home)) == running  # a launched job kept running without its server
@@ -112,7 +113,8 @@ def test_a_runner_started_but_not_recorded_is_adopted_not_started_again(tmp_path
     from api.storage.local import LocalStore
 
     backend = LocalBackend(LocalStore(tmp_path / "store"), tmp_path / "jobs")
-    root = tmp_path / "jobs" / "fastuner-ft-x"
+    name = job_name_for("ft_x")
+    root = tmp_path / "jobs" / name
     (root / "input" / "config").mkdir(parents=True)
     (root / "input" / "config" / "hyperparameters.json").write_text("{}")
     cmd = [sys.executable, "-m", "api.backends.local_runner", str(root), "--", "sleep", "30"]
@@ -123,10 +125,18 @@ def test_a_runner_started_but_not_recorded_is_adopted_not_started_again(tmp_path
             b"local_runner" not in Path(f"/proc/{pid}/cmdline").read_bytes() and time.monotonic() < deadline
         ):
             time.sleep(0.05)  # until the runner has exec'd
-        state = backend.find_training("fastuner-ft-x")
+        state = backend.find_training(name)
         assert state is not None and state["pid"] == pid and (root / "launch.json").is_file()
-        spec = TrainingSpec(job_id="ft_x", tenant_id="t", job_name="fastuner-ft-x", hyperparameters={},
-                            channels={}, output_prefix="o", checkpoint_prefix="c", instance_type="local")  # fmt: skip
+        spec = TrainingSpec(
+            job_id="ft_x",
+            tenant_id="t",
+            job_name=name,
+            hyperparameters={},
+            channels={},
+            output_prefix="o",
+            checkpoint_prefix="c",
+            instance_type="local",
+        )
         assert backend.start_training(spec) == state  # adopted: no second runner
         assert [p for p, cmd in processes_of(tmp_path).items() if "local_runner" in cmd] == [pid]
         assert backend.find_training("fastuner-ft-never") is None

@@ -22,16 +22,15 @@ import pytest
 
 from api.domain.finetune import FineTuneRequest
 from api.faults import InjectedCrash
+from api.services.finetune.service import job_name_for
 from tests.e2e.sagemaker_support import (
     SMOL,
     TENANT,
     SageMakerEnv,
-    aws_error,
-    inject,
-    job_name_of,
     mocked_aws,
     sagemaker_settings,
 )
+from tests.support.aws import aws_error, inject
 
 ADAPTER = {
     "adapter_config.json": json.dumps(
@@ -61,7 +60,7 @@ def crash_start(
         env.app.state.ctx.finetune.start(TENANT, req, idempotency_key=key)
     monkeypatch.delenv("FASTUNER_FAULT_AT")
     [job] = env.client.get("/v0/finetune").json()["items"]
-    assert job["status"] == "launching" and job["backend_job_name"] == job_name_of(job["id"])
+    assert job["status"] == "launching" and job["backend_job_name"] == job_name_for(job["id"])
     return str(job["id"])
 
 
@@ -81,14 +80,14 @@ def test_a_training_job_created_before_the_crash_is_adopted_not_duplicated(
 ) -> None:
     ds = env.upload_dataset()
     ft = crash_start(env, monkeypatch, "finetune.after_backend_call", ds["id"], "k1")
-    assert list(env.moto_jobs()) == [job_name_of(ft)]  # created, but not recorded
+    assert list(env.moto_jobs()) == [job_name_for(ft)]  # created, but not recorded
     env.set_state(ft, "InProgress", "Training", training_end_time=None)
 
     report = env.reconcile()
     assert f"{ft}: launch adopted" in report["transitions"] and report["errors"] == []
     job = env.job(ft)
     assert job["status"] == "running"  # adopted, then described in the same pass
-    assert len(env.calls.of("CreateTrainingJob")) == 1 and list(env.moto_jobs()) == [job_name_of(ft)]
+    assert len(env.calls.of("CreateTrainingJob")) == 1 and list(env.moto_jobs()) == [job_name_for(ft)]
     events = env.events(ft)
     assert [e["message"] for e in events[:2]] == ["job launching", "launching → provisioning"]
     assert events[1]["data"]["how"] == "adopted"
@@ -112,7 +111,7 @@ def test_an_idempotent_replay_resolves_the_launch_inline(
     again = env.start(ds["id"], headers={"Idempotency-Key": "k2"})
     assert again.status_code == 201 and again.json()["id"] == ft
     assert again.json()["status"] != "launching"  # never a job that was never launched
-    assert len(env.calls.of("CreateTrainingJob")) == 1 and list(env.moto_jobs()) == [job_name_of(ft)]
+    assert len(env.calls.of("CreateTrainingJob")) == 1 and list(env.moto_jobs()) == [job_name_for(ft)]
 
 
 def test_a_launch_lost_before_the_backend_call_is_made_once(
@@ -124,7 +123,7 @@ def test_a_launch_lost_before_the_backend_call_is_made_once(
     # The launcher (this process, which "died" there) holds nothing: the replay launches it now.
     again = env.start(ds["id"], headers={"Idempotency-Key": "k3"})
     assert again.status_code == 201 and again.json()["id"] == ft and again.json()["status"] == "provisioning"
-    assert list(env.moto_jobs()) == [job_name_of(ft)]
+    assert list(env.moto_jobs()) == [job_name_for(ft)]
     env.set_state(ft, "InProgress", "Starting", training_end_time=None)  # moto's are born Completed
     assert env.reconcile()["errors"] == []
     assert len(env.calls.of("CreateTrainingJob")) == 1
@@ -155,7 +154,7 @@ def test_cancel_of_a_launching_job_stops_the_backend_job_by_name(
     env.set_state(ft, "InProgress", "Training", training_end_time=None)
     resp = env.client.post(f"/v0/finetune/{ft}/cancel")
     assert resp.status_code == 200 and resp.json()["status"] == "cancelling"
-    assert stops == [job_name_of(ft)]
+    assert stops == [job_name_for(ft)]
     env.set_state(ft, "Stopped", "Stopped", training_end_time=datetime.now(UTC))
     env.reconcile()
     assert env.job(ft)["status"] == "cancelled"
@@ -186,7 +185,7 @@ def test_a_transient_launch_failure_is_retried_under_the_same_key(
     assert failed["status"] == "failed" and failed["failure_reason"].startswith("launch failed (transient")
     again = env.start(ds["id"], headers={"Idempotency-Key": "k7"})
     assert again.status_code == 201 and again.json()["id"] == ft and again.json()["status"] == "provisioning"
-    assert again.json()["failure_reason"] is None and list(env.moto_jobs()) == [job_name_of(ft)]
+    assert again.json()["failure_reason"] is None and list(env.moto_jobs()) == [job_name_for(ft)]
     assert "failed → launching" in [e["message"] for e in env.events(ft)]
 
 
@@ -225,11 +224,11 @@ def test_other_transient_errors_are_retried_with_backoff(
     calls.clear()
     monkeypatch.setattr(env.backend, "start_training", lambda spec: _reset(calls))
     resp = env.start(ds["id"])
-    assert resp.status_code == 502 and resp.json()["details"] == {
-        "job_id": resp.json()["details"]["job_id"], "transient": True, "attempts": 4,
-    }  # fmt: skip
+    assert resp.status_code == 502
+    details = resp.json()["details"]
+    assert details == {"job_id": details["job_id"], "transient": True, "attempts": 4}
     assert len(calls) == 4  # launch_retries = 3
-    job = env.job(resp.json()["details"]["job_id"])
+    job = env.job(details["job_id"])
     assert (
         job["failure_reason"]
         == "launch failed (transient, 4 attempts): ConnectionResetError: connection reset"
@@ -276,7 +275,7 @@ def test_cancel_while_the_launch_is_in_flight_stops_what_it_launches(
     starter.join(30)
     canceller.join(30)
     assert results["cancel"].status.value == "cancelling"
-    assert stops == [job_name_of(job["id"])]  # what the launch created was stopped
+    assert stops == [job_name_for(job["id"])]  # what the launch created was stopped
     env.set_state(job["id"], "Stopped", "Stopped", training_end_time=datetime.now(UTC))
     env.reconcile()
     assert env.job(job["id"])["status"] == "cancelled"

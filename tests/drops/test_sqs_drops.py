@@ -10,9 +10,10 @@ import boto3
 import pytest
 
 from api.services.drops.handler import DropHandler
+from api.services.finetune.service import job_name_for
 from tests.drops.sqs_support import AwsDrops, make_aws_drops, s3_event
 from tests.drops.support import SMOL, TENANT, bad_jsonl, datasets, jobs, jsonl, ledger, rows
-from tests.e2e.sagemaker_support import BUCKET, REGION, SageMakerEnv, job_name_of, mocked_aws
+from tests.e2e.sagemaker_support import BUCKET, REGION, SageMakerEnv, mocked_aws
 
 SIDECAR = json.dumps({"job": {"base_model": SMOL, "instance_type": "ml.g5.xlarge", "max_steps": 40}}).encode()
 
@@ -51,7 +52,7 @@ def test_drop_end_to_end_through_the_queue(env: AwsDrops) -> None:
     (ds,) = datasets(env.ctx)
     assert (job.dataset_id, job.base_model, job.backend) == (ds.id, SMOL, "sagemaker")
     assert ds.name == "my reviews+v1"
-    moto_job = SageMakerEnv.moto_jobs()[job_name_of(job.id)]
+    moto_job = SageMakerEnv.moto_jobs()[job_name_for(job.id)]
     channels = {
         c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in moto_job.input_data_config
     }

@@ -21,6 +21,7 @@ import pytest
 from scu.metrics_format import METRIC_DEFINITIONS, format_eval_line, format_train_line, parse_line
 
 from api.services.finetune.reconciler import REGISTER_GRACE
+from api.services.finetune.service import job_name_for
 from tests.e2e.sagemaker_support import (
     BUCKET,
     IMAGE_URI,
@@ -28,13 +29,11 @@ from tests.e2e.sagemaker_support import (
     SMOL,
     TENANT,
     SageMakerEnv,
-    aws_error,
-    inject,
-    job_name_of,
     leftover_scratch,
     mocked_aws,
     sagemaker_settings,
 )
+from tests.support.aws import aws_error, inject
 
 
 @pytest.fixture
@@ -116,7 +115,7 @@ def test_start_sends_exactly_the_training_job_request(env: SageMakerEnv, spot: b
     )  # fmt: skip
     assert resp.status_code == 201, resp.text
     job = resp.json()
-    ft, name = job["id"], job_name_of(job["id"])
+    ft, name = job["id"], job_name_for(job["id"])
     assert job["backend"] == "sagemaker" and job["backend_job_name"] == name
     assert job["status"] == "provisioning" and job["spot"] is spot
 
@@ -397,10 +396,10 @@ def test_cancel_reaches_the_stop_seam_and_ends_cancelled(
     monkeypatch.setattr(env.backend, "_call_stop", stop)
     resp = env.client.post(f"/v0/finetune/{ft}/cancel")
     assert resp.status_code == 200 and resp.json()["status"] == "cancelling"
-    assert stopped == [job_name_of(ft)]
+    assert stopped == [job_name_for(ft)]
     again = env.client.post(f"/v0/finetune/{ft}/cancel")  # already cancelling: nothing more asked
     assert again.status_code == 200 and again.json()["status"] == "cancelling"
-    assert stopped == [job_name_of(ft)]
+    assert stopped == [job_name_for(ft)]
 
     env.reconcile()  # Stopping
     assert (env.job(ft)["status"], env.job(ft)["secondary_status"]) == ("cancelling", "Stopping")
@@ -413,7 +412,7 @@ def test_cancel_reaches_the_stop_seam_and_ends_cancelled(
 
     resp = env.client.post(f"/v0/finetune/{ft}/cancel")
     assert resp.status_code == 409 and resp.json()["code"] == "conflict"
-    assert stopped == [job_name_of(ft)]
+    assert stopped == [job_name_for(ft)]
     assert env.keys(f"{TENANT}/adapters/") == []
 
 
@@ -439,7 +438,7 @@ def test_throttling_is_retried_end_to_end(env: SageMakerEnv, no_backoff: list[in
     assert resp.status_code == 201, resp.text
     ft = resp.json()["id"]
     assert creates["attempts"] == 4 and describes["attempts"] == 2 and len(no_backoff) == 4
-    assert list(env.moto_jobs()) == [job_name_of(ft)]
+    assert list(env.moto_jobs()) == [job_name_for(ft)]
     assert env.job(ft)["status"] == "provisioning"
 
     # The reconciler's reads are retried too.
@@ -476,7 +475,7 @@ def test_idempotent_start(env: SageMakerEnv) -> None:
     second = env.start(ds["id"], headers=key, epochs=1)
     assert second.status_code == 201 and second.json()["id"] == first.json()["id"]
     assert len(env.calls.of("CreateTrainingJob")) == 1
-    assert list(env.moto_jobs()) == [job_name_of(first.json()["id"])]
+    assert list(env.moto_jobs()) == [job_name_for(first.json()["id"])]
 
     different = env.start(ds["id"], headers=key, epochs=3)
     assert different.status_code == 409 and different.json()["details"] == {"job_id": first.json()["id"]}
@@ -513,7 +512,7 @@ def test_preflight_refuses_before_any_compute(
     assert resp.json()["code"] == code
     for fragment in fragments:
         assert fragment in resp.json()["message"]
-    assert env.calls.params == {}  # not even a DescribeTrainingJob
+    assert env.calls == {}  # not even a DescribeTrainingJob
     assert env.moto_jobs() == {}
     assert env.client.get("/v0/finetune").json()["items"] == []
     assert env.keys(f"{TENANT}/jobs/") == []
@@ -533,7 +532,7 @@ def test_dry_run_estimates_and_launches_nothing(env: SageMakerEnv) -> None:
     assert est["n_params"] == 134_515_008 and est["train_tokens"] > 0
     # A QLoRA dry run on a CPU instance is refused like the real thing.
     assert env.start(ds["id"], dry_run=True, method="qlora", instance_type="ml.m5.xlarge").status_code == 400
-    assert env.calls.params == {} and env.moto_jobs() == {}
+    assert env.calls == {} and env.moto_jobs() == {}
     assert env.client.get("/v0/finetune").json()["items"] == []
 
 

@@ -121,7 +121,7 @@ def test_gated_training_job_carries_the_arn_and_the_container_gets_the_token(
     # The container, started with the job's Environment, finds the token in the (moto) secret.
     container_env = dict(request["Environment"])
     assert train_token.resolve_hf_token(container_env) is True and container_env["HF_TOKEN"] == TOKEN
-    everything = "\n".join([*texts, dry.text, resp.text, json.dumps(env.calls.params, default=str),
+    everything = "\n".join([*texts, dry.text, resp.text, json.dumps(env.calls, default=str),
                             json.dumps(desc, default=str), caplog.text])  # fmt: skip
     assert arn in everything and TOKEN not in everything
 
@@ -137,7 +137,7 @@ def test_gated_training_without_the_token_setting_is_refused_before_any_call(tmp
             f"base model {LLAMA} is not available to the sagemaker backend: gated"
         )
         assert "set FASTUNER_HF_TOKEN_SECRET" in body["message"]
-        assert env.calls.params == {} and env.moto_jobs() == {}
+        assert env.calls == {} and env.moto_jobs() == {}
         ok = env.start(ds["id"], max_steps=5)  # SmolLM2 is not gated: no token needed
         assert ok.status_code == 201, ok.text
         assert "Environment" not in env.calls.of("CreateTrainingJob")[0]
