@@ -22,16 +22,7 @@ from api.domain.datasets import Manifest, ValidationLimits
 from api.settings import Settings
 from api.storage.local import LocalStore
 from tests.api.support import authorize, upload, write_jsonl
-
-# A template that handles tools (it mentions ``tools`` and ``tool_calls``): tool calls render as
-# ``<call>name {json}</call>``; the tools list goes in a system block.
-TOOLS_TEMPLATE = (
-    "{{ bos_token }}{% if tools %}<|system|>\n{% for t in tools %}{{ t['function']['name'] }};{% endfor %}</s>\n"
-    "{% endif %}{% for m in messages %}<|{{ m['role'] }}|>\n"
-    "{% if m.tool_calls %}{% for c in m.tool_calls %}<call>{{ c.function.name }} "
-    "{{ c.function.arguments | tojson }}</call>{% endfor %}{% else %}{{ m['content'] }}{% endif %}</s>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
+from tests.training.support import TOOLS_TEMPLATE
 
 WEATHER_TOOL = {
     "type": "function",

@@ -21,6 +21,17 @@ if str(ENGINE_SRC) not in sys.path:
 TINY_PROJECTIONS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 
+# A chat template that handles tools (it mentions ``tools`` and ``tool_calls``): tool calls render
+# as ``<call>name {json}</call>``; the tools list goes in a system block.
+TOOLS_TEMPLATE = (
+    "{{ bos_token }}{% if tools %}<|system|>\n{% for t in tools %}{{ t['function']['name'] }};{% endfor %}</s>\n"
+    "{% endif %}{% for m in messages %}<|{{ m['role'] }}|>\n"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}<call>{{ c.function.name }} "
+    "{{ c.function.arguments | tojson }}</call>{% endfor %}{% else %}{{ m['content'] }}{% endif %}</s>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
 def chat(system: str, user: str, assistant: str) -> list[dict[str, str]]:
     turns = {"system": system, "user": user, "assistant": assistant}
     return [{"role": role, "content": content} for role, content in turns.items()]

@@ -19,13 +19,8 @@ from scu.data import (
     template_supports_tools,
 )
 
-TOOLS_TEMPLATE = (
-    "{{ bos_token }}{% if tools %}<|system|>\n{% for t in tools %}{{ t['function']['name'] }};{% endfor %}</s>\n"
-    "{% endif %}{% for m in messages %}<|{{ m['role'] }}|>\n"
-    "{% if m.tool_calls %}{% for c in m.tool_calls %}<call>{{ c.function.name }} "
-    "{{ c.function.arguments | tojson }}</call>{% endfor %}{% else %}{{ m['content'] }}{% endif %}</s>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
+from tests.training.support import TOOLS_TEMPLATE
+
 TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
 CALL = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
 
