@@ -47,13 +47,24 @@ class Image:
     context: str  # relative to the repository root
 
 
+# Both Dockerfiles copy paths relative to the repository root, their build context (the inference
+# image takes scu/hub_token.py from containers/training too).
 IMAGES: tuple[Image, ...] = (
-    # The training Dockerfile copies containers/training/... : its context is the repository root.
-    Image("training", "TrainingRepositoryUri", "FASTUNER_TRAINING_IMAGE_URI",
-          "containers/training/Dockerfile", "."),
-    Image("inference", "InferenceRepositoryUri", "FASTUNER_INFERENCE_IMAGE_URI",
-          "containers/inference/Dockerfile", "containers/inference"),
-)  # fmt: skip
+    Image(
+        name="training",
+        output="TrainingRepositoryUri",
+        setting="FASTUNER_TRAINING_IMAGE_URI",
+        dockerfile="containers/training/Dockerfile",
+        context=".",
+    ),
+    Image(
+        name="inference",
+        output="InferenceRepositoryUri",
+        setting="FASTUNER_INFERENCE_IMAGE_URI",
+        dockerfile="containers/inference/Dockerfile",
+        context=".",
+    ),
+)
 
 
 class ImagesError(Exception):

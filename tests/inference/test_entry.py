@@ -81,6 +81,17 @@ def test_container_files() -> None:
         assert package in requirements
 
 
+def test_hub_token_has_one_source() -> None:
+    """loraserve.hub_token is scu.hub_token's file: a link in the tree, the file itself in the image."""
+    link = CONTAINER / "loraserve" / "hub_token.py"
+    source = CONTAINER.parent / "training" / "scu" / "hub_token.py"
+    assert link.is_symlink() and link.resolve() == source.resolve()
+    root = CONTAINER.parents[1]
+    assert "containers/inference/loraserve/hub_token.py" in (root / ".dockerignore").read_text().splitlines()
+    copy = "COPY containers/training/scu/hub_token.py /opt/program/loraserve/hub_token.py"
+    assert copy in (CONTAINER / "Dockerfile").read_text().splitlines()
+
+
 def test_entry_rejects_bad_config(tmp_path: Path) -> None:
     env = {**os.environ, "FASTUNER_BASE_MODEL": "", "OPT_ML_ROOT": str(tmp_path)}
     proc = subprocess.run(

@@ -64,7 +64,7 @@ def test_dry_run_resolves_uris_tags_and_commands(stack: dict[str, str], no_docke
         f"docker push {TRAINING}:{TAG}",
         f"docker push {TRAINING}:latest",
         f"docker build --platform linux/amd64 -f containers/inference/Dockerfile"
-        f" -t {INFERENCE}:{TAG} -t {INFERENCE}:latest containers/inference",
+        f" -t {INFERENCE}:{TAG} -t {INFERENCE}:latest .",
         f"docker push {INFERENCE}:{TAG}",
         f"docker push {INFERENCE}:latest",
     ]
@@ -90,10 +90,15 @@ def test_build_contexts_and_dockerfiles_exist() -> None:
     for image in images.IMAGES:
         assert (ROOT / image.dockerfile).is_file()
         assert (ROOT / image.context).is_dir()
-    # The training Dockerfile copies paths relative to the repository root, the inference one to its folder.
+    # Both Dockerfiles copy paths relative to the repository root; every source is there.
     training, inference = images.IMAGES
     assert "COPY containers/training/" in (ROOT / training.dockerfile).read_text()
-    assert "COPY loraserve/" in (ROOT / inference.dockerfile).read_text()
+    assert "COPY containers/inference/loraserve/" in (ROOT / inference.dockerfile).read_text()
+    for image in images.IMAGES:
+        for line in (ROOT / image.dockerfile).read_text().splitlines():
+            if line.startswith("COPY ") and "--from" not in line:
+                *sources, _ = line.split()[1:]
+                assert all((ROOT / image.context / source).exists() for source in sources), line
 
 
 def test_one_image_and_the_default_tag(stack: dict[str, str], no_docker: None) -> None:

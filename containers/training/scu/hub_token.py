@@ -6,7 +6,9 @@ secret (``FASTUNER_HF_TOKEN_SECRET``: ARN or name), and this module reads it wit
 in this process only, where huggingface_hub finds it. The value is never logged or written. A
 token already in ``HF_TOKEN`` (the local backend passes on the server's) is left as it is. The
 secret's value is the token itself or JSON with an ``HF_TOKEN``, ``hf_token`` or ``token`` key.
-(``loraserve.hub_token`` is the inference container's copy: the two containers ship alone.)
+
+One source for both containers: ``loraserve/hub_token.py`` is a symbolic link to this file, and the
+inference image copies this file in as ``loraserve.hub_token`` (each container ships alone).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
-log = logging.getLogger("scu.hub_token")
+log = logging.getLogger(__name__)  # scu.hub_token or loraserve.hub_token
 
 SECRET_ENV = "FASTUNER_HF_TOKEN_SECRET"
 TOKEN_ENV = "HF_TOKEN"
@@ -51,9 +53,11 @@ def token_from_secret(value: str) -> str:
 
 @contextmanager
 def _no_aws_debug_logs() -> Iterator[None]:
+    children = tuple(name + "." for name in _AWS_LOGGERS)
     loggers = [logging.getLogger(name) for name in _AWS_LOGGERS]
-    loggers += [lg for name, lg in logging.root.manager.loggerDict.items()
-                if isinstance(lg, logging.Logger) and name.startswith(tuple(n + "." for n in _AWS_LOGGERS))]  # fmt: skip
+    for name, logger in logging.root.manager.loggerDict.items():
+        if isinstance(logger, logging.Logger) and name.startswith(children):
+            loggers.append(logger)
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         if lg.getEffectiveLevel() < logging.INFO:
