@@ -3,7 +3,7 @@
 moto has no inference components, so every SageMaker / SageMaker Runtime call here is answered by a
 ``Stubber``, which checks each request against the real service model (and against the exact
 parameters expected) and each canned response against the output shape. S3 (adapter folders and
-their ``model.tar.gz`` packages) is moto's, through the fixtures of ``test_sagemaker_endpoints``.
+their ``model.tar.gz`` packages) is moto's (``tests.support.moto``).
 """
 
 from __future__ import annotations
@@ -41,22 +41,28 @@ from api.domain.errors import BackendError
 from api.services.janitor import Janitor
 from api.settings import Settings
 from api.storage.s3 import S3Store
-from tests.backends import test_sagemaker_endpoints as endpoints_tests
 from tests.backends.test_sagemaker_endpoints import (
-    ACCOUNT,
     BUCKET,
     DEPLOYMENT,
     IMAGE_URI,
     NAME,
-    REGION,
     ROLE_ARN,
     TENANT,
     make_spec,
 )
+from tests.support.moto import ACCOUNT, REGION, aws_clients, mocked_bucket
 
-# The moto S3 fixtures of the single-container tests, reused as they are.
-clients = endpoints_tests.clients
-store = endpoints_tests.store
+
+@pytest.fixture(scope="module")
+def s3() -> Any:
+    return aws_clients(s3=RETRY_CONFIG)["s3"]
+
+
+@pytest.fixture
+def store(s3: Any) -> Iterator[S3Store]:
+    with mocked_bucket(s3, BUCKET) as store:
+        yield store
+
 
 A1, A2, A3 = "adp_one000000001", "adp_two000000002", "adp_three0000003"
 BASE_IC = f"{NAME}-base"
@@ -73,6 +79,25 @@ MANAGED = [
 
 def ic_arn(name: str) -> str:
     return f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:inference-component/{name}"
+
+
+def component(name: str, status: str, at: datetime = T0, **fields: Any) -> dict[str, Any]:
+    """An inference component as DescribeInferenceComponent (or, with a VariantName, the list) has it."""
+    return {
+        "InferenceComponentName": name,
+        "InferenceComponentArn": ic_arn(name),
+        "EndpointName": NAME,
+        "EndpointArn": ENDPOINT_ARN,
+        "InferenceComponentStatus": status,
+        "CreationTime": at,
+        "LastModifiedTime": at,
+        **fields,
+    }
+
+
+def listed_components(names: list[str], at: datetime = T0) -> dict[str, Any]:
+    """A ListInferenceComponents answer: ``names``, all in service."""
+    return {"InferenceComponents": [component(n, "InService", at, VariantName="AllTraffic") for n in names]}
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -95,10 +120,9 @@ class Stubs:
         self.sm.add_response(operation, response or {}, params)
 
     def endpoint(self, status: str) -> None:
-        self.ok("describe_endpoint", {
-            "EndpointName": NAME, "EndpointArn": ENDPOINT_ARN, "EndpointConfigName": NAME,
-            "EndpointStatus": status, "CreationTime": T0, "LastModifiedTime": T0,
-        }, EndpointName=NAME)  # fmt: skip
+        described = {"EndpointName": NAME, "EndpointArn": ENDPOINT_ARN, "EndpointConfigName": NAME}
+        described.update(EndpointStatus=status, CreationTime=T0, LastModifiedTime=T0)
+        self.ok("describe_endpoint", described, EndpointName=NAME)
 
     def component(self, name: str, status: str | None) -> None:
         if status is None:
@@ -106,11 +130,7 @@ class Stubs:
                 "describe_inference_component", f"inference component {name}", InferenceComponentName=name
             )
             return
-        self.ok("describe_inference_component", {
-            "InferenceComponentName": name, "InferenceComponentArn": ic_arn(name), "EndpointName": NAME,
-            "EndpointArn": ENDPOINT_ARN, "InferenceComponentStatus": status, "CreationTime": T0,
-            "LastModifiedTime": T0,
-        }, InferenceComponentName=name)  # fmt: skip
+        self.ok("describe_inference_component", component(name, status), InferenceComponentName=name)
 
     def create_component(self, request: dict[str, Any]) -> None:
         name = request["InferenceComponentName"]
@@ -176,13 +196,17 @@ def test_build_component_requests_are_exact_and_valid(backend: SageMakerComponen
     assert requests["endpoint_config"] == {
         "EndpointConfigName": NAME,
         "ExecutionRoleArn": ROLE_ARN,
-        "ProductionVariants": [{
-            "VariantName": "AllTraffic", "InstanceType": INSTANCE, "InitialInstanceCount": 1,
-            "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 1, "MaxInstanceCount": 1},
-            "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"},
-        }],
+        "ProductionVariants": [
+            {
+                "VariantName": "AllTraffic",
+                "InstanceType": INSTANCE,
+                "InitialInstanceCount": 1,
+                "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 1, "MaxInstanceCount": 1},
+                "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"},
+            }
+        ],
         "Tags": tags,
-    }  # fmt: skip
+    }
     assert "ModelName" not in requests["endpoint_config"]["ProductionVariants"][0]
     assert requests["endpoint"] == {"EndpointName": NAME, "EndpointConfigName": NAME, "Tags": tags}
     assert requests["base_component"] == {
@@ -190,22 +214,26 @@ def test_build_component_requests_are_exact_and_valid(backend: SageMakerComponen
         "EndpointName": NAME,
         "VariantName": "AllTraffic",
         "Specification": {
-            "Container": {"Image": IMAGE_URI, "Environment": {
-                "FASTUNER_BASE_MODEL": "HuggingFaceTB/SmolLM2-135M",
-                "FASTUNER_ADAPTER_PREFIX": f"s3://{BUCKET}/{TENANT}/adapters",
-            }},
+            "Container": {
+                "Image": IMAGE_URI,
+                "Environment": {
+                    "FASTUNER_BASE_MODEL": "HuggingFaceTB/SmolLM2-135M",
+                    "FASTUNER_ADAPTER_PREFIX": f"s3://{BUCKET}/{TENANT}/adapters",
+                },
+            },
             "StartupParameters": {
                 "ModelDataDownloadTimeoutInSeconds": STARTUP_HEALTH_CHECK_TIMEOUT_S,
                 "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_HEALTH_CHECK_TIMEOUT_S,
             },
             "ComputeResourceRequirements": {
-                "MinMemoryRequiredInMb": 8192, "NumberOfCpuCoresRequired": 2.0,
+                "MinMemoryRequiredInMb": 8192,
+                "NumberOfCpuCoresRequired": 2.0,
                 "NumberOfAcceleratorDevicesRequired": 1.0,
             },
         },
         "RuntimeConfig": {"CopyCount": 1},
         "Tags": tags,
-    }  # fmt: skip
+    }
     assert requests["adapter_components"][A1] == {
         "InferenceComponentName": IC1,
         "EndpointName": NAME,
@@ -230,10 +258,14 @@ def test_build_component_requests_are_exact_and_valid(backend: SageMakerComponen
 def test_base_model_artifacts_are_served_from_opt_ml_model(store: S3Store, stubs: Stubs) -> None:
     artifact = f"s3://{BUCKET}/models/smollm2-135m/model.tar.gz"
     backend = SageMakerComponents(
-        store, image_uri=IMAGE_URI, role_arn=ROLE_ARN, region=REGION, sagemaker_client=stubs.sagemaker,
+        store,
+        image_uri=IMAGE_URI,
+        role_arn=ROLE_ARN,
+        region=REGION,
+        sagemaker_client=stubs.sagemaker,
         runtime_client=stubs.runtime,
         components=ComponentSettings(base_model_artifacts={"HuggingFaceTB/SmolLM2-135M": artifact}),
-    )  # fmt: skip
+    )
     container = backend.build_component_requests(spec())["base_component"]["Specification"]["Container"]
     assert container["ArtifactUrl"] == artifact
     assert container["Environment"]["FASTUNER_BASE_MODEL"] == "/opt/ml/model"
@@ -263,9 +295,14 @@ def test_component_status_mapping() -> None:
 
 def test_the_factory_picks_the_mode(tmp_path: Path, store: S3Store) -> None:
     common: dict[str, Any] = {
-        "home": tmp_path, "store": "s3", "s3_bucket": BUCKET, "backend": "sagemaker", "aws_region": REGION,
-        "sagemaker_role_arn": ROLE_ARN, "inference_image_uri": IMAGE_URI,
-    }  # fmt: skip
+        "home": tmp_path,
+        "store": "s3",
+        "s3_bucket": BUCKET,
+        "backend": "sagemaker",
+        "aws_region": REGION,
+        "sagemaker_role_arn": ROLE_ARN,
+        "inference_image_uri": IMAGE_URI,
+    }
     endpoint = make_endpoint_backend(Settings(**common), store)
     assert not isinstance(endpoint, AdapterHosting)  # endpoint stays the default
     components = make_endpoint_backend(Settings(**common, sagemaker_deployment_mode="components"), store)
@@ -333,11 +370,8 @@ def test_a_failed_adapter_component_fails_the_deployment(
     state = create(backend, stubs)
     stubs.endpoint("InService")
     stubs.component(BASE_IC, "InService")
-    stubs.ok("describe_inference_component", {
-        "InferenceComponentName": IC1, "InferenceComponentArn": ic_arn(IC1), "EndpointName": NAME,
-        "EndpointArn": ENDPOINT_ARN, "InferenceComponentStatus": "Failed", "FailureReason": "bad adapter",
-        "CreationTime": T0, "LastModifiedTime": T0,
-    }, InferenceComponentName=IC1)  # fmt: skip
+    failed = component(IC1, "Failed", FailureReason="bad adapter")
+    stubs.ok("describe_inference_component", failed, InferenceComponentName=IC1)
     observed = backend.describe_endpoint(NAME, state)
     assert observed.status == DeploymentStatus.FAILED
     assert observed.failure_reason == f"adapter {A1}: bad adapter"
@@ -386,13 +420,12 @@ def test_invoke_targets_the_adapters_component(
     answer = json.dumps({"outputs": [{"text": "hi", "finish_reason": "stop"}]}).encode()
 
     def expect(component: str, adapter: str | None) -> None:
-        payload = {"inputs": ["x"], "adapter": adapter, "parameters": {}}
-        stubs.rt.add_response(
-            "invoke_endpoint",
-            {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
-            {"EndpointName": NAME, "InferenceComponentName": component, "ContentType": "application/json",
-             "Accept": "application/json", "Body": json.dumps(payload).encode()},
-        )  # fmt: skip
+        payload = json.dumps({"inputs": ["x"], "adapter": adapter, "parameters": {}}).encode()
+        body = StreamingBody(io.BytesIO(answer), len(answer))
+        response = {"Body": body, "ContentType": "application/json"}
+        request = {"EndpointName": NAME, "InferenceComponentName": component, "Body": payload}
+        request.update(ContentType="application/json", Accept="application/json")
+        stubs.rt.add_response("invoke_endpoint", response, request)
 
     expect(IC2, A2)
     assert (
@@ -408,13 +441,22 @@ def test_invoke_maps_a_container_error(
     backend: SageMakerComponents, stubs: Stubs, adapters: list[str]
 ) -> None:
     state = create(backend, stubs)
+    original = '{"code": "adapter_not_found", "message": "no adapter"}'
+    expected = {
+        "EndpointName": NAME,
+        "InferenceComponentName": IC1,
+        "ContentType": ANY,
+        "Accept": ANY,
+        "Body": ANY,
+    }
     stubs.rt.add_client_error(
-        "invoke_endpoint", "ModelError", "Received client error (404) from primary", 424,
-        modeled_fields={"OriginalStatusCode": 404,
-                        "OriginalMessage": '{"code": "adapter_not_found", "message": "no adapter"}'},
-        expected_params={"EndpointName": NAME, "InferenceComponentName": IC1, "ContentType": ANY, "Accept": ANY,
-                         "Body": ANY},
-    )  # fmt: skip
+        "invoke_endpoint",
+        "ModelError",
+        "Received client error (404) from primary",
+        424,
+        modeled_fields={"OriginalStatusCode": 404, "OriginalMessage": original},
+        expected_params=expected,
+    )
     from api.backends.endpoints import InvocationError
 
     with pytest.raises(InvocationError) as info:
@@ -439,11 +481,7 @@ def test_remove_adapter_deletes_only_its_component(
 def expect_teardown(stubs: Stubs, *, foreign: bool = True, drain: int = 0) -> None:
     """Adapters → base → endpoint → config, only managed-tagged extras, waiting for each stage."""
     listed = [BASE_IC, IC1, IC2, "their-component"] if foreign else [BASE_IC, IC1, IC2]
-    stubs.ok("list_inference_components", {"InferenceComponents": [
-        {"InferenceComponentName": n, "InferenceComponentArn": ic_arn(n), "EndpointName": NAME,
-         "EndpointArn": ENDPOINT_ARN, "VariantName": "AllTraffic", "InferenceComponentStatus": "InService",
-         "CreationTime": T0, "LastModifiedTime": T0} for n in listed
-    ]}, EndpointNameEquals=NAME)  # fmt: skip
+    stubs.ok("list_inference_components", listed_components(listed), EndpointNameEquals=NAME)
     if foreign:  # not in the state: deleted only when tagged managed (it is not)
         stubs.component("their-component", "InService")
         stubs.ok(
@@ -501,10 +539,13 @@ def db(tmp_path: Path) -> Database:
 
 def _row(db: Database, state: dict[str, Any], **kw: Any) -> None:
     values: dict[str, Any] = {
-        "id": DEPLOYMENT, "tenant_id": TENANT, "adapter_ids": [A1, A2], "base_model": "m", "backend": "sagemaker",
-        "endpoint_name": NAME, "instance_type": INSTANCE, "hourly_price_usd": 1.408, "status": "in_service",
-        "ttl_seconds": 600, "created_at": T0, "in_service_at": T0, "backend_state": state,
-    }  # fmt: skip
+        "id": DEPLOYMENT,
+        "tenant_id": TENANT,
+        "adapter_ids": [A1, A2],
+        "base_model": "m",
+    }
+    values.update(backend="sagemaker", endpoint_name=NAME, instance_type=INSTANCE, hourly_price_usd=1.408)
+    values.update(status="in_service", ttl_seconds=600, created_at=T0, in_service_at=T0, backend_state=state)
     values.update(kw)
     with db.session() as s:
         s.add(models.DeploymentRow(**values))
@@ -551,12 +592,7 @@ def test_janitor_sweeps_stray_adapter_components_only_when_managed(
     _row(db, state, adapter_ids=[A1], ttl_seconds=None)  # A2 was removed but its delete failed
     stubs.ok("list_endpoints", {"Endpoints": []})
     old = T0 - timedelta(hours=1)
-    stubs.ok("list_inference_components", {"InferenceComponents": [
-        {"InferenceComponentName": n, "InferenceComponentArn": ic_arn(n), "EndpointName": NAME,
-         "EndpointArn": ENDPOINT_ARN, "VariantName": "AllTraffic", "InferenceComponentStatus": "InService",
-         "CreationTime": old,
-         "LastModifiedTime": old} for n in (BASE_IC, IC1, IC2, "their-adapter")
-    ]})  # fmt: skip
+    stubs.ok("list_inference_components", listed_components([BASE_IC, IC1, IC2, "their-adapter"], old))
     stubs.ok("list_tags", {"Tags": MANAGED}, ResourceArn=ic_arn(BASE_IC))
     stubs.ok(
         "list_tags", {"Tags": [*MANAGED, {"Key": "fastuner:adapter", "Value": A1}]}, ResourceArn=ic_arn(IC1)

@@ -30,6 +30,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.middleware import UPLOAD_ROUTES
 from api.settings import Settings
+from tests.support.servers import free_port, stop, wait_until_healthy
 
 MB = 1024 * 1024
 TIMEOUT_S = 1.0  # the header and body timeouts of the server the slow-client tests use
@@ -52,12 +53,6 @@ class Server:
         return int(psutil.Process(self.pid).memory_info().rss)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _serve(home: Path, timeout: float) -> Iterator[Server]:
     """``fastuner server`` in a subprocess with these header and body timeouts."""
@@ -73,29 +68,15 @@ def _serve(home: Path, timeout: float) -> Iterator[Server]:
         "FASTUNER_RATE_LIMIT": "",  # not under test here
     }
     env.pop("FASTUNER_API_URL", None)
-    port = _free_port()
+    port = free_port()
+    cmd = [sys.executable, "-m", "cli.main", "server", "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "server", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "server did not start:\n" + log.read_text()
-            time.sleep(0.2)
+        wait_until_healthy(proc, f"http://127.0.0.1:{port}/healthz", log)
         yield Server(port, proc.pid, (home / "api_key").read_text().strip(), log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -358,8 +339,10 @@ def test_the_header_deadline_restarts_per_request_on_a_keep_alive_connection(str
 def test_a_client_trickling_its_body_is_cut_off(strict_server: Server, path: str, content_type: str) -> None:
     """JSON route: a byte every 0.1 s never idles for the timeout, but the whole body must arrive
     within it. Upload route: the client stalls for longer than the timeout between chunks."""
-    head = _head("POST", path, {"Authorization": f"Bearer {strict_server.key}", "Content-Type": content_type,
-                                "Content-Length": "100000"})  # fmt: skip
+    auth = f"Bearer {strict_server.key}"
+    head = _head(
+        "POST", path, {"Authorization": auth, "Content-Type": content_type, "Content-Length": "100000"}
+    )
     upload = path == "/v0/datasets"
     first = (
         b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jsonl"\r\n\r\n' if upload else b"{"
@@ -396,11 +379,10 @@ def _asgi_call(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-        "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {},
-    }  # fmt: skip
+    request = {"method": method, "path": path, "raw_path": path.encode(), "headers": headers}
+    connection = {"client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "scheme": "http"}
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", **request, **connection}
+    scope.update(root_path="", query_string=b"", state={})
     anyio.run(app, scope, receive, send)
     start = sent[0]
     return start["status"], dict(start["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
