@@ -106,8 +106,13 @@ def openai_error_body(
     return {"error": {"message": message, "type": openai_error_type(status), "param": param, "code": code}}
 
 
-def _openai(status: int, code: str | None, message: str, param: str | None = None,
-            headers: Mapping[str, str] | None = None) -> JSONResponse:  # fmt: skip
+def _openai(
+    status: int,
+    code: str | None,
+    message: str,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     status = openai_status(status)
     return JSONResponse(openai_error_body(status, code, message, param), status_code=status, headers=headers)
 

@@ -182,8 +182,9 @@ class RequestLimitsMiddleware:
         limit = self.max_upload_bytes if upload else self.max_json_bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await send_error(scope, send, PayloadTooLarge.status, PayloadTooLarge.code, _too_large(limit),
-                             close=True)  # fmt: skip
+            await send_error(
+                scope, send, PayloadTooLarge.status, PayloadTooLarge.code, _too_large(limit), close=True
+            )
             return
         whole_body_by = None if upload else time.monotonic() + self.body_timeout
         seen = 0

@@ -40,8 +40,9 @@ class Denied:
 
 
 class TenantRateLimiter:
-    def __init__(self, default: str, per_tenant: Mapping[str, str] | None = None,
-                 storage_uri: str = "memory://") -> None:  # fmt: skip
+    def __init__(
+        self, default: str, per_tenant: Mapping[str, str] | None = None, storage_uri: str = "memory://"
+    ) -> None:
         storage = storage_from_string(storage_uri)
         if not isinstance(storage, Storage):
             raise ValueError(f"rate limit storage {storage_uri!r} is asynchronous; use its synchronous form")

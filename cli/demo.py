@@ -220,8 +220,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         dataset_id = client.list_datasets(limit=1)[0][0].id
     run("datasets", "preview", dataset_id, "--limit", "2")
     hps = [x for k, v in recipe.items() if k != "max_steps" for x in ("--hp", f"{k}={v}")]
-    run("finetune", "start", "--dataset", dataset_id, "--model", model, "--max-steps", recipe["max_steps"],
-        *hps, "--wait")  # fmt: skip
+    start = ("finetune", "start", "--dataset", dataset_id, "--model", model)
+    run(*start, "--max-steps", recipe["max_steps"], *hps, "--wait")
     with connect(None) as client:
         job = client.list_jobs(limit=1)[0][0]
     if job.adapter_id is None:

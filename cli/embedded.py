@@ -13,8 +13,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+
+if TYPE_CHECKING:
+    from api.settings import Settings
 
 STARTUP_TIMEOUT_S = 60.0
 
@@ -22,8 +26,6 @@ STARTUP_TIMEOUT_S = 60.0
 @contextmanager
 def serve_in_thread() -> Iterator[str]:
     """Start the app from the environment's settings; yields its base URL; stops it on exit."""
-    from api.app import create_app
-    from api.server import uvicorn_options
     from api.settings import get_settings
 
     settings = get_settings()
@@ -31,24 +33,42 @@ def serve_in_thread() -> Iterator[str]:
         settings = settings.model_copy(update={"log_level": "WARNING"})
     if "FASTUNER_RATE_LIMIT" not in os.environ:  # one CLI command talking to itself on loopback
         settings = settings.model_copy(update={"rate_limit": ""})
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on",
-        **uvicorn_options(settings),
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="fastuner-embedded-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the embedded Fastuner API failed to start")
-        time.sleep(0.01)
+    started = start_in_thread(
+        settings, "127.0.0.1", 0, "fastuner-embedded-api", access_log=False, lifespan="on"
+    )
+    if started is None:
+        raise RuntimeError("the embedded Fastuner API failed to start")
+    thread, server = started
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def start_in_thread(
+    settings: Settings, host: str, port: int, name: str, **options: Any
+) -> tuple[threading.Thread, uvicorn.Server] | None:
+    """Serve the app made from ``settings`` on a daemon thread called ``name`` (``options`` go to
+    ``uvicorn.Config``); its thread and server once it has started, None when it did not within
+    ``STARTUP_TIMEOUT_S`` (port in use?)."""
+    from api.app import create_app
+    from api.server import uvicorn_options
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", **options, **uvicorn_options(settings)
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
+    return thread, server
 
 
 def local_api_key() -> str | None:

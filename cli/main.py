@@ -107,14 +107,25 @@ def server(host: str, port: int) -> None:
 
 
 def _register() -> None:
-    from cli.commands import adapters, admin, datasets, deployments, finetune, jobs, models, ui, worker
+    from cli.commands import (
+        adapters,
+        admin,
+        datasets,
+        deployments,
+        finetune,
+        inference,
+        jobs,
+        models,
+        ui,
+        worker,
+    )
 
     cli.add_command(datasets.datasets)
     cli.add_command(finetune.finetune)
     cli.add_command(adapters.adapters)
     cli.add_command(jobs.jobs)
     cli.add_command(deployments.deployments)
-    cli.add_command(deployments.inference)
+    cli.add_command(inference.inference)
     cli.add_command(deployments.janitor)
     cli.add_command(deployments.costs)
     cli.add_command(admin.admin)

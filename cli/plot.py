@@ -126,9 +126,13 @@ def plot_metrics(points: list[MetricPoint], path: Path, *, target_s: float | Non
                 a.axvspan(first, last, color=color, alpha=0.12, linewidth=0)
         pinned = [(s, v) for s, v in zip(steps, d.lam, strict=True) if first <= s <= last]
         axes[2].scatter(
-            [s for s, _ in pinned], [v for _, v in pinned], color=color, marker="^" if flag > 0 else "v",
-            zorder=3, label=None if flag in labelled else label,
-        )  # fmt: skip
+            [s for s, _ in pinned],
+            [v for _, v in pinned],
+            color=color,
+            marker="^" if flag > 0 else "v",
+            zorder=3,
+            label=None if flag in labelled else label,
+        )
         labelled.add(flag)
     axes[2].legend(loc="upper right", fontsize="small")
 

@@ -47,10 +47,18 @@ pass_state = click.make_pass_decorator(State)
 
 # (flag, State field, click.Option keywords)
 GLOBAL_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("--api-url", "api_url", {"envvar": "FASTUNER_API_URL", "help": "Fastuner API; default: serve in-process."}),
-    ("--api-key", "api_key", {"envvar": "FASTUNER_API_KEY", "help": "Bearer API key (when the API requires one)."}),
+    (
+        "--api-url",
+        "api_url",
+        {"envvar": "FASTUNER_API_URL", "help": "Fastuner API; default: serve in-process."},
+    ),
+    (
+        "--api-key",
+        "api_key",
+        {"envvar": "FASTUNER_API_KEY", "help": "Bearer API key (when the API requires one)."},
+    ),
     ("--json", "json", {"is_flag": True, "help": "Machine-readable JSON output."}),
-)  # fmt: skip
+)
 
 
 def root_options(f: F) -> F:

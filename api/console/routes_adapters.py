@@ -9,7 +9,16 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from api.console.web import CtxDep, PageError, PostSession, SessionDep, page_errors, render, see_other
+from api.console.web import (
+    CtxDep,
+    PageError,
+    PostSession,
+    SessionDep,
+    page_errors,
+    render,
+    render_list,
+    see_other,
+)
 from api.domain.deployments import DeploymentRequest
 
 router = APIRouter(prefix="/ui/adapters", include_in_schema=False)
@@ -31,9 +40,7 @@ def task_rows(eval_metrics: dict[str, Any]) -> tuple[dict[str, Any] | None, list
 
 @router.get("", response_class=HTMLResponse)
 def adapters_page(request: Request, ctx: CtxDep, session: SessionDep, cursor: str | None = None) -> Response:
-    with page_errors():
-        items, next_cursor = ctx.adapters.list_page(session.tenant, limit=50, cursor=cursor)
-    return render(request, "adapters.html", session, adapters=items, next_cursor=next_cursor)
+    return render_list(request, session, "adapters.html", "adapters", ctx.adapters.list_page, cursor)
 
 
 @router.get("/{adapter_id}", response_class=HTMLResponse)
@@ -46,9 +53,16 @@ def adapter_page(
     task, task_metrics = task_rows(ev)
     samples = raw if task and isinstance(raw := task.get("samples"), list) else []
     return render(
-        request, "adapter.html", session, adapter=adapter, ev=ev, task=task, task_metrics=task_metrics,
-        samples=samples[:4], error=error,
-    )  # fmt: skip
+        request,
+        "adapter.html",
+        session,
+        adapter=adapter,
+        ev=ev,
+        task=task,
+        task_metrics=task_metrics,
+        samples=samples[:4],
+        error=error,
+    )
 
 
 @router.get("/{adapter_id}/download")

@@ -21,9 +21,14 @@ HOME = "/ui/jobs"
 
 def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
     response.set_cookie(
-        name, value, max_age=max_age, path=COOKIE_PATH, httponly=True, samesite="strict",
+        name,
+        value,
+        max_age=max_age,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
         secure=request.url.scheme == "https",
-    )  # fmt: skip
+    )
 
 
 def _signed_in(request: Request, key_id: str, tenant: str) -> Response:

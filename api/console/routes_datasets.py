@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.console.web import CtxDep, SessionDep, page_errors, render
+from api.console.web import CtxDep, SessionDep, page_errors, render, render_list
 from api.domain.datasets import SPLIT_NAMES
 
 router = APIRouter(prefix="/ui/datasets", include_in_schema=False)
@@ -18,9 +18,7 @@ CELL_CHARS = 300
 
 @router.get("", response_class=HTMLResponse)
 def datasets_page(request: Request, ctx: CtxDep, session: SessionDep, cursor: str | None = None) -> Response:
-    with page_errors():
-        items, next_cursor = ctx.datasets.list_page(session.tenant, limit=50, cursor=cursor)
-    return render(request, "datasets.html", session, datasets=items, next_cursor=next_cursor)
+    return render_list(request, session, "datasets.html", "datasets", ctx.datasets.list_page, cursor)
 
 
 @router.get("/{dataset_id}", response_class=HTMLResponse)
@@ -45,6 +43,14 @@ async def dataset_page(
         {k for r in preview for k in r}, key=lambda k: (k not in ("input", "target", "label"), k)
     )
     return render(
-        request, "dataset.html", session, dataset=dataset, report=manifest.report, manifest=manifest,
-        preview=preview, columns=columns, split=split, splits=SPLIT_NAMES,
-    )  # fmt: skip
+        request,
+        "dataset.html",
+        session,
+        dataset=dataset,
+        report=manifest.report,
+        manifest=manifest,
+        preview=preview,
+        columns=columns,
+        split=split,
+        splits=SPLIT_NAMES,
+    )

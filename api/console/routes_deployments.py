@@ -78,9 +78,11 @@ async def try_it(
     result, error, status = None, None, 200
     try:
         req = InferenceRequest(
-            deployment_id=deployment_id, adapter_id=adapter_id or None, inputs=prompt,
+            deployment_id=deployment_id,
+            adapter_id=adapter_id or None,
+            inputs=prompt,
             parameters=GenerationParameters(max_new_tokens=max_new_tokens),
-        )  # fmt: skip
+        )
         result = await run_in_threadpool(ctx.deployments.infer, session.tenant, req)
     except ValidationError as exc:
         error, status = str(exc.errors()[0]["msg"]), 400
@@ -89,6 +91,13 @@ async def try_it(
             raise PageError(exc.status, exc.message) from exc
         error, status = f"{exc.code}: {exc.message}", exc.status
     return _deployment_page(
-        request, ctx, session.tenant, session, deployment_id, result=result, error=error, prompt=prompt,
+        request,
+        ctx,
+        session.tenant,
+        session,
+        deployment_id,
+        result=result,
+        error=error,
+        prompt=prompt,
         status=status,
-    )  # fmt: skip
+    )

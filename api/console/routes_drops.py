@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
 from api.console.web import CtxDep, SessionDep, render
@@ -17,8 +17,9 @@ router = APIRouter(prefix="/ui/drops", include_in_schema=False)
 RECENT = 100
 
 
-@dataclass(frozen=True)
-class DropView:
+class DropView(BaseModel):
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
     key: str
     status: str
     attempts: int
@@ -39,20 +40,17 @@ def recent_drops(db: Database, tenant: str, limit: int = RECENT) -> list[DropVie
             .order_by(DropObjectRow.id.desc())
             .limit(limit)
         )
-        return [_view(r) for r in rows]
-
-
-def _view(r: DropObjectRow) -> DropView:
-    return DropView(
-        key=r.key, status=r.status, attempts=r.attempts, dataset_id=r.dataset_id, job_id=r.job_id,
-        error=r.error, created_at=r.created_at, updated_at=r.updated_at, next_attempt_at=r.next_attempt_at,
-    )  # fmt: skip
+        return [DropView.model_validate(r) for r in rows]
 
 
 @router.get("", response_class=HTMLResponse)
 def drops_page(request: Request, ctx: CtxDep, session: SessionDep) -> Response:
     drops = recent_drops(ctx.db, session.tenant)
     return render(
-        request, "drops.html", session, drops=drops, prefix=f"drop/{session.tenant}/",
+        request,
+        "drops.html",
+        session,
+        drops=drops,
+        prefix=f"drop/{session.tenant}/",
         scanning=ctx.settings.drop_scan,
-    )  # fmt: skip
+    )

@@ -60,9 +60,16 @@ async def job_page(job_id: str, request: Request, ctx: CtxDep, session: SessionD
     except FastunerError as exc:  # the backend's logs may be unreachable; the page still renders
         logs, logs_error = [], exc.message
     return render(
-        request, "job.html", session, job=job, events=events[-100:], logs=logs, logs_error=logs_error,
-        progress=progress(job), cost=cost_so_far(job),
-    )  # fmt: skip
+        request,
+        "job.html",
+        session,
+        job=job,
+        events=events[-100:],
+        logs=logs,
+        logs_error=logs_error,
+        progress=progress(job),
+        cost=cost_so_far(job),
+    )
 
 
 @router.get("/{job_id}/stream")

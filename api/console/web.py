@@ -4,7 +4,7 @@ the security headers."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,6 +122,20 @@ def render(
     return templates.TemplateResponse(
         request, name, {"session": session, "csrf": csrf, **context}, status_code=status
     )
+
+
+Lister = Callable[..., tuple[list[Any], str | None]]
+PAGE_SIZE = 50  # rows of a list page
+
+
+def render_list(
+    request: Request, session: Session, name: str, rows: str, list_page: Lister, cursor: str | None
+) -> HTMLResponse:
+    """A list page: one page of ``list_page`` (a service's) as ``rows`` in template ``name``."""
+    with page_errors():
+        items, next_cursor = list_page(session.tenant, limit=PAGE_SIZE, cursor=cursor)
+    context: dict[str, Any] = {rows: items, "next_cursor": next_cursor}
+    return render(request, name, session, **context)
 
 
 def see_other(url: str) -> Response:

@@ -237,11 +237,21 @@ class ChatChoice(BaseModel):
     logprobs: None = None
 
 
-class ChatCompletion(BaseModel):
+class _Response(BaseModel):
+    """What every response and chunk carries besides its choices (each class narrows ``object``
+    and ``choices``; the field order is this one)."""
+
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
+    object: str
     created: int
     model: str
+    choices: list[Any]
+    usage: CompletionUsage | None = None
+    system_fingerprint: str | None = None
+
+
+class ChatCompletion(_Response):
+    object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
     usage: CompletionUsage
     system_fingerprint: str | None = Field(None, description="the deployment that served it")
@@ -259,14 +269,9 @@ class ChunkChoice(BaseModel):
     logprobs: None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(_Response):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChunkChoice]
-    usage: CompletionUsage | None = None
-    system_fingerprint: str | None = None
 
 
 class CompletionChoice(BaseModel):
@@ -276,16 +281,11 @@ class CompletionChoice(BaseModel):
     logprobs: None = None
 
 
-class Completion(BaseModel):
+class Completion(_Response):
     """A ``text_completion``: the whole response, or (streamed) one chunk of it."""
 
-    id: str
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionChoice]
-    usage: CompletionUsage | None = None
-    system_fingerprint: str | None = None
 
 
 def finish_reason(ours: str) -> FinishReason:

@@ -22,7 +22,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Response
 from sse_starlette.sse import EventSourceResponse
@@ -86,11 +86,21 @@ def _stream_error(exc: Exception) -> str:
 class _Call:
     """One request: the service, the target and the prompts, resolved before any byte is sent."""
 
-    def __init__(self, ctx: Ctx, tenant: str, model: str) -> None:
+    def __init__(self, ctx: Ctx, tenant: str, model: str, id_prefix: str) -> None:
         self.service = OpenAIChatService(ctx.deployments)
         self.tenant = tenant
         self.model = model
         self.created = int(time.time())
+        self.id = id_prefix + secrets.token_hex(12)
+
+    def head(self, deployment_id: str | None) -> dict[str, Any]:
+        """The fields the response (or every chunk of it) carries besides its choices."""
+        return {
+            "id": self.id,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": deployment_id,
+        }
 
     async def resolve(self) -> Target:
         return await run_in_threadpool(self.service.resolve, self.tenant, self.model)
@@ -107,8 +117,67 @@ class _Call:
             yield item
 
 
+class _Frames(Protocol):
+    """How one endpoint frames its stream: a piece of a choice's text, a choice's end, usage."""
+
+    def piece(self, index: int, text: str) -> str: ...
+
+    def last(self, index: int, reason: str) -> str: ...
+
+    def usage(self, gen: Generated) -> str: ...
+
+
+async def _events(
+    call: _Call, target: Target, prompts: list[Prompt], req: Any, frames: _Frames
+) -> AsyncIterator[str]:
+    """The text as generated (one prompt and one choice: piece by piece; else each choice's whole
+    text as one piece), each choice's last chunk, the usage chunk when asked for, ``[DONE]``. An
+    error once the stream is open ends it as an error event."""
+    try:
+        if len(prompts) == 1 and req.n == 1:  # token by token
+            async for item in call.stream(target, prompts[0], req):
+                if isinstance(item, str):
+                    yield frames.piece(0, item)
+                else:
+                    gen = item
+        else:  # several choices in one call
+            gen = await call.generate(target, prompts, req)
+            for i, c in enumerate(gen.choices):
+                if c.generated_text:
+                    yield frames.piece(i, c.generated_text)
+    except Exception as exc:
+        yield _stream_error(exc)
+        return
+    for i, c in enumerate(gen.choices):
+        yield frames.last(i, c.finish_reason)
+    if req.include_usage:
+        yield frames.usage(gen)
+    yield "[DONE]"
+
+
 def _sse(events: AsyncIterator[str]) -> EventSourceResponse:
     return EventSourceResponse(events, sep="\n", ping=PING_SECONDS)
+
+
+class _ChatFrames:
+    def __init__(self, call: _Call, target: Target) -> None:
+        self.head = call.head(target.deployment_id)
+
+    def chunk(self, choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> str:
+        chunk = ChatCompletionChunk(**self.head, choices=choices, usage=usage)
+        return chunk.model_dump_json(exclude_none=False)
+
+    def role(self, index: int) -> str:
+        return self.chunk([ChunkChoice(index=index, delta=ChunkDelta(role="assistant", content=""))])
+
+    def piece(self, index: int, text: str) -> str:
+        return self.chunk([ChunkChoice(index=index, delta=ChunkDelta(content=text))])
+
+    def last(self, index: int, reason: str) -> str:
+        return self.chunk([ChunkChoice(index=index, delta=ChunkDelta(), finish_reason=finish_reason(reason))])
+
+    def usage(self, gen: Generated) -> str:
+        return self.chunk([], usage=_usage(gen))
 
 
 @router.post(
@@ -121,57 +190,46 @@ async def chat_completions(
     req: ChatCompletionRequest, ctx: Ctx, tenant: Tenant, response: Response
 ) -> ChatCompletion | EventSourceResponse:
     """OpenAI's ``chat.completions.create``: ``model`` = an adapter id served by a deployment."""
-    call = _Call(ctx, tenant, req.model)
+    call = _Call(ctx, tenant, req.model, "chatcmpl-")
     conversation = req.conversation()
     req.parameters()  # refuse unsupported parameters before anything runs
     target = await call.resolve()
-    cid = "chatcmpl-" + secrets.token_hex(12)
     if not req.stream:
         gen = await call.generate(target, [conversation], req)
         response.headers[DEPLOYMENT_HEADER] = gen.deployment_id
-        choices = [
-            ChatChoice(index=i, message=AssistantMessage(content=c.generated_text),
-                       finish_reason=finish_reason(c.finish_reason))
-            for i, c in enumerate(gen.choices)
-        ]  # fmt: skip
-        return ChatCompletion(
-            id=cid, created=call.created, model=req.model, choices=choices, usage=_usage(gen),
-            system_fingerprint=gen.deployment_id,
-        )  # fmt: skip
-
-    def chunk(choices: list[ChunkChoice], **extra: Any) -> str:
-        return ChatCompletionChunk(
-            id=cid, created=call.created, model=req.model, choices=choices,
-            system_fingerprint=target.deployment_id, **extra,
-        ).model_dump_json(exclude_none=False)  # fmt: skip
+        choices = [_chat_choice(i, c.generated_text, c.finish_reason) for i, c in enumerate(gen.choices)]
+        return ChatCompletion(**call.head(gen.deployment_id), choices=choices, usage=_usage(gen))
+    frames = _ChatFrames(call, target)
 
     async def events() -> AsyncIterator[str]:
         for i in range(req.n):
-            yield chunk([ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))])
-        try:
-            if req.n == 1:  # token by token
-                async for item in call.stream(target, conversation, req):
-                    if isinstance(item, str):
-                        yield chunk([ChunkChoice(index=0, delta=ChunkDelta(content=item))])
-                    else:
-                        gen = item
-            else:  # n choices in one call: each choice's text as one delta
-                gen = await call.generate(target, [conversation], req)
-                for i, c in enumerate(gen.choices):
-                    if c.generated_text:
-                        yield chunk([ChunkChoice(index=i, delta=ChunkDelta(content=c.generated_text))])
-        except Exception as exc:
-            yield _stream_error(exc)
-            return
-        for i, c in enumerate(gen.choices):
-            yield chunk(
-                [ChunkChoice(index=i, delta=ChunkDelta(), finish_reason=finish_reason(c.finish_reason))]
-            )
-        if req.include_usage:
-            yield chunk([], usage=_usage(gen))
-        yield "[DONE]"
+            yield frames.role(i)
+        async for event in _events(call, target, [conversation], req, frames):
+            yield event
 
     return _sse(events())
+
+
+def _chat_choice(index: int, text: str, reason: str) -> ChatChoice:
+    message = AssistantMessage(content=text)
+    return ChatChoice(index=index, message=message, finish_reason=finish_reason(reason))
+
+
+class _CompletionFrames:
+    def __init__(self, call: _Call, target: Target) -> None:
+        self.head = call.head(target.deployment_id)
+
+    def chunk(self, choices: list[CompletionChoice], usage: CompletionUsage | None = None) -> str:
+        return Completion(**self.head, choices=choices, usage=usage).model_dump_json()
+
+    def piece(self, index: int, text: str) -> str:
+        return self.chunk([CompletionChoice(index=index, text=text, finish_reason=None)])
+
+    def last(self, index: int, reason: str) -> str:
+        return self.chunk([CompletionChoice(index=index, text="", finish_reason=finish_reason(reason))])
+
+    def usage(self, gen: Generated) -> str:
+        return self.chunk([], usage=_usage(gen))
 
 
 @router.post(
@@ -184,14 +242,13 @@ async def completions(
     req: CompletionRequest, ctx: Ctx, tenant: Tenant, response: Response
 ) -> Completion | EventSourceResponse:
     """OpenAI's ``completions.create``: ``prompt`` a string or a list of strings (``n`` choices each)."""
-    call = _Call(ctx, tenant, req.model)
+    call = _Call(ctx, tenant, req.model, "cmpl-")
     prompts: list[Prompt] = list(req.prompts())
     req.parameters()
     if len(prompts) * req.n > MAX_INPUTS:
-        raise BadRequest(f"{len(prompts)} prompts × n={req.n} is over {MAX_INPUTS} generations in one "
-                         "request", details={"param": "prompt"})  # fmt: skip
+        message = f"{len(prompts)} prompts × n={req.n} is over {MAX_INPUTS} generations in one request"
+        raise BadRequest(message, details={"param": "prompt"})
     target = await call.resolve()
-    cid = "cmpl-" + secrets.token_hex(12)
     if not req.stream:
         gen = await call.generate(target, prompts, req)
         response.headers[DEPLOYMENT_HEADER] = gen.deployment_id
@@ -199,37 +256,5 @@ async def completions(
             CompletionChoice(index=i, text=c.generated_text, finish_reason=finish_reason(c.finish_reason))
             for i, c in enumerate(gen.choices)
         ]
-        return Completion(
-            id=cid, created=call.created, model=req.model, choices=choices, usage=_usage(gen),
-            system_fingerprint=gen.deployment_id,
-        )  # fmt: skip
-
-    def chunk(choices: list[CompletionChoice], **extra: Any) -> str:
-        return Completion(
-            id=cid, created=call.created, model=req.model, choices=choices,
-            system_fingerprint=target.deployment_id, **extra,
-        ).model_dump_json()  # fmt: skip
-
-    async def events() -> AsyncIterator[str]:
-        try:
-            if len(prompts) == 1 and req.n == 1:  # token by token
-                async for item in call.stream(target, prompts[0], req):
-                    if isinstance(item, str):
-                        yield chunk([CompletionChoice(index=0, text=item, finish_reason=None)])
-                    else:
-                        gen = item
-            else:  # several choices in one call: each choice's text as one chunk
-                gen = await call.generate(target, prompts, req)
-                for i, c in enumerate(gen.choices):
-                    if c.generated_text:
-                        yield chunk([CompletionChoice(index=i, text=c.generated_text, finish_reason=None)])
-        except Exception as exc:
-            yield _stream_error(exc)
-            return
-        for i, c in enumerate(gen.choices):
-            yield chunk([CompletionChoice(index=i, text="", finish_reason=finish_reason(c.finish_reason))])
-        if req.include_usage:
-            yield chunk([], usage=_usage(gen))
-        yield "[DONE]"
-
-    return _sse(events())
+        return Completion(**call.head(gen.deployment_id), choices=choices, usage=_usage(gen))
+    return _sse(_events(call, target, prompts, req, _CompletionFrames(call, target)))

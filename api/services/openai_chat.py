@@ -27,6 +27,20 @@ class Target:
     adapter_id: str | None
     deployment_id: str | None
 
+    def request(
+        self, inputs: list[Prompt], params: GenerationParameters, *, stream: bool = False
+    ) -> InferenceRequest:
+        """The inference request for ``inputs`` here (an adapter's goes to whichever deployment
+        serves it now). Typed as a list of prompts: one conversation is wrapped so it is not read
+        as n prompts."""
+        return InferenceRequest(
+            adapter_id=self.adapter_id,
+            deployment_id=None if self.adapter_id else self.deployment_id,
+            inputs=inputs,
+            parameters=params,
+            stream=stream,
+        )
+
 
 @dataclass(frozen=True)
 class Generated:
@@ -64,6 +78,12 @@ class OpenAIChatService:
             f"The model `{model}` does not exist or you do not have access to it. "
             "Use one of your adapter ids (adp_…), see GET /v1/models."
         )
+
+    def _gone(self, tenant_id: str, model: str, target: Target) -> ModelNotFound | ModelNotDeployed:
+        """The error for a target torn down since :meth:`resolve` (what it would answer now)."""
+        if target.adapter_id is None:
+            return ModelNotFound(f"The model `{model}` is no longer served by a deployment of yours.")
+        return self._not_deployed(tenant_id, target.adapter_id)
 
     def _not_deployed(self, tenant_id: str, adapter_id: str) -> ModelNotDeployed:
         live, _ = self.deployments.list_page(tenant_id, limit=200, live_only=True)
@@ -105,11 +125,7 @@ class OpenAIChatService:
                     per_seed.append(outs)
                 choices = [per_seed[j][i] for i in range(len(prompts)) for j in range(n)]
         except Conflict:  # torn down since resolve(): the same answer resolve() would give now
-            if target.adapter_id is None:
-                raise ModelNotFound(
-                    f"The model `{model}` is no longer served by a deployment of yours."
-                ) from None
-            raise self._not_deployed(tenant_id, target.adapter_id) from None
+            raise self._gone(tenant_id, model, target) from None
         prompt_tokens = sum(choices[i * n].prompt_tokens for i in range(len(prompts)))
         return Generated(deployment_id, choices, prompt_tokens)
 
@@ -119,14 +135,7 @@ class OpenAIChatService:
         """One prompt, one choice, streamed: yields each new piece of text, then the
         :class:`Generated` (its text is the pieces joined). Errors raise as in :meth:`generate`
         (the route turns them into an error event: its stream is already open)."""
-        req = InferenceRequest(
-            adapter_id=target.adapter_id,
-            deployment_id=None if target.adapter_id else target.deployment_id,
-            inputs=[prompt],  # one prompt (a conversation is wrapped so it is not read as n prompts)
-            parameters=params,
-            stream=True,
-        )
-        stream = self.deployments.infer_stream(tenant_id, req)
+        stream = self.deployments.infer_stream(tenant_id, target.request([prompt], params, stream=True))
         try:
             for item in stream:
                 if isinstance(item, str):
@@ -135,25 +144,14 @@ class OpenAIChatService:
                     [output] = item.outputs
                     yield Generated(item.deployment_id, [output], output.prompt_tokens)
         except Conflict:  # torn down since resolve(): the same answer resolve() would give now
-            if target.adapter_id is None:
-                raise ModelNotFound(
-                    f"The model `{model}` is no longer served by a deployment of yours."
-                ) from None
-            raise self._not_deployed(tenant_id, target.adapter_id) from None
+            raise self._gone(tenant_id, model, target) from None
         finally:
             stream.close()
 
     def _call(
         self, tenant_id: str, target: Target, inputs: list[Prompt], params: GenerationParameters
     ) -> tuple[str, list[GenerationOutput]]:
-        # Typed as a list of prompts: one conversation is wrapped so it is not read as n prompts.
-        req = InferenceRequest(
-            adapter_id=target.adapter_id,
-            deployment_id=None if target.adapter_id else target.deployment_id,
-            inputs=inputs,
-            parameters=params,
-        )
-        resp = self.deployments.infer(tenant_id, req)
+        resp = self.deployments.infer(tenant_id, target.request(inputs, params))
         if len(resp.outputs) != len(inputs):  # it broke the container contract
             raise BackendError(f"the endpoint answered {len(resp.outputs)} outputs for {len(inputs)} inputs")
         return resp.deployment_id, resp.outputs

@@ -93,9 +93,10 @@ def revoke_key(state: object, key_id: str) -> None:
 @click.option("--max-concurrent-jobs", type=click.IntRange(min=0), default=None)
 @click.option("--max-endpoints", type=click.IntRange(min=0), default=None)
 @click.option(
-    "--allowed-instance-types", default=None,
+    "--allowed-instance-types",
+    default=None,
     help="comma-separated fnmatch patterns (ml.g5.*,ml.p4d.24xlarge); '' allows none",
-)  # fmt: skip
+)
 @click.pass_obj
 def set_quota(
     state: object,

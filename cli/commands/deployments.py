@@ -1,24 +1,14 @@
-"""``fastuner deployments``, ``inference``, ``janitor`` and ``costs``."""
+"""``fastuner deployments``, ``janitor`` and ``costs`` (``inference``: cli/commands/inference.py)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from api.domain.deployments import (
-    Deployment,
-    DeploymentRequest,
-    GenerationParameters,
-    InferenceRequest,
-    InferenceResponse,
-    parse_batch_line,
-)
+from api.domain.deployments import Deployment, DeploymentRequest
+from api.domain.enums import DeploymentStatus
 from cli.durations import Duration, format_duration
 from cli.output import console, kv_table, print_json, table
 from cli.state import State, pass_state
@@ -38,28 +28,36 @@ def deployments() -> None:
 @click.option("--wait/--no-wait", default=True, show_default=True, help="wait until it is in service")
 @click.option("--timeout", type=Duration(), default="30m", show_default=True)
 @pass_state
-def create(state: State, adapter_ids: tuple[str, ...], instance_type: str | None, instance_count: int, ttl: int,
-           max_lifetime: int | None, wait: bool, timeout: int) -> None:  # fmt: skip
+def create(
+    state: State,
+    adapter_ids: tuple[str, ...],
+    instance_type: str | None,
+    instance_count: int,
+    ttl: int,
+    max_lifetime: int | None,
+    wait: bool,
+    timeout: int,
+) -> None:
     """Deploy ADAPTER_IDS (same base model) on one endpoint."""
     client = state.client()
     req = DeploymentRequest(
-        adapter_ids=list(adapter_ids), instance_type=instance_type, instance_count=instance_count,
-        ttl_seconds=ttl, max_lifetime_seconds=max_lifetime,
-    )  # fmt: skip
+        adapter_ids=list(adapter_ids),
+        instance_type=instance_type,
+        instance_count=instance_count,
+        ttl_seconds=ttl,
+        max_lifetime_seconds=max_lifetime,
+    )
     dep = client.create_deployment(req)
     if wait:
         import time
 
         deadline = time.monotonic() + timeout
         with console.status(f"waiting for {dep.id} to be in service…", spinner="dots"):
-            while dep.status.value == "creating" and time.monotonic() < deadline:
+            while dep.status is DeploymentStatus.CREATING and time.monotonic() < deadline:
                 time.sleep(2)
                 dep = client.get_deployment(dep.id)
-    if state.json:
-        print_json(dep)
-    else:
-        print_deployment(dep)
-    if wait and dep.status.value != "in_service":
+    state.show(dep, print_deployment)
+    if wait and dep.status is not DeploymentStatus.IN_SERVICE:
         raise SystemExit(1)
 
 
@@ -84,11 +82,7 @@ def list_(state: State, show_all: bool, limit: int) -> None:
 @pass_state
 def get(state: State, deployment_id: str) -> None:
     """Show a deployment."""
-    dep = state.client().get_deployment(deployment_id)
-    if state.json:
-        print_json(dep)
-    else:
-        print_deployment(dep)
+    state.show(state.client().get_deployment(deployment_id), print_deployment)
 
 
 @deployments.command()
@@ -97,127 +91,7 @@ def get(state: State, deployment_id: str) -> None:
 def delete(state: State, deployment_id: str) -> None:
     """Tear a deployment down now."""
     dep = state.client().delete_deployment(deployment_id)
-    if state.json:
-        print_json(dep)
-    else:
-        console.print(f"[yellow]■[/] {dep.id} {dep.status.value}")
-
-
-def _params(
-    max_new_tokens: int, temperature: float, top_p: float, stop: tuple[str, ...]
-) -> GenerationParameters:
-    return GenerationParameters(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=list(stop)
-    )
-
-
-def _gen_options(f: Any) -> Any:
-    f = click.option("--stop", multiple=True, help="stop string (repeatable)")(f)
-    f = click.option("--top-p", type=float, default=1.0, show_default=True)(f)
-    f = click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")(f)
-    f = click.option("--max-new-tokens", type=int, default=64, show_default=True)(f)
-    f = click.option(
-        "--deployment", "deployment_id", help="deployment id (default: one serving the adapter)"
-    )(f)
-    return click.option("--adapter", "adapter_id", help="adapter id (adp_…)")(f)
-
-
-@click.group()
-def inference() -> None:
-    """Generate text with deployed adapters."""
-
-
-@inference.command()
-@click.option("--input", "text", required=True, help="the prompt")
-@click.option("--stream", is_flag=True, help="print the text as it is generated")
-@_gen_options
-@pass_state
-def run(state: State, text: str, stream: bool, adapter_id: str | None, deployment_id: str | None,
-        max_new_tokens: int, temperature: float, top_p: float, stop: tuple[str, ...]) -> None:  # fmt: skip
-    """Generate for one prompt."""
-    if not adapter_id and not deployment_id:
-        raise click.UsageError("give --adapter or --deployment")
-    req = InferenceRequest(
-        adapter_id=adapter_id, deployment_id=deployment_id, inputs=text,
-        parameters=_params(max_new_tokens, temperature, top_p, stop),
-    )  # fmt: skip
-    if stream:
-        _run_streamed(state, req)
-        return
-    resp = state.client().infer(req)
-    if state.json:
-        print_json(resp)
-        return
-    out = resp.outputs[0]
-    console.print(out.generated_text, markup=False, highlight=False)
-    _summary(resp)
-
-
-def _summary(resp: InferenceResponse) -> None:
-    out = resp.outputs[0]
-    console.print(
-        f"[dim]{resp.deployment_id} · {out.prompt_tokens}+{out.completion_tokens} tokens · "
-        f"{out.finish_reason} · {resp.latency_ms:.0f} ms[/]"
-    )
-
-
-def _run_streamed(state: State, req: InferenceRequest) -> None:
-    """Each piece printed (and flushed) as it arrives, then the summary line; with ``--json``
-    one JSON object a line as it arrives: ``{"token": …}`` lines, then ``{"response": {…}}``."""
-    final: InferenceResponse | None = None
-    for item in state.client().infer_stream(req):
-        if isinstance(item, InferenceResponse):
-            final = item
-        elif state.json:
-            click.echo(json.dumps({"token": item}))
-        else:
-            click.echo(item, nl=False)
-            sys.stdout.flush()
-    assert final is not None  # infer_stream ends with the response or raises
-    if state.json:
-        click.echo(json.dumps({"response": final.model_dump(mode="json")}))
-        return
-    click.echo()
-    _summary(final)
-
-
-@inference.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@_gen_options
-@pass_state
-def batch(state: State, file: Path, output: Path, adapter_id: str | None, deployment_id: str | None,
-          max_new_tokens: int, temperature: float, top_p: float, stop: tuple[str, ...]) -> None:  # fmt: skip
-    """Generate for every line of FILE (JSONL with "input" / "prompt" / "messages", or plain text)."""
-    if not adapter_id and not deployment_id:
-        raise click.UsageError("give --adapter or --deployment")
-    client = state.client()
-    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    params = _params(max_new_tokens, temperature, top_p, stop)
-    written = 0
-    with output.open("w", encoding="utf-8") as out, Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, disable=state.json,
-    ) as progress:  # fmt: skip
-        task = progress.add_task("generating", total=len(lines))
-        for number, line in enumerate(lines, 1):
-            inputs = _batch_input(line, number)
-            resp = client.infer(InferenceRequest(adapter_id=adapter_id, deployment_id=deployment_id,
-                                                 inputs=inputs, parameters=params))  # fmt: skip
-            out.write(json.dumps({"line": number, "input": inputs, **resp.outputs[0].model_dump()}) + "\n")
-            written += 1
-            progress.advance(task)
-    if state.json:
-        print_json({"written": written, "output": str(output)})
-    else:
-        console.print(f"[green]✓[/] {written} result(s) → {output}")
-
-
-def _batch_input(line: str, number: int) -> Any:
-    try:
-        return parse_batch_line(line)
-    except ValueError as exc:
-        raise click.UsageError(f"line {number}: {exc}") from exc
+    state.show(dep, lambda d: console.print(f"[yellow]■[/] {d.id} {d.status.value}"))
 
 
 @click.group()
@@ -242,11 +116,17 @@ def janitor_run(state: State, once: bool, dry_run: bool, interval: int) -> None:
         else:
             verb = "would delete" if dry_run else "deleted"
             rows = [
-                (a.deployment_id or "—", a.endpoint_name, a.reason,
-                 f"{a.hourly_price_usd:.3f}" if a.hourly_price_usd is not None else "?",
-                 "dry run" if dry_run else ("done" if a.done else f"error: {a.error}" if a.error else "skipped"))
+                (
+                    a.deployment_id or "—",
+                    a.endpoint_name,
+                    a.reason,
+                    f"{a.hourly_price_usd:.3f}" if a.hourly_price_usd is not None else "?",
+                    "dry run"
+                    if dry_run
+                    else ("done" if a.done else f"error: {a.error}" if a.error else "skipped"),
+                )
                 for a in report.actions
-            ]  # fmt: skip
+            ]
             if rows:
                 console.print(table(None, ["deployment", "endpoint", "reason", "$/h", "result"], rows))
             console.print(
@@ -277,7 +157,7 @@ def _price(d: Deployment) -> str:
 
 def _until(d: Deployment) -> str:
     if d.teardown_at is None:
-        return "—" if d.status.value not in ("creating", "in_service") else "never"
+        return "never" if d.status in (DeploymentStatus.CREATING, DeploymentStatus.IN_SERVICE) else "—"
     return format_duration((d.teardown_at - datetime.now(UTC)).total_seconds())
 
 

@@ -8,7 +8,6 @@ answers there, else one is started in this process and runs until Ctrl-C.
 from __future__ import annotations
 
 import threading
-import time
 import webbrowser
 from typing import TYPE_CHECKING
 
@@ -21,8 +20,6 @@ from cli.state import State, pass_state
 if TYPE_CHECKING:
     import uvicorn
 
-STARTUP_TIMEOUT_S = 60.0
-
 
 def _answers(base: str) -> bool:
     try:
@@ -32,24 +29,13 @@ def _answers(base: str) -> bool:
 
 
 def _serve(host: str, port: int) -> tuple[threading.Thread, uvicorn.Server]:
-    import uvicorn
-
-    from api.app import create_app
-    from api.server import uvicorn_options
     from api.settings import get_settings
+    from cli.embedded import start_in_thread
 
-    settings = get_settings()
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning",
-                            **uvicorn_options(settings))  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="fastuner-console", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise click.ClickException(f"the server failed to start on {host}:{port} (port in use?)")
-        time.sleep(0.05)
-    return thread, server
+    started = start_in_thread(get_settings(), host, port, "fastuner-console")
+    if started is None:
+        raise click.ClickException(f"the server failed to start on {host}:{port} (port in use?)")
+    return started
 
 
 def signin_url(base: str, api_key: str | None) -> str:
