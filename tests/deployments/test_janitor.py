@@ -15,6 +15,7 @@ from api.db.session import Database
 from api.domain.enums import DeploymentStatus
 from api.services.janitor import Janitor
 from api.settings import Settings
+from tests.support.threads import race
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -71,10 +72,20 @@ def settings(tmp_path: Path) -> Settings:
 
 def _deployment(db: Database, backend: FakeEndpoints, dep_id: str, **kw: Any) -> None:
     values: dict[str, Any] = {
-        "id": dep_id, "tenant_id": "t", "adapter_ids": ["adp_x"], "base_model": "m", "backend": "fake",
-        "endpoint_name": f"fastuner-{dep_id}", "instance_type": "ml.g5.xlarge", "hourly_price_usd": 1.408,
-        "status": "in_service", "ttl_seconds": 600, "created_at": T0, "in_service_at": T0, "backend_state": {"x": 1},
-    }  # fmt: skip
+        "id": dep_id,
+        "tenant_id": "t",
+        "adapter_ids": ["adp_x"],
+        "base_model": "m",
+        "backend": "fake",
+        "endpoint_name": f"fastuner-{dep_id}",
+        "instance_type": "ml.g5.xlarge",
+        "hourly_price_usd": 1.408,
+        "status": "in_service",
+        "ttl_seconds": 600,
+        "created_at": T0,
+        "in_service_at": T0,
+        "backend_state": {"x": 1},
+    }
     values.update(kw)
     with db.session() as s:
         s.add(models.DeploymentRow(**values))
@@ -174,18 +185,7 @@ def test_concurrent_janitors_delete_once(db: Database, settings: Settings) -> No
     for i in range(4):
         _deployment(db, backend, f"dep_{i}")
     janitors = [Janitor(db, backend, settings, clock=lambda: T0 + timedelta(hours=1)) for _ in range(3)]
-    reports: list[Any] = []
-    barrier = threading.Barrier(len(janitors))
-
-    def run(j: Janitor) -> None:
-        barrier.wait()
-        reports.append(j.run_once())
-
-    threads = [threading.Thread(target=run, args=(j,)) for j in janitors]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    reports = race([j.run_once for j in janitors])
     done = sorted(a.deployment_id for r in reports for a in r.actions if a.done)
     assert done == [f"dep_{i}" for i in range(4)]  # each claimed by exactly one janitor
     assert sorted(backend.deleted) == sorted(f"fastuner-dep_{i}" for i in range(4))

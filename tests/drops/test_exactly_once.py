@@ -26,9 +26,17 @@ from tests.drops.support import (
     set_job_quota,
     status_of,
 )
+from tests.support.threads import race
 
 SIDECAR = {"job": {"base_model": SMOL, "max_steps": 40}}
 WORKERS = 4
+
+
+Hook = Callable[[], None]
+
+
+def nothing() -> None:
+    return None
 
 
 class Crash(BaseException):
@@ -38,8 +46,7 @@ class Crash(BaseException):
 class Gated:
     """A FineTuneService whose ``start`` runs ``before`` and ``after`` hooks around the real one."""
 
-    def __init__(self, inner: Any, before: Callable[[], None] = lambda: None,
-                 after: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+    def __init__(self, inner: Any, before: Hook = nothing, after: Hook = nothing) -> None:
         self._inner, self._before, self._after = inner, before, after
 
     def start(self, *args: Any, **kwargs: Any) -> Any:
@@ -56,27 +63,6 @@ def _worker_with(world: World, **hooks: Callable[[], None]) -> Any:
     service = world.worker()
     service.handler.finetune = Gated(world.ctx.finetune, **hooks)
     return service
-
-
-def _race(calls: list[Callable[[], Outcome]]) -> list[Outcome]:
-    barrier = threading.Barrier(len(calls))
-    results: list[Outcome | BaseException] = [RuntimeError("not run")] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = calls[i]()
-        except BaseException as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    errors = [r for r in results if isinstance(r, BaseException)]
-    assert not errors, errors
-    return [r for r in results if isinstance(r, Outcome)]
 
 
 def test_duplicate_events_make_one_job(world: World) -> None:
@@ -100,7 +86,7 @@ def test_racing_workers_make_one_job(db_url: str, make_world: MakeWorld) -> None
     assert seen is not None
     workers = [world.worker() for _ in range(WORKERS)]
 
-    outcomes = _race([lambda w=w: w.handler.handle(DropRef(key, seen.etag)) for w in workers])
+    outcomes = race([lambda w=w: w.handler.handle(DropRef(key, seen.etag)) for w in workers])
 
     assert sorted(o.action for o in outcomes) == ["skipped"] * (WORKERS - 1) + ["started"]
     assert len(jobs(world.ctx)) == 1 and len(datasets(world.ctx)) == 1
@@ -116,21 +102,9 @@ def test_racing_scanners_and_sweeps_on_a_due_retry_make_one_job(db_url: str, mak
     world.clock.advance(61)
     workers = [world.worker() for _ in range(WORKERS)]
 
-    calls: list[Callable[[], list[Outcome]]] = [w.scan_once for w in workers[:2]] + [
-        w.sweep_once for w in workers[2:]
-    ]
-    barrier = threading.Barrier(len(calls))
-    results: list[list[Outcome]] = [[] for _ in calls]
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = calls[i]()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    calls: list[Callable[[], list[Outcome]]] = [w.scan_once for w in workers[:2]]
+    calls += [w.sweep_once for w in workers[2:]]
+    results = race(calls)
 
     actions = [o.action for r in results for o in r]
     assert actions.count("started") == 1 and set(actions) <= {"started", "skipped"}

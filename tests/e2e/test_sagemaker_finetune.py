@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scu.metrics_format import METRIC_DEFINITIONS, format_eval_line, format_train_line, parse_line
+from scu.metrics_format import METRIC_DEFINITIONS, format_eval_line, parse_line
 
 from api.services.finetune.reconciler import REGISTER_GRACE
 from api.services.finetune.service import job_name_for
@@ -34,6 +34,7 @@ from tests.e2e.sagemaker_support import (
     sagemaker_settings,
 )
 from tests.support.aws import aws_error, inject
+from tests.support.engine_lines import train_line as engine_train_line
 
 
 @pytest.fixture
@@ -49,13 +50,7 @@ def env(aws: None, tmp_path: Path) -> Iterator[SageMakerEnv]:
 
 
 def train_line(step: int, loss_bpt: float, *, unreachable: int = 0, lam: float = 1.02) -> str:
-    return format_train_line(
-        {
-            "step": step, "epoch": step / 40, "loss_bpt": loss_bpt, "data_bpt": loss_bpt - lam * 0.012,
-            "param_bpt": 0.012, "s": 0.0036, "s_hat": 0.0035, "target_s": 0.004, "band": 0.1, "lambda": lam,
-            "unreachable": unreachable, "lr": 2e-4, "tokens_per_s": 812.3, "eta_s": 41,
-        }
-    )  # fmt: skip
+    return engine_train_line(step, loss_bpt, unreachable=unreachable, lam=lam, steps_per_epoch=40)
 
 
 def parsed(line: str) -> dict[str, float]:
@@ -109,10 +104,9 @@ def channel(name: str, uri: str) -> dict[str, Any]:
 @pytest.mark.parametrize("spot", [False, True], ids=["on-demand", "spot"])
 def test_start_sends_exactly_the_training_job_request(env: SageMakerEnv, spot: bool) -> None:
     ds = env.upload_dataset()
-    resp = env.start(
-        ds["id"], epochs=2, lora_r=16, learning_rate=2e-4, spot=spot, max_runtime_seconds=7200,
-        hyperparameters={"log_every": 5, "train_on_inputs": True, "target_s": 0.02},
-    )  # fmt: skip
+    hyperparameters = {"log_every": 5, "train_on_inputs": True, "target_s": 0.02}
+    options = {"epochs": 2, "lora_r": 16, "learning_rate": 2e-4, "max_runtime_seconds": 7200}
+    resp = env.start(ds["id"], spot=spot, hyperparameters=hyperparameters, **options)
     assert resp.status_code == 201, resp.text
     job = resp.json()
     ft, name = job["id"], job_name_for(job["id"])
@@ -238,9 +232,14 @@ def test_running_job_streams_metrics_then_completes_with_an_adapter(env: SageMak
     assert {k: env.store.get_bytes(prefix + k) for k in ADAPTER_FILES} == ADAPTER_FILES
     assert [a["id"] for a in env.client.get("/v0/adapters").json()["items"]] == [adp]
 
-    assert env.reconcile() == {  # a finished job is left alone
-        "checked": 0, "transitions": [], "metrics_ingested": 0, "adapters_registered": [], "errors": [],
-    }  # fmt: skip
+    nothing = {
+        "checked": 0,
+        "transitions": [],
+        "metrics_ingested": 0,
+        "adapters_registered": [],
+        "errors": [],
+    }
+    assert env.reconcile() == nothing  # a finished job is left alone
     download = env.client.get(f"/v0/adapters/{adp}/download")
     assert download.status_code == 200 and download.headers["content-type"] == "application/gzip"
 
@@ -271,8 +270,11 @@ def test_an_unreachable_target_in_the_log_is_one_warning_event_per_episode(env: 
     assert env.reconcile()["metrics_ingested"] == 0
     warnings = [e for e in env.events(ft) if e["kind"] == "warning"]
     assert [w["data"]["step"] for w in warnings] == [20, 60]
-    assert warnings[1]["message"].endswith("λ pinned at its minimum 0.0001 (S stays below the target even "
-                                           "with almost no regularisation); lower target_s or lambda_min")  # fmt: skip
+    pinned_at_minimum = (
+        "λ pinned at its minimum 0.0001 (S stays below the target even with almost no regularisation); "
+        "lower target_s or lambda_min"
+    )
+    assert warnings[1]["message"].endswith(pinned_at_minimum)
 
 
 # A Completed job whose output cannot become an adapter, and the error the reconcile report shows.
@@ -351,10 +353,8 @@ def test_failed_job_surfaces_the_reason(env: SageMakerEnv) -> None:
     env.set_state(ft, "InProgress", "Training", training_start_time=datetime.now(UTC))
     env.reconcile()
     reason = "AlgorithmError: CUDA out of memory; lower batch_size or use qlora"
-    env.set_state(
-        ft, "Failed", "Failed", failure_reason=reason, training_end_time=datetime.now(UTC),
-        billable_time_in_seconds=95,
-    )  # fmt: skip
+    ended = {"training_end_time": datetime.now(UTC), "billable_time_in_seconds": 95}
+    env.set_state(ft, "Failed", "Failed", failure_reason=reason, **ended)
     assert env.reconcile()["transitions"] == [f"{ft}: running → failed"]
     job = env.job(ft)
     assert (job["status"], job["failure_reason"], job["billable_seconds"]) == ("failed", reason, 95)

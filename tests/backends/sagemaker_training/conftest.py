@@ -24,9 +24,9 @@ from tests.backends.sagemaker_training.support import (
     TENANT,
     put_log,
     split_key,
-    train_record,
 )
 from tests.support.calls import Calls
+from tests.support.engine_lines import train_record
 from tests.support.moto import REGION, aws_clients, mocked_bucket
 
 

@@ -12,6 +12,7 @@ from scu.metrics_format import format_train_line, parse_line
 from api.backends.sagemaker import LOG_GROUP
 from api.services.finetune.service import job_name_for
 from tests.support.archives import tar_gz
+from tests.support.engine_lines import train_record
 from tests.support.moto import ACCOUNT, REGION, moto_sagemaker
 
 BUCKET = "fastuner-test"
@@ -47,26 +48,6 @@ def set_state(status: str, secondary: str | None, **fields: Any) -> None:
 
 
 # -- logs -------------------------------------------------------------------------------------
-def train_record(step: int, loss_bpt: float, unreachable: int = 0) -> dict[str, float]:
-    """One record with every key of the engine's line (scu.metrics_format.TRAIN_KEYS)."""
-    return {
-        "step": step,
-        "epoch": step / 100,
-        "loss_bpt": loss_bpt,
-        "data_bpt": loss_bpt - 1.02 * 0.012,
-        "param_bpt": 0.012,
-        "s": 0.0036,
-        "s_hat": 0.0035,
-        "target_s": 0.004,
-        "band": 0.1,
-        "lambda": 1.02,
-        "unreachable": unreachable,
-        "lr": 2e-4,
-        "tokens_per_s": 812.3,
-        "eta_s": 41,
-    }
-
-
 def put_log(logs: Any, stream: str, lines: list[tuple[int, str]], *, create: bool = True) -> None:
     if create:
         logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)

@@ -8,8 +8,9 @@ import pytest
 from scu.metrics_format import format_train_line
 
 from api.backends.sagemaker import LOG_GROUP, LOG_REREAD_MS, SageMakerBackend
-from tests.backends.sagemaker_training.support import JOB_NAME, T0, expected_record, put_log, train_record
+from tests.backends.sagemaker_training.support import JOB_NAME, T0, expected_record, put_log
 from tests.support.aws import hook
+from tests.support.engine_lines import train_record
 
 
 @pytest.mark.parametrize("page_size", [10_000, 2])

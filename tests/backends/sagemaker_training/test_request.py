@@ -30,9 +30,9 @@ from tests.backends.sagemaker_training.support import (
     TENANT,
     moto_job,
     moto_jobs,
-    train_record,
 )
 from tests.support.calls import Calls
+from tests.support.engine_lines import train_record
 from tests.support.moto import REGION
 
 
@@ -113,7 +113,7 @@ def test_start_sends_exactly_the_training_job_request(
 def test_metric_definitions_read_the_engine_lines() -> None:
     """The regexes sent to SageMaker extract every key of the engine's own line format."""
     for unreachable in (0, 1, -1):
-        line = format_train_line(train_record(10, 3.33, unreachable))
+        line = format_train_line(train_record(10, 3.33, unreachable=unreachable))
         parsed = parse_line(line)
         assert parsed is not None and set(parsed) == set(TRAIN_KEYS)
         assert parsed["unreachable"] == unreachable
