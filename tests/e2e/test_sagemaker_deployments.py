@@ -6,7 +6,6 @@ endpoint left alone, concurrent janitors, a failed delete retried."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,8 +23,11 @@ from api.db import models
 from api.services.janitor import Janitor
 from api.settings import Settings
 from tests.api.support import authorize
+from tests.support.aws import ANSWERED, aws_error, hook
+from tests.support.moto import ACCOUNT, REGION, moto_sagemaker
+from tests.support.threads import race
 
-REGION, ACCOUNT, BUCKET = "us-east-1", "123456789012", "fastuner-e2e"
+BUCKET = "fastuner-e2e"
 IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/fastuner-inference:1"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/fastuner-sagemaker"
 
@@ -35,11 +37,20 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     with mock_aws():
         boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
         settings = Settings(
-            home=tmp_path, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", log_json=False,
-            store="s3", s3_bucket=BUCKET, backend="sagemaker", aws_region=REGION, sagemaker_role_arn=ROLE,
-            training_image_uri=IMAGE.replace("inference", "training"), inference_image_uri=IMAGE,
-            default_inference_instance_type="ml.g4dn.xlarge", background_tasks=False, orphan_grace_seconds=600,
-        )  # fmt: skip
+            home=tmp_path,
+            database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+            log_json=False,
+            store="s3",
+            s3_bucket=BUCKET,
+            backend="sagemaker",
+            aws_region=REGION,
+            sagemaker_role_arn=ROLE,
+            training_image_uri=IMAGE.replace("inference", "training"),
+            inference_image_uri=IMAGE,
+            default_inference_instance_type="ml.g4dn.xlarge",
+            background_tasks=False,
+            orphan_grace_seconds=600,
+        )
         with authorize(TestClient(create_app(settings), raise_server_exceptions=False)) as c:
             yield c
 
@@ -49,23 +60,21 @@ def _ctx(client: TestClient) -> Any:
 
 
 def _adapter(client: TestClient, adapter_id: str, base: str = "HuggingFaceTB/SmolLM2-135M-Instruct") -> None:
-    ctx = _ctx(client)
-    with ctx.db.session() as s:
-        s.add(models.DatasetRow(id="ds_e2e" + adapter_id[-4:], tenant_id="default", name="d", format="chat",
-                                task_type="generation", status="ready", seed=1, ratios={}, row_counts={},
-                                content_sha256="0" * 64, manifest_uri="s3://x", source_bytes=1))  # fmt: skip
+    """An adapter row (and the dataset and completed job rows it comes from), as a fine-tune leaves it."""
+    ds_id, job_id = "ds_e2e" + adapter_id[-4:], "ft_" + adapter_id[4:]
+    owned = {"tenant_id": "default"}
+    dataset = {"name": "d", "format": "chat", "task_type": "generation", "status": "ready", "seed": 1}
+    dataset.update(ratios={}, row_counts={}, content_sha256="0" * 64, manifest_uri="s3://x", source_bytes=1)
+    job = {"dataset_id": ds_id, "base_model": base, "method": "lora", "hyperparameters": {}}
+    job.update(backend="sagemaker", instance_type="ml.g5.xlarge", status="completed")
+    adapter = {"job_id": job_id, "dataset_id": ds_id, "dataset_sha256": "0" * 64, "base_model": base}
+    adapter.update(uri=f"s3://{BUCKET}/default/adapters/{adapter_id}")
+    with _ctx(client).db.session() as s:
+        s.add(models.DatasetRow(id=ds_id, **owned, **dataset))
         s.flush()
-        s.add(models.FineTuneJobRow(id="ft_" + adapter_id[4:], tenant_id="default", dataset_id="ds_e2e" + adapter_id[-4:],
-                                    base_model=base, method="lora", hyperparameters={}, backend="sagemaker",
-                                    instance_type="ml.g5.xlarge", status="completed"))  # fmt: skip
+        s.add(models.FineTuneJobRow(id=job_id, **owned, **job))
         s.flush()
-        s.add(models.AdapterRow(id=adapter_id, tenant_id="default", job_id="ft_" + adapter_id[4:],
-                                dataset_id="ds_e2e" + adapter_id[-4:], dataset_sha256="0" * 64, base_model=base,
-                                uri=f"s3://{BUCKET}/default/adapters/{adapter_id}"))  # fmt: skip
-
-
-def _sagemaker() -> Any:
-    return get_backend("sagemaker")[ACCOUNT][REGION]
+        s.add(models.AdapterRow(id=adapter_id, **owned, **adapter))
 
 
 def _deploy(client: TestClient, adapters: list[str], **kw: Any) -> dict[str, Any]:
@@ -111,8 +120,13 @@ def test_create_serve_and_delete_on_sagemaker(client: TestClient) -> None:
     }
 
     runtime = get_backend("sagemaker-runtime")[ACCOUNT][REGION]
-    answer = {"outputs": [{"generated_text": "AMBER LOTUS", "prompt_tokens": 9, "completion_tokens": 4,
-                           "finish_reason": "stop"}], "adapter": "adp_bbbb00000002", "latency_ms": 12.0}  # fmt: skip
+    output = {
+        "generated_text": "AMBER LOTUS",
+        "prompt_tokens": 9,
+        "completion_tokens": 4,
+        "finish_reason": "stop",
+    }
+    answer = {"outputs": [output], "adapter": "adp_bbbb00000002", "latency_ms": 12.0}
     runtime.results_queue.append((json.dumps(answer), "application/json", "AllTraffic", ""))
     resp = client.post(
         "/v0/inference", json={"adapter_id": "adp_bbbb00000002", "inputs": "Shout this: amber lotus"}
@@ -124,7 +138,7 @@ def test_create_serve_and_delete_on_sagemaker(client: TestClient) -> None:
     assert costs["hourly_usd"] == pytest.approx(0.736)
 
     for text in ("AMBER", "OPAL"):
-        answer["outputs"][0]["generated_text"] = text  # type: ignore[index]
+        output["generated_text"] = text
         runtime.results_queue.append((json.dumps(answer), "application/json", "AllTraffic", ""))
     batch = client.post(
         "/v0/inference/batch",
@@ -143,7 +157,7 @@ def test_create_serve_and_delete_on_sagemaker(client: TestClient) -> None:
 
     gone = client.delete(f"/v0/deployments/{dep['id']}").json()
     assert gone["status"] == "deleted"
-    moto = _sagemaker()
+    moto = moto_sagemaker()
     assert name not in moto.endpoints and name not in moto.endpoint_configs and name not in moto._models
 
 
@@ -153,7 +167,7 @@ def test_mixed_base_models_and_unknown_adapters_are_refused(client: TestClient) 
     resp = client.post("/v0/deployments", json={"adapter_ids": ["adp_aaaa00000001", "adp_cccc00000003"]})
     assert resp.status_code == 400 and "one base model" in resp.json()["message"]
     assert client.post("/v0/deployments", json={"adapter_ids": ["adp_nope"]}).status_code == 404
-    assert _sagemaker().endpoints == {}
+    assert moto_sagemaker().endpoints == {}
 
 
 def test_janitor_rules_on_sagemaker(client: TestClient) -> None:
@@ -179,28 +193,27 @@ def test_janitor_rules_on_sagemaker(client: TestClient) -> None:
                 }
             ],
         )
-        sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)  # fmt: skip
+        sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
     later = datetime.now(UTC) + timedelta(minutes=61)
 
     report = _janitor(client, later).run_once(dry_run=True)
-    assert {a.endpoint_name for a in report.actions} == {idle["endpoint_name"], old["endpoint_name"],
-                                                         "fastuner-dep-orphan0000001"}  # fmt: skip
+    due = {idle["endpoint_name"], old["endpoint_name"], "fastuner-dep-orphan0000001"}
+    assert {a.endpoint_name for a in report.actions} == due
     assert report.hourly_savings_usd == pytest.approx(2 * 0.736)
-    assert len(_sagemaker().endpoints) == 5  # a dry run deletes nothing
+    assert len(moto_sagemaker().endpoints) == 5  # a dry run deletes nothing
 
     report = _janitor(client, later).run_once()
     assert all(a.done for a in report.actions), report
     reasons = {a.deployment_id: a.reason for a in report.actions}
     assert reasons[idle["id"]].startswith("idle") and reasons[old["id"]].startswith("max lifetime")
-    assert set(_sagemaker().endpoints) == {fresh["endpoint_name"], "their-endpoint"}
-    assert "their-endpoint" in _sagemaker()._models  # never touched
+    assert set(moto_sagemaker().endpoints) == {fresh["endpoint_name"], "their-endpoint"}
+    assert "their-endpoint" in moto_sagemaker()._models  # never touched
     assert client.get(f"/v0/deployments/{idle['id']}").json()["status"] == "deleted"
     assert client.get(f"/v0/deployments/{fresh['id']}").json()["status"] == "in_service"
 
 
-def _count_deletes(client: TestClient, *, fail_first: int = 0) -> tuple[list[str], Any]:
+def _count_deletes(client: TestClient, *, fail_first: int = 0) -> list[str]:
     """Record DeleteEndpoint calls; refuse the first ``fail_first`` (non-retryable for botocore)."""
-    sm_client = _ctx(client).endpoints.sagemaker
     deletes: list[str] = []
     left = {"n": fail_first}
 
@@ -208,72 +221,41 @@ def _count_deletes(client: TestClient, *, fail_first: int = 0) -> tuple[list[str
         name = json.loads(request.body)["EndpointName"]
         if left["n"]:
             left["n"] -= 1
-            request.url = "https://answered-by-test.invalid/"
             message = f"Cannot delete endpoint {name} in Updating status."
-            body = json.dumps({"__type": "ValidationException", "message": message}).encode()
-            return AWSResponse(request.url, 400, {"Content-Type": "application/x-amz-json-1.1"}, _Raw(body))
+            response = aws_error(400, "ValidationException", message)(request)
+            request.url = ANSWERED
+            return response
         deletes.append(name)
         return None
 
-    sm_client.meta.events.register_first("before-send.sagemaker.DeleteEndpoint", on_delete)
-    return deletes, lambda: sm_client.meta.events.unregister(
-        "before-send.sagemaker.DeleteEndpoint", on_delete
-    )
+    hook(_ctx(client).endpoints.sagemaker, "before-send.sagemaker.DeleteEndpoint", on_delete, first=True)
+    return deletes
 
 
 def test_a_failed_delete_is_retried_next_pass(client: TestClient) -> None:
     _adapter(client, "adp_aaaa00000001")
     deps = [_deploy(client, ["adp_aaaa00000001"], ttl_seconds=60) for _ in range(2)]
-    deletes, undo = _count_deletes(client, fail_first=1)
-    try:
-        later = datetime.now(UTC) + timedelta(hours=1)
-        first = _janitor(client, later).run_once()
-        assert sorted(bool(a.error) for a in first.actions) == [False, True]
-        statuses = sorted(client.get(f"/v0/deployments/{d['id']}").json()["status"] for d in deps)
-        assert statuses == ["deleted", "deleting"]  # not failed forever: retried next pass
-        retry = _janitor(client, later).run_once()
-        assert [a.done for a in retry.actions] == [True] and retry.actions[0].reason.startswith("idle")
-        assert all(client.get(f"/v0/deployments/{d['id']}").json()["status"] == "deleted" for d in deps)
-        assert sorted(deletes) == sorted(d["endpoint_name"] for d in deps)
-        assert _sagemaker().endpoints == {} and _sagemaker()._models == {}
-    finally:
-        undo()
+    deletes = _count_deletes(client, fail_first=1)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    first = _janitor(client, later).run_once()
+    assert sorted(bool(a.error) for a in first.actions) == [False, True]
+    statuses = sorted(client.get(f"/v0/deployments/{d['id']}").json()["status"] for d in deps)
+    assert statuses == ["deleted", "deleting"]  # not failed forever: retried next pass
+    retry = _janitor(client, later).run_once()
+    assert [a.done for a in retry.actions] == [True] and retry.actions[0].reason.startswith("idle")
+    assert all(client.get(f"/v0/deployments/{d['id']}").json()["status"] == "deleted" for d in deps)
+    assert sorted(deletes) == sorted(d["endpoint_name"] for d in deps)
+    assert moto_sagemaker().endpoints == {} and moto_sagemaker()._models == {}
 
 
 def test_concurrent_janitors_delete_each_endpoint_once(client: TestClient) -> None:
     _adapter(client, "adp_aaaa00000001")
     deps = [_deploy(client, ["adp_aaaa00000001"], ttl_seconds=60) for _ in range(3)]
-    deletes, undo = _count_deletes(client)
-    try:
-        later = datetime.now(UTC) + timedelta(hours=1)
-        janitors = [_janitor(client, later) for _ in range(3)]
-        barrier = threading.Barrier(3)
-        reports: list[Any] = []
-
-        def run(j: Janitor) -> None:
-            barrier.wait()
-            reports.append(j.run_once())
-
-        threads = [threading.Thread(target=run, args=(j,)) for j in janitors]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        done = sorted(a.deployment_id for r in reports for a in r.actions if a.done)
-        assert done == sorted(d["id"] for d in deps)  # each claimed by exactly one janitor
-        assert sorted(deletes) == sorted(d["endpoint_name"] for d in deps)
-        assert all(client.get(f"/v0/deployments/{d['id']}").json()["status"] == "deleted" for d in deps)
-        assert _sagemaker().endpoints == {}
-    finally:
-        undo()
-
-
-class _Raw:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self._data
-
-    def read(self, *_: Any) -> bytes:
-        return self._data
+    deletes = _count_deletes(client)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    reports = race([_janitor(client, later).run_once for _ in range(3)])
+    done = sorted(a.deployment_id for r in reports for a in r.actions if a.done)
+    assert done == sorted(d["id"] for d in deps)  # each claimed by exactly one janitor
+    assert sorted(deletes) == sorted(d["endpoint_name"] for d in deps)
+    assert all(client.get(f"/v0/deployments/{d['id']}").json()["status"] == "deleted" for d in deps)
+    assert moto_sagemaker().endpoints == {}
