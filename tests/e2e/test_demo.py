@@ -76,8 +76,8 @@ def test_demo_runs_the_whole_pipeline_on_the_tiny_model(
     get_settings.cache_clear()
     demo.main(["--model", demo.TINY, "--max-steps", "2", "--shown", "3"])
     out = capsys.readouterr().out
-    for command in ("datasets upload", "finetune start", "adapters get", "deployments create",
-                    "deployments delete"):  # fmt: skip
+    shown = ["datasets upload", "finetune start", "adapters get", "deployments create", "deployments delete"]
+    for command in shown:
         assert f"$ fastuner {command}" in out
     assert "models pull" not in out  # a local folder is never pulled
     (test_file,) = (home / "store").rglob("test.jsonl")

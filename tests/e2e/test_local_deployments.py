@@ -34,6 +34,10 @@ def _until(fetch: Any, done: Any, what: str) -> dict[str, Any]:
     raise AssertionError(f"timed out waiting for {what}: {obj}")
 
 
+def _finished(job: dict[str, Any]) -> bool:
+    return job["status"] in ("completed", "failed")
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
@@ -46,17 +50,17 @@ def test_two_adapters_one_server_then_janitor(tmp_path: Path, tiny_model: Path) 
     )
     with authorize(TestClient(create_app(settings))) as client:
         ds = upload(client, SAMPLE, name="upper").json()
-        jobs = [
-            client.post("/v0/finetune", json={
-                "dataset_id": ds["id"], "base_model": str(tiny_model), "max_steps": 4,
-                "hyperparameters": {"seed": seed, "learning_rate": 0.05, "scu": "off"},
-            }).json()
-            for seed in (1, 2)
-        ]  # fmt: skip
+        request = {"dataset_id": ds["id"], "base_model": str(tiny_model), "max_steps": 4}
+        jobs = []
+        for seed in (1, 2):
+            hyperparameters = {"seed": seed, "learning_rate": 0.05, "scu": "off"}
+            jobs.append(
+                client.post("/v0/finetune", json={**request, "hyperparameters": hyperparameters}).json()
+            )
         adapters = []
         for job in jobs:
-            done = _until(lambda j=job: client.get(f"/v0/finetune/{j['id']}").json(),
-                          lambda j: j["status"] in ("completed", "failed"), "fine-tune")  # fmt: skip
+            url = f"/v0/finetune/{job['id']}"
+            done = _until(lambda url=url: client.get(url).json(), _finished, "fine-tune")
             assert done["status"] == "completed", done
             adapters.append(done["adapter_id"])
 
@@ -64,36 +68,35 @@ def test_two_adapters_one_server_then_janitor(tmp_path: Path, tiny_model: Path) 
         assert resp.status_code == 201, resp.text
         dep = resp.json()
         assert dep["status"] == "creating" and dep["backend"] == "local"
-        dep = _until(lambda: client.get(f"/v0/deployments/{dep['id']}").json(),
-                     lambda d: d["status"] != "creating", "in service")  # fmt: skip
+        url = f"/v0/deployments/{dep['id']}"
+        dep = _until(lambda: client.get(url).json(), lambda d: d["status"] != "creating", "in service")
         assert dep["status"] == "in_service", dep
         assert dep["in_service_at"] and dep["teardown_at"]
 
         params = {"max_new_tokens": 8, "temperature": 0}
         texts = {}
         for adapter_id in [*adapters, adapters[0]]:
-            r = client.post("/v0/inference", json={"adapter_id": adapter_id, "inputs": "Shout this: amber lotus",
-                                                    "parameters": params})  # fmt: skip
+            prompt = {"inputs": "Shout this: amber lotus", "parameters": params}
+            r = client.post("/v0/inference", json={"adapter_id": adapter_id, **prompt})
             assert r.status_code == 200, r.text
             out = r.json()
             assert out["deployment_id"] == dep["id"] and out["outputs"][0]["completion_tokens"] > 0
             texts.setdefault(adapter_id, []).append(out["outputs"][0]["generated_text"])
         assert texts[adapters[0]][0] == texts[adapters[0]][1]  # greedy and stable across interleaving
         assert texts[adapters[0]][0] != texts[adapters[1]][0]  # two different adapters, one server
-        base = client.post("/v0/inference", json={"deployment_id": dep["id"], "inputs": "Shout this: amber lotus",
-                                                   "parameters": params})  # fmt: skip
-        assert base.status_code == 200
+        base_only = client.post("/v0/inference", json={"deployment_id": dep["id"], **prompt})
+        assert base_only.status_code == 200
 
         missing = client.post("/v0/inference", json={"adapter_id": "adp_doesnotexist", "inputs": "x"})
         assert missing.status_code == 404
-        bad = client.post("/v0/inference", json={"adapter_id": adapters[0], "inputs": "x",
-                                                 "parameters": {"max_new_tokens": 0}})  # fmt: skip
+        no_tokens = {"adapter_id": adapters[0], "inputs": "x", "parameters": {"max_new_tokens": 0}}
+        bad = client.post("/v0/inference", json=no_tokens)
         assert bad.status_code == 422 and bad.json()["code"] == "invalid_request"
 
         used = client.get(f"/v0/deployments/{dep['id']}").json()
         assert used["last_used_at"] is not None
-        port = int(json.loads((tmp_path / "home" / "work" / "endpoints" / used["endpoint_name"] /
-                               "launch.json").read_text())["port"])  # fmt: skip
+        launch = tmp_path / "home" / "work" / "endpoints" / used["endpoint_name"] / "launch.json"
+        port = int(json.loads(launch.read_text())["port"])
         assert _port_open(port)
         costs = client.get("/v0/costs").json()
         assert [d["id"] for d in costs["running"]] == [dep["id"]]
@@ -128,8 +131,8 @@ def test_two_adapters_one_server_then_janitor(tmp_path: Path, tiny_model: Path) 
     assert res.exit_code == 0 and dep2["id"] in res.output, res.output
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"input": "Shout this: opal"}\n"Shout this: prism"\n')
-    res = runner.invoke(cli, ["inference", "batch", str(prompts), "-o", str(tmp_path / "out.jsonl"),
-                              "--adapter", adapters[1], "--max-new-tokens", "4"], env=env)  # fmt: skip
+    batch = ["inference", "batch", str(prompts), "-o", str(tmp_path / "out.jsonl")]
+    res = runner.invoke(cli, [*batch, "--adapter", adapters[1], "--max-new-tokens", "4"], env=env)
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["line"] for r in rows] == [1, 2] and all("generated_text" in r for r in rows)

@@ -107,11 +107,8 @@ def test_train_survives_restart_and_registers_adapter(tmp_path: Path, tiny_model
 def test_cancel_a_running_job(tmp_path: Path, tiny_model: Path) -> None:
     with authorize(TestClient(create_app(_settings(tmp_path / "home")))) as client:
         ds = upload(client, SAMPLE, name="upper").json()
-        job = client.post(
-            "/v0/finetune",
-            json={"dataset_id": ds["id"], "base_model": str(tiny_model), "max_steps": 5000,
-                  "hyperparameters": {"log_every": 1}},
-        ).json()  # fmt: skip
+        request = {"dataset_id": ds["id"], "base_model": str(tiny_model), "max_steps": 5000}
+        job = client.post("/v0/finetune", json={**request, "hyperparameters": {"log_every": 1}}).json()
         _wait(client, job["id"], lambda j: j["status"] == "running")
         assert client.delete(f"/v0/datasets/{ds['id']}").status_code == 409  # in use
         resp = client.post(f"/v0/finetune/{job['id']}/cancel")
@@ -149,8 +146,8 @@ def test_cli_start_wait(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.Mo
     runner = CliRunner()
     res = runner.invoke(cli, ["--json", "datasets", "upload", str(SAMPLE), "--name", "upper"])
     ds = json.loads(res.stdout)["id"]
-    res = runner.invoke(cli, ["--json", "finetune", "start", "--dataset", ds, "--model", str(tiny_model),
-                              "--max-steps", "6", "--hp", "log_every=2", "--wait"])  # fmt: skip
+    start = ["--json", "finetune", "start", "--dataset", ds, "--model", str(tiny_model)]
+    res = runner.invoke(cli, [*start, "--max-steps", "6", "--hp", "log_every=2", "--wait"])
     assert res.exit_code == 0, res.output
     job = json.loads(res.stdout)
     assert job["status"] == "completed" and job["adapter_id"]

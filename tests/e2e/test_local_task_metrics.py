@@ -48,11 +48,8 @@ def test_task_metrics_reach_the_adapter_and_the_cli(
     ds = json.loads(res.stdout)
     n_test = ds["row_counts"]["test"]
     assert n_test > 0
-    res = runner.invoke(
-        cli,
-        ["finetune", "start", "--dataset", ds["id"], "--model", str(tiny_model), "--max-steps", "6",
-         "--hp", "log_every=2", "--hp", "task_eval_rows=16", "--wait"],
-    )  # fmt: skip
+    start = ["finetune", "start", "--dataset", ds["id"], "--model", str(tiny_model), "--max-steps", "6"]
+    res = runner.invoke(cli, [*start, "--hp", "log_every=2", "--hp", "task_eval_rows=16", "--wait"])
     assert res.exit_code == 0, res.output
     last = [ln for ln in res.output.splitlines() if ln.strip()][-1]
     rows = min(16, n_test)

@@ -56,11 +56,11 @@ def test_max_runtime_stops_the_job_after_a_checkpoint(
     monkeypatch.setattr(LocalBackend, "start_training", short)
     monkeypatch.setenv("FASTUNER_SCU_TEST_STEP_SLEEP", "0.2")  # a long run: it cannot finish in time
     ds = upload(client, SAMPLE, name="upper").json()
+    request = {"dataset_id": ds["id"], "base_model": str(tiny_model), "max_steps": 100_000}
+    hyperparameters = {"log_every": 1, "checkpoint_every": 1000}
     resp = client.post(
-        "/v0/finetune",
-        json={"dataset_id": ds["id"], "base_model": str(tiny_model), "max_steps": 100_000,
-              "max_runtime_seconds": 60, "hyperparameters": {"log_every": 1, "checkpoint_every": 1000}},
-    )  # fmt: skip
+        "/v0/finetune", json={**request, "max_runtime_seconds": 60, "hyperparameters": hyperparameters}
+    )
     assert resp.status_code == 201, resp.text
     job = wait(client, resp.json()["id"], lambda j: False)
     assert job["status"] == "failed", job
