@@ -108,7 +108,8 @@ def _sagemaker_training(settings: Settings, store: ObjectStore) -> ComputeBacken
 def _sagemaker_endpoints(settings: Settings, store: ObjectStore) -> EndpointBackend:
     options = _sagemaker_options(settings, store, settings.inference_image_uri, "INFERENCE")
     if settings.sagemaker_deployment_mode == "components":
-        from api.backends.sagemaker_components import ComponentSettings, SageMakerComponents
+        from api.backends.sagemaker_component_requests import ComponentSettings
+        from api.backends.sagemaker_components import SageMakerComponents
 
         components = ComponentSettings(
             memory_mb=settings.inference_component_memory_mb,

@@ -91,11 +91,9 @@ class LocalBackend:
             self.store.download_file(key, dest)
         for sub in ("model", "checkpoints", "output/data"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        cmd = [
-            self.python, "-m", "api.backends.local_runner", str(root),
-            "--max-runtime", str(spec.max_runtime_seconds), "--stop-grace", f"{self.stop_grace_s:g}", "--",
-            self.python, "-m", "scu.entry", "train",
-        ]  # fmt: skip
+        limits = ["--max-runtime", str(spec.max_runtime_seconds), "--stop-grace", f"{self.stop_grace_s:g}"]
+        runner = [self.python, "-m", "api.backends.local_runner", str(root), *limits]
+        cmd = [*runner, "--", self.python, "-m", "scu.entry", "train"]
         env = dict(os.environ, OPT_ML_ROOT=str(root), PYTHONUNBUFFERED="1")
         if self.models is not None and self.models.offline:  # no network: fail fast, never wait on the hub
             env.setdefault("HF_HUB_OFFLINE", "1")

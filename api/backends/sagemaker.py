@@ -26,68 +26,36 @@ Contract with the service:
 
 from __future__ import annotations
 
-import re
-import tarfile
 import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from scu.metrics_format import METRIC_DEFINITIONS, parse_line
+from scu.metrics_format import parse_line
 
+from api.backends.archives import safe_extract
 from api.backends.aws_errors import backend_error, error_code, error_message
 from api.backends.base import TrainingSpec, TrainingStatus
-from api.backends.hub_env import HF_TOKEN_SECRET_ENV
-from api.domain.enums import JobStatus
+from api.backends.sagemaker_base import MAX_ATTEMPTS as MAX_ATTEMPTS  # the retry budget tests count
+from api.backends.sagemaker_base import RETRY_CONFIG, SageMakerService
+from api.backends.sagemaker_training_request import training_request
+from api.backends.sagemaker_training_status import status_from_description
 from api.domain.errors import BackendError, Conflict
 from api.logging import get_logger
 from api.storage.s3 import S3Store
 
-if TYPE_CHECKING:
-    from mypy_boto3_sagemaker import SageMakerClient
-
 log = get_logger("backend.sagemaker")
-
-MAX_ATTEMPTS = 10
-RETRY_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS}, connect_timeout=10, read_timeout=60
-)
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 LOG_PAGE_SIZE = 10_000  # the most FilterLogEvents / GetLogEvents return per call
 LOG_REREAD_MS = 5 * 60 * 1000  # incremental metric reads look back this far for late events
 METRICS_CACHE_JOBS = 512  # jobs whose metric cursor this process keeps
-CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
-CHANNEL_CONTENT_TYPE = "application/jsonlines"
 MODEL_ARCHIVE = "model.tar.gz"
-
-_JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
-
-# SecondaryStatus while TrainingJobStatus is InProgress.
-PROVISIONING_SECONDARY = frozenset(
-    {
-        "Starting",
-        "Pending",
-        "LaunchingMLInstances",
-        "PreparingTrainingStack",
-        "Downloading",
-        "DownloadingTrainingImage",
-    }
-)
-RUNNING_SECONDARY = frozenset({"Training", "Uploading", "Restarting", "Interrupted", "Updating"})
-# SecondaryStatus of a job SageMaker stopped because it hit a StoppingCondition: a failure, not a cancel.
-LIMIT_SECONDARY: dict[str, str] = {
-    "MaxRuntimeExceeded": "the job exceeded its maximum runtime (StoppingCondition.MaxRuntimeInSeconds = {runtime})",
-    "MaxWaitTimeExceeded": "the spot job exceeded its maximum wait time (StoppingCondition.MaxWaitTimeInSeconds = {wait}); "
-    "spot capacity was not available long enough",
-}
 
 
 @dataclass
@@ -97,41 +65,17 @@ class _MetricsCursor:
     records: dict[int, dict[str, float]] = field(default_factory=dict)  # step > floor
 
 
-class SageMakerBackend:
+class SageMakerBackend(SageMakerService):
     """:class:`~api.backends.base.ComputeBackend` on Amazon SageMaker training jobs."""
 
     name = "sagemaker"
     model_access = "hub"  # the job downloads hub models itself (gated ones with the token secret)
 
-    def __init__(
-        self,
-        store: S3Store,
-        *,
-        image_uri: str,
-        role_arn: str,
-        region: str | None,
-        sagemaker_client: SageMakerClient | None = None,
-        logs_client: Any = None,
-        hf_token_secret: str | None = None,
-    ) -> None:
-        if not image_uri:
-            raise ValueError(
-                "the sagemaker backend needs the training image URI (FASTUNER_TRAINING_IMAGE_URI)"
-            )
-        if not role_arn:
-            raise ValueError("the sagemaker backend needs an execution role (FASTUNER_SAGEMAKER_ROLE_ARN)")
-        self.store = store
-        self.image_uri = image_uri
-        self.role_arn = role_arn
-        self.region = region
-        # The Secrets Manager secret (ARN/name) of the Hugging Face token: the job's Environment
-        # carries the name, the container reads the value (never the request, never the logs).
-        self.hf_token_secret = hf_token_secret
-        self.sagemaker: SageMakerClient = sagemaker_client or boto3.client(
-            "sagemaker", region_name=region, config=RETRY_CONFIG
-        )
+    def __init__(self, store: S3Store, *, logs_client: Any = None, **options: Any) -> None:
+        """``options``: those of :class:`~api.backends.sagemaker_base.SageMakerService`."""
+        super().__init__(store, **options)
         # No boto3 stubs for CloudWatch Logs in the dev extra; the calls used are few and plain.
-        self.logs: Any = logs_client or boto3.client("logs", region_name=region, config=RETRY_CONFIG)
+        self.logs: Any = logs_client or boto3.client("logs", region_name=self.region, config=RETRY_CONFIG)
         self.log_page_size = LOG_PAGE_SIZE
         self._metrics: OrderedDict[str, _MetricsCursor] = OrderedDict()
         self._metrics_lock = threading.Lock()
@@ -139,67 +83,13 @@ class SageMakerBackend:
     # -- launch -------------------------------------------------------------------------------
     def build_request(self, spec: TrainingSpec) -> dict[str, Any]:
         """The exact ``CreateTrainingJob`` request for ``spec`` (validated, no I/O)."""
-        if not _JOB_NAME.match(spec.job_name):
-            raise ValueError(f"invalid SageMaker training job name: {spec.job_name!r}")
-        bad = {k: type(v).__name__ for k, v in spec.hyperparameters.items() if not isinstance(v, str)}
-        if bad:
-            raise ValueError(f"hyperparameters must be strings; got {bad}")
-        if not spec.channels:
-            raise ValueError("a training job needs at least one input channel")
-        if spec.instance_count < 1:
-            raise ValueError("instance_count must be >= 1")
-        stopping: dict[str, int] = {"MaxRuntimeInSeconds": spec.max_runtime_seconds}
-        if spec.spot:
-            wait = (
-                spec.max_wait_seconds if spec.max_wait_seconds is not None else 2 * spec.max_runtime_seconds
-            )
-            if wait < spec.max_runtime_seconds:
-                raise ValueError(
-                    f"max_wait_seconds ({wait}) must be >= max_runtime_seconds ({spec.max_runtime_seconds})"
-                )
-            stopping["MaxWaitTimeInSeconds"] = wait
-        request: dict[str, Any] = {
-            "TrainingJobName": spec.job_name,
-            "AlgorithmSpecification": {
-                "TrainingImage": self.image_uri,
-                "TrainingInputMode": "File",
-                "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS],
-            },
-            "RoleArn": self.role_arn,
-            "HyperParameters": dict(spec.hyperparameters),
-            "InputDataConfig": [
-                {
-                    "ChannelName": channel,
-                    "DataSource": {
-                        "S3DataSource": {
-                            "S3DataType": "S3Prefix",
-                            "S3Uri": self.store.uri(key),
-                            "S3DataDistributionType": "FullyReplicated",
-                        }
-                    },
-                    "ContentType": CHANNEL_CONTENT_TYPE,
-                    "CompressionType": "None",
-                    "InputMode": "File",
-                }
-                for channel, key in spec.channels.items()
-            ],
-            "OutputDataConfig": {"S3OutputPath": self.store.uri(spec.output_prefix.rstrip("/"))},
-            "ResourceConfig": {
-                "InstanceType": spec.instance_type,
-                "InstanceCount": spec.instance_count,
-                "VolumeSizeInGB": spec.volume_gb,
-            },
-            "StoppingCondition": stopping,
-            "EnableManagedSpotTraining": spec.spot,
-            "CheckpointConfig": {
-                "S3Uri": self.store.uri(spec.checkpoint_prefix.rstrip("/")),
-                "LocalPath": CHECKPOINT_LOCAL_PATH,
-            },
-            "Tags": [{"Key": k, "Value": v} for k, v in spec.tags.items()],
-        }
-        if self.hf_token_secret:
-            request["Environment"] = {HF_TOKEN_SECRET_ENV: self.hf_token_secret}
-        return request
+        return training_request(
+            spec,
+            store=self.store,
+            image_uri=self.image_uri,
+            role_arn=self.role_arn,
+            environment=self.token_environment(),
+        )
 
     def start_training(self, spec: TrainingSpec) -> dict[str, Any]:
         """Create the training job; idempotent for the same ``spec.job_name``.
@@ -443,87 +333,7 @@ class SageMakerBackend:
             raise BackendError(f"the model archive of {job_name} holds no adapter_config.json")
 
 
-# -- helpers ----------------------------------------------------------------------------------
-def status_from_description(desc: Mapping[str, Any]) -> TrainingStatus:
-    """Map a ``DescribeTrainingJob`` response onto our job status."""
-    primary = str(desc.get("TrainingJobStatus", ""))
-    secondary = desc.get("SecondaryStatus")
-    secondary = str(secondary) if secondary else None
-    failure: str | None = None
-    if primary == "InProgress":
-        if secondary in PROVISIONING_SECONDARY:
-            status = JobStatus.PROVISIONING
-        elif secondary in RUNNING_SECONDARY:
-            status = JobStatus.RUNNING
-        else:  # a secondary status we do not know yet: training has begun once a start time exists
-            status = JobStatus.RUNNING if desc.get("TrainingStartTime") else JobStatus.PROVISIONING
-    elif primary == "Stopping":
-        # SageMaker stopping a job at a StoppingCondition is not a user cancel: it ends as failed.
-        status = JobStatus.RUNNING if secondary in LIMIT_SECONDARY else JobStatus.CANCELLING
-    elif primary == "Stopped":
-        if secondary in LIMIT_SECONDARY:
-            status, failure = JobStatus.FAILED, _limit_reason(secondary, desc)
-        else:
-            status = JobStatus.CANCELLED
-    elif primary == "Failed":
-        status = JobStatus.FAILED
-        reason = desc.get("FailureReason")
-        if reason:
-            failure = str(reason)
-        elif secondary in LIMIT_SECONDARY:
-            failure = _limit_reason(secondary, desc)
-        else:
-            failure = "the SageMaker training job failed without a reason"
-    elif primary == "Completed":
-        status = JobStatus.COMPLETED
-    else:
-        raise BackendError(f"unknown SageMaker TrainingJobStatus {primary!r}")
-    billable = desc.get("BillableTimeInSeconds")
-    return TrainingStatus(
-        status=status,
-        secondary_status=secondary,
-        failure_reason=failure,
-        started_at=_as_datetime(desc.get("TrainingStartTime")),
-        ended_at=_as_datetime(desc.get("TrainingEndTime")),
-        billable_seconds=int(billable) if billable is not None else None,
-    )
-
-
-def _limit_reason(secondary: str, desc: Mapping[str, Any]) -> str:
-    cond = desc.get("StoppingCondition") or {}
-    runtime = cond.get("MaxRuntimeInSeconds", "?")
-    wait = cond.get("MaxWaitTimeInSeconds", "?")
-    return LIMIT_SECONDARY[secondary].format(runtime=f"{runtime} s", wait=f"{wait} s")
-
-
-def _as_datetime(value: Any) -> datetime | None:
-    return value if isinstance(value, datetime) else None
-
-
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Unpack a tar archive into ``dest``, refusing anything but plain files and folders inside it.
-
-    Every member is checked before anything is written (absolute names, ``..``, links, devices),
-    and ``tarfile``'s ``data`` filter checks again while extracting.
-    """
-    root = dest.resolve()
-    with tarfile.open(archive, "r:*") as tar:
-        members = tar.getmembers()
-        for member in members:
-            name = PurePosixPath(member.name)
-            if name.is_absolute() or ".." in name.parts or "\\" in member.name:
-                raise BackendError(f"unsafe path in model archive: {member.name!r}")
-            if not (member.isfile() or member.isdir()):
-                raise BackendError(f"model archive member {member.name!r} is not a plain file or folder")
-            target = (root / name).resolve()
-            if target != root and root not in target.parents:
-                raise BackendError(f"model archive member {member.name!r} escapes the destination")
-        try:
-            tar.extractall(root, members=members, filter="data")
-        except tarfile.FilterError as exc:
-            raise BackendError(f"unsafe model archive: {exc}") from exc
-
-
+# -- AWS helpers ------------------------------------------------------------------------------
 def _not_found(exc: ClientError) -> bool:
     code, message = error_code(exc), error_message(exc).lower()
     if code in ("ResourceNotFound", "ResourceNotFoundException"):

@@ -41,94 +41,40 @@ on an ``InService`` base):
 
 from __future__ import annotations
 
-import hashlib
 import io
-import re
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from api.backends.aws_errors import backend_error
 from api.backends.endpoints import MANAGED_TAG, EndpointSpec, EndpointStatus, ManagedComponent
-from api.backends.sagemaker_endpoints import (
-    _NAME,
-    STARTUP_HEALTH_CHECK_TIMEOUT_S,
-    VARIANT_NAME,
-    SageMakerEndpoints,
-    _not_found,
-    resource_tags,
-    status_from_description,
+from api.backends.sagemaker_component_requests import (
+    ADAPTER_TAG,
+    ComponentSettings,
+    adapter_component_name,
+    adapter_request,
+    base_component_name,
+    component_for,
+    component_requests,
+    component_status,
+    package_key,
 )
-from api.backends.sagemaker_instances import lookup
+from api.backends.sagemaker_endpoint_errors import not_found, status_from_description
+from api.backends.sagemaker_endpoints import SageMakerEndpoints
 from api.domain.enums import DeploymentStatus
 from api.domain.errors import BackendError
 from api.logging import get_logger
 from api.storage.s3 import S3Store
 
-if TYPE_CHECKING:
-    from mypy_boto3_sagemaker import SageMakerClient
-    from mypy_boto3_sagemaker_runtime import SageMakerRuntimeClient
-
 log = get_logger("backend.sagemaker_components")
 
 MODE = "components"
-ADAPTER_TAG = "fastuner:adapter"
-BASE_SUFFIX = "base"
-PACKAGE_NAME = "model.tar.gz"
-MODEL_DIR = "/opt/ml/model"  # where SageMaker unpacks a component's ArtifactUrl
-DEFAULT_MEMORY_MB = 8192
-DEFAULT_CPU_CORES = 2.0
-DEFAULT_DELETE_WAIT_S = 120.0
 DELETE_POLL_S = 5.0
-IC_CREATING = frozenset({"Creating", "Updating"})
-
-
-@dataclass(frozen=True)
-class ComponentSettings:
-    """What a component asks of its instance and where base models' artifacts are."""
-
-    memory_mb: int = DEFAULT_MEMORY_MB
-    cpu_cores: float = DEFAULT_CPU_CORES
-    base_model_artifacts: Mapping[str, str] | None = None  # hub id -> s3://…/model.tar.gz
-    delete_wait_s: float = DEFAULT_DELETE_WAIT_S
-
-
-def base_component_name(endpoint_name: str) -> str:
-    return f"{endpoint_name}-{BASE_SUFFIX}"
-
-
-def adapter_component_name(endpoint_name: str, adapter_id: str) -> str:
-    """``{endpoint}-{adapter}`` in SageMaker's name grammar; hashed when it would pass 63 chars."""
-    slug = re.sub(r"[^a-zA-Z0-9]+", "-", adapter_id).strip("-").lower() or "adapter"
-    name = f"{endpoint_name}-{slug}"
-    if len(name) <= 63:
-        return name
-    digest = hashlib.sha256(adapter_id.encode()).hexdigest()[:12]
-    return f"{endpoint_name[: 63 - len(digest) - 3]}-a-{digest}"
-
-
-def package_key(adapter_prefix: str, adapter_id: str) -> str:
-    """``{tenant}/adapter-packages/{adapter}/model.tar.gz`` next to ``{tenant}/adapters/``.
-
-    Kept out of the adapter folder so neither the adapter download nor the server's adapter fetch
-    carries a second copy of the weights.
-    """
-    tenant_root = adapter_prefix.rstrip("/").rsplit("/", 1)[0]
-    return f"{tenant_root}/adapter-packages/{adapter_id}/{PACKAGE_NAME}"
-
-
-def component_for(state: Mapping[str, Any], adapter_id: str | None) -> str:
-    """The component an invocation goes to: the adapter's, else the base component."""
-    adapters = state.get("adapter_components") or {}
-    if adapter_id and adapter_id in adapters:
-        return str(adapters[adapter_id])
-    return str(state["base_component"])
 
 
 class SageMakerComponents(SageMakerEndpoints):
@@ -140,25 +86,13 @@ class SageMakerComponents(SageMakerEndpoints):
         self,
         store: S3Store,
         *,
-        image_uri: str,
-        role_arn: str,
-        region: str | None,
         components: ComponentSettings | None = None,
-        sagemaker_client: SageMakerClient | None = None,
-        runtime_client: SageMakerRuntimeClient | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
-        hf_token_secret: str | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            store,
-            image_uri=image_uri,
-            role_arn=role_arn,
-            region=region,
-            sagemaker_client=sagemaker_client,
-            runtime_client=runtime_client,
-            hf_token_secret=hf_token_secret,
-        )
+        """``options``: those of :class:`~api.backends.sagemaker_endpoints.SageMakerEndpoints`."""
+        super().__init__(store, **options)
         self.components = components or ComponentSettings()
         self.sleep = sleep
         self.clock = clock
@@ -169,84 +103,16 @@ class SageMakerComponents(SageMakerEndpoints):
 
         ``{"endpoint_config", "endpoint", "base_component", "adapter_components": {adapter: request}}``.
         """
-        name = spec.endpoint_name
-        if not _NAME.match(name):
-            raise ValueError(f"invalid SageMaker endpoint name: {name!r}")
-        if spec.instance_count < 1:
-            raise ValueError("instance_count must be >= 1")
-        tags = _tag_list(resource_tags(spec))
-        base = base_component_name(name)
-        return {
-            "endpoint_config": {
-                "EndpointConfigName": name,
-                "ExecutionRoleArn": self.role_arn,
-                "ProductionVariants": [
-                    {
-                        "VariantName": VARIANT_NAME,
-                        "InstanceType": spec.instance_type,
-                        "InitialInstanceCount": spec.instance_count,
-                        "ManagedInstanceScaling": {
-                            "Status": "ENABLED",
-                            "MinInstanceCount": spec.instance_count,
-                            "MaxInstanceCount": spec.instance_count,
-                        },
-                        "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"},
-                    }
-                ],
-                "Tags": tags,
-            },
-            "endpoint": {"EndpointName": name, "EndpointConfigName": name, "Tags": tags},
-            "base_component": self._base_request(spec, base, tags),
-            "adapter_components": {a: self._adapter_request(spec, a) for a in spec.adapter_ids},
-        }
+        return component_requests(
+            spec,
+            store=self.store,
+            image_uri=self.image_uri,
+            role_arn=self.role_arn,
+            components=self.components,
+            token_environment=self.token_environment(),
+        )
 
-    def _base_request(self, spec: EndpointSpec, base: str, tags: list[dict[str, str]]) -> dict[str, Any]:
-        artifact = (self.components.base_model_artifacts or {}).get(spec.base_model)
-        environment = {
-            # With artifacts SageMaker unpacks them into /opt/ml/model and nothing comes from the hub.
-            "FASTUNER_BASE_MODEL": MODEL_DIR if artifact else spec.base_model,
-            "FASTUNER_ADAPTER_PREFIX": self.store.uri(spec.adapter_prefix.rstrip("/")),
-        }
-        if not artifact:  # pulled from the hub: a gated model needs the token (its secret's name here)
-            environment.update(self.token_environment())
-        container: dict[str, Any] = {"Image": self.image_uri, "Environment": environment}
-        if artifact:
-            container["ArtifactUrl"] = artifact
-        instance = lookup(spec.instance_type)
-        compute: dict[str, Any] = {
-            "MinMemoryRequiredInMb": self.components.memory_mb,
-            "NumberOfCpuCoresRequired": self.components.cpu_cores,
-        }
-        if instance is not None and instance.gpus > 0:
-            compute["NumberOfAcceleratorDevicesRequired"] = float(instance.gpus)
-        return {
-            "InferenceComponentName": base,
-            "EndpointName": spec.endpoint_name,
-            "VariantName": VARIANT_NAME,
-            "Specification": {
-                "Container": container,
-                "StartupParameters": {
-                    "ModelDataDownloadTimeoutInSeconds": STARTUP_HEALTH_CHECK_TIMEOUT_S,
-                    "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_HEALTH_CHECK_TIMEOUT_S,
-                },
-                "ComputeResourceRequirements": compute,
-            },
-            "RuntimeConfig": {"CopyCount": spec.instance_count},
-            "Tags": tags,
-        }
-
-    def _adapter_request(self, spec: EndpointSpec, adapter_id: str) -> dict[str, Any]:
-        tags = _tag_list({**resource_tags(spec), ADAPTER_TAG: adapter_id})
-        return {
-            "InferenceComponentName": adapter_component_name(spec.endpoint_name, adapter_id),
-            "EndpointName": spec.endpoint_name,
-            "Specification": {
-                "BaseInferenceComponentName": base_component_name(spec.endpoint_name),
-                "Container": {"ArtifactUrl": self.store.uri(package_key(spec.adapter_prefix, adapter_id))},
-            },
-            "Tags": tags,
-        }
-
+    # -- requests (no I/O) --------------------------------------------------------------------
     # -- adapter packages ---------------------------------------------------------------------
     def ensure_package(self, adapter_prefix: str, adapter_id: str) -> str:
         """Write the adapter folder as ``model.tar.gz`` (once); returns its store key."""
@@ -328,7 +194,7 @@ class SageMakerComponents(SageMakerEndpoints):
         """Package and create ``adapter_id``'s component (now if the base is in service, else in
         ``describe_endpoint``); the base is untouched. Returns the new state."""
         self.ensure_package(spec.adapter_prefix, adapter_id)
-        request = self._adapter_request(spec, adapter_id)
+        request = adapter_request(spec, adapter_id, self.store)
         name = str(request["InferenceComponentName"])
         base = self._describe_component(str(state["base_component"]))
         base_ready = base is not None and base.get("InferenceComponentStatus") == "InService"
@@ -420,7 +286,7 @@ class SageMakerComponents(SageMakerEndpoints):
             for page in pages:
                 names.extend(str(s["InferenceComponentName"]) for s in page.get("InferenceComponents", []))
         except ClientError as exc:
-            if _not_found(exc):
+            if not_found(exc):
                 return []
             raise backend_error(f"could not list the inference components of {endpoint_name}", exc) from exc
         except BotoCoreError as exc:
@@ -472,23 +338,3 @@ class SageMakerComponents(SageMakerEndpoints):
             lambda: self.sagemaker.describe_inference_component(InferenceComponentName=name),
             name,
         )
-
-
-def component_status(desc: Mapping[str, Any]) -> EndpointStatus:
-    """Map a ``DescribeInferenceComponent`` response onto our deployment status."""
-    status = str(desc.get("InferenceComponentStatus", ""))
-    if status in IC_CREATING:
-        return EndpointStatus(DeploymentStatus.CREATING)
-    if status == "InService":
-        return EndpointStatus(DeploymentStatus.IN_SERVICE)
-    if status == "Deleting":
-        return EndpointStatus(DeploymentStatus.DELETING)
-    if status == "Failed":
-        name = desc.get("InferenceComponentName", "")
-        reason = desc.get("FailureReason") or f"inference component {name} failed without a reason"
-        return EndpointStatus(DeploymentStatus.FAILED, failure_reason=str(reason))
-    raise BackendError(f"unknown InferenceComponentStatus {status!r}")
-
-
-def _tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
-    return [{"Key": k, "Value": v} for k, v in tags.items()]

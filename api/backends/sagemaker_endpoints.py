@@ -39,8 +39,7 @@ like the training backend.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -48,24 +47,39 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from api.backends.aws_errors import backend_error, error_code, error_message
+from api.backends.aws_errors import backend_error, error_code
 from api.backends.endpoints import (
     MANAGED_TAG,
     EndpointSpec,
     EndpointStatus,
-    InvocationError,
     ManagedEndpoint,
     parse_sse_events,
 )
-from api.backends.hub_env import HF_TOKEN_SECRET_ENV
-from api.backends.sagemaker import RETRY_CONFIG
+from api.backends.sagemaker_base import SageMakerService
+from api.backends.sagemaker_endpoint_errors import (
+    already_exists,
+    being_deleted,
+    busy,
+    invocation_error,
+    not_found,
+    status_from_description,
+)
+from api.backends.sagemaker_endpoint_requests import (
+    DEFAULT_MAX_ADAPTERS,
+    STARTUP_HEALTH_CHECK_TIMEOUT_S,
+    VARIANT_NAME,
+    check,
+    preload_value,
+    resource_tags,
+    tag_list,
+)
+from api.backends.sagemaker_endpoint_requests import ENV_VALUE_MAX as ENV_VALUE_MAX  # tests read the limit
 from api.domain.enums import DeploymentStatus
 from api.domain.errors import BackendError
 from api.logging import get_logger
 from api.storage.s3 import S3Store
 
 if TYPE_CHECKING:
-    from mypy_boto3_sagemaker import SageMakerClient
     from mypy_boto3_sagemaker_runtime import SageMakerRuntimeClient
 
 log = get_logger("backend.sagemaker_endpoints")
@@ -73,71 +87,30 @@ log = get_logger("backend.sagemaker_endpoints")
 # InvokeEndpoint: SageMaker gives the container 60 s; a retry of a timed-out generation is
 # unlikely to fare better, so fewer attempts than the control-plane calls.
 RUNTIME_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=10, read_timeout=70)
-VARIANT_NAME = "AllTraffic"
 CONTENT_TYPE = "application/json"
-TENANT_TAG = "fastuner:tenant"
-DEPLOYMENT_TAG = "fastuner:deployment"
-DEFAULT_MAX_ADAPTERS = 8  # the inference server's own default
-# Large base models download from the hub at start-up; SageMaker's default health-check wait is
-# shorter than that can take. (Allowed range 60..3600.)
-STARTUP_HEALTH_CHECK_TIMEOUT_S = 1800
-ENV_VALUE_MAX = 1024  # SageMaker's limit on one container environment value
-
-_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
-
-CREATING_STATUSES = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack"})
-FAILED_STATUSES = frozenset({"Failed", "OutOfService", "UpdateRollbackFailed"})
 
 
-class SageMakerEndpoints:
+class SageMakerEndpoints(SageMakerService):
     """:class:`~api.backends.endpoints.EndpointBackend` on SageMaker real-time endpoints."""
 
     name = "sagemaker"
+    role = "the sagemaker endpoint backend"
+    image_kind = "inference"
 
     def __init__(
-        self,
-        store: S3Store,
-        *,
-        image_uri: str,
-        role_arn: str,
-        region: str | None,
-        sagemaker_client: SageMakerClient | None = None,
-        runtime_client: SageMakerRuntimeClient | None = None,
-        hf_token_secret: str | None = None,
+        self, store: S3Store, *, runtime_client: SageMakerRuntimeClient | None = None, **options: Any
     ) -> None:
-        if not image_uri:
-            raise ValueError(
-                "the sagemaker endpoint backend needs the inference image URI (FASTUNER_INFERENCE_IMAGE_URI)"
-            )
-        if not role_arn:
-            raise ValueError(
-                "the sagemaker endpoint backend needs an execution role (FASTUNER_SAGEMAKER_ROLE_ARN)"
-            )
-        self.store = store
-        self.image_uri = image_uri
-        self.role_arn = role_arn
-        self.region = region
-        self.hf_token_secret = hf_token_secret  # the secret's name/ARN in Environment, never the token
-        self.sagemaker: SageMakerClient = sagemaker_client or boto3.client(
-            "sagemaker", region_name=region, config=RETRY_CONFIG
-        )
+        """``options``: those of :class:`~api.backends.sagemaker_base.SageMakerService`."""
+        super().__init__(store, **options)
         self.runtime: SageMakerRuntimeClient = runtime_client or boto3.client(
-            "sagemaker-runtime", region_name=region, config=RUNTIME_CONFIG
+            "sagemaker-runtime", region_name=self.region, config=RUNTIME_CONFIG
         )
-
-    def token_environment(self) -> dict[str, str]:
-        """The container variable naming the Hugging Face token's secret, when one is configured."""
-        return {HF_TOKEN_SECRET_ENV: self.hf_token_secret} if self.hf_token_secret else {}
 
     # -- requests (no I/O) --------------------------------------------------------------------
     def build_requests(self, spec: EndpointSpec) -> dict[str, dict[str, Any]]:
         """The exact ``CreateModel`` / ``CreateEndpointConfig`` / ``CreateEndpoint`` requests."""
-        name = spec.endpoint_name
-        if not _NAME.match(name):
-            raise ValueError(f"invalid SageMaker endpoint name: {name!r}")
-        if spec.instance_count < 1:
-            raise ValueError("instance_count must be >= 1")
-        tags = [{"Key": k, "Value": v} for k, v in resource_tags(spec).items()]
+        name = check(spec)
+        tags = tag_list(resource_tags(spec))
         environment = {
             "FASTUNER_BASE_MODEL": spec.base_model,
             "FASTUNER_ADAPTER_PREFIX": self.store.uri(spec.adapter_prefix.rstrip("/")),
@@ -207,7 +180,7 @@ class SageMakerEndpoints:
         try:
             response = call()
         except ClientError as exc:
-            if _already_exists(exc):
+            if already_exists(exc):
                 log.info("%s %s already exists; reusing it", what, name)
                 return None
             raise backend_error(f"could not create {what} {name}", exc) from exc
@@ -249,14 +222,14 @@ class SageMakerEndpoints:
         try:
             call()
         except ClientError as exc:
-            if _not_found(exc):
+            if not_found(exc):
                 log.info("%s %s is already gone", what, name)
                 return
-            if _being_deleted(exc):
+            if being_deleted(exc):
                 log.info("%s %s is already being deleted", what, name)
                 return
             error = backend_error(f"could not delete {what} {name}", exc)
-            if _busy(exc) and isinstance(error.details, dict):
+            if busy(exc) and isinstance(error.details, dict):
                 error.details["transient"] = True
             raise error from exc
         except BotoCoreError as exc:
@@ -375,7 +348,7 @@ class SageMakerEndpoints:
             for page in self.sagemaker.get_paginator("list_tags").paginate(ResourceArn=arn):
                 tags.update({t["Key"]: t["Value"] for t in page.get("Tags", [])})
         except ClientError as exc:
-            if _not_found(exc):
+            if not_found(exc):
                 return None
             if error_code(exc) in ("AccessDeniedException", "AccessDenied"):
                 log.debug("no access to the tags of %s; not ours", arn)
@@ -401,145 +374,8 @@ class SageMakerEndpoints:
         try:
             return dict(call())
         except ClientError as exc:
-            if _not_found(exc):
+            if not_found(exc):
                 return None
             raise backend_error(f"could not describe {what} {name}", exc) from exc
         except BotoCoreError as exc:
             raise backend_error(f"could not describe {what} {name}", exc) from exc
-
-
-# -- helpers ----------------------------------------------------------------------------------
-def resource_tags(spec: EndpointSpec) -> dict[str, str]:
-    """``spec.tags`` with the managed/tenant/deployment tags guaranteed."""
-    tags = dict(spec.tags)
-    tags.setdefault(TENANT_TAG, spec.tenant_id)
-    tags.setdefault(DEPLOYMENT_TAG, spec.deployment_id)
-    tags[MANAGED_TAG] = "true"
-    return tags
-
-
-def preload_value(adapter_ids: list[str]) -> str:
-    """Comma list of the adapters to preload, cut to SageMaker's 1024-character limit.
-
-    Preloading only warms the cache: an adapter left out is loaded on its first request.
-    """
-    kept: list[str] = []
-    length = 0
-    for adapter_id in adapter_ids:
-        extra = len(adapter_id) + (1 if kept else 0)
-        if length + extra > ENV_VALUE_MAX:
-            log.warning(
-                "preloading only %d of %d adapters (environment value limit)", len(kept), len(adapter_ids)
-            )
-            break
-        kept.append(adapter_id)
-        length += extra
-    return ",".join(kept)
-
-
-def status_from_description(desc: Mapping[str, Any]) -> EndpointStatus:
-    """Map a ``DescribeEndpoint`` response onto our deployment status."""
-    status = str(desc.get("EndpointStatus", ""))
-    if status in CREATING_STATUSES:
-        return EndpointStatus(DeploymentStatus.CREATING)
-    if status == "InService":
-        return EndpointStatus(DeploymentStatus.IN_SERVICE)
-    if status == "Deleting":
-        return EndpointStatus(DeploymentStatus.DELETING)
-    if status in FAILED_STATUSES:
-        reason = desc.get("FailureReason")
-        if not reason:
-            reason = (
-                "the endpoint is out of service"
-                if status == "OutOfService"
-                else f"the SageMaker endpoint is {status} without a reason"
-            )
-        return EndpointStatus(DeploymentStatus.FAILED, failure_reason=str(reason))
-    raise BackendError(f"unknown SageMaker EndpointStatus {status!r}")
-
-
-_ORIGINAL = re.compile(r"\((\d{3})\) from \S+ with message \"(.*)\"\. See ", re.DOTALL)
-
-
-def invocation_error(exc: ClientError) -> InvocationError | BackendError:
-    """Map a failed ``InvokeEndpoint`` onto InvocationError (the server's answer) or BackendError.
-
-    A container error comes back as ``ModelError`` (HTTP 424) carrying ``OriginalStatusCode`` and
-    ``OriginalMessage`` (the container's body, ``{"code", "message"}`` for our server); older
-    responses only have them inside ``Message`` ("Received client error (404) from primary with
-    message "…". See …").
-    """
-    code = error_code(exc)
-    message = error_message(exc)
-    if code == "ModelError":
-        raw_status = exc.response.get("OriginalStatusCode")
-        raw_body = exc.response.get("OriginalMessage")
-        match = _ORIGINAL.search(message)
-        if raw_status is None and match:
-            raw_status = match.group(1)
-        if raw_body is None and match:
-            raw_body = match.group(2)
-        if raw_status is None and "timed out" in message.lower():
-            # SageMaker gives the container 60 s to answer.
-            return InvocationError(504, "invocation_timeout", message)
-        try:
-            status = int(str(raw_status))
-        except ValueError:
-            status = 502
-        server_code, server_message = _server_error(raw_body)
-        return InvocationError(
-            status,
-            server_code or ("model_error" if status < 500 else "internal_error"),
-            server_message or str(raw_body or message),
-        )
-    if code == "ModelNotReadyException":
-        return InvocationError(503, "model_loading", message or "the model is not ready for inference yet")
-    if code in ("ValidationError", "ValidationException"):
-        if "not found" in message.lower() or "could not find" in message.lower():
-            return InvocationError(404, "endpoint_not_found", message)
-        return InvocationError(400, "invalid_request", message)
-    return backend_error("could not invoke the endpoint", exc)
-
-
-def _server_error(body: Any) -> tuple[str | None, str | None]:
-    """``(code, message)`` from the container's JSON error body, when it is one."""
-    if not isinstance(body, str | bytes) or not body:
-        return None, None
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return None, None
-    if not isinstance(parsed, dict):
-        return None, None
-    code, message = parsed.get("code"), parsed.get("message")
-    return (str(code) if code else None, str(message) if message else None)
-
-
-def _not_found(exc: ClientError) -> bool:
-    code, message = error_code(exc), error_message(exc).lower()
-    if code in ("ResourceNotFound", "ResourceNotFoundException"):
-        return True
-    return code in ("ValidationException", "ValidationError") and (
-        "could not find" in message or "not found" in message or "does not exist" in message
-    )
-
-
-def _already_exists(exc: ClientError) -> bool:
-    """SageMaker: ``ValidationException: Cannot create already existing model "arn:…"``."""
-    code, message = error_code(exc), error_message(exc).lower()
-    return code in ("ValidationException", "ResourceInUse") and (
-        "already existing" in message or "already exists" in message
-    )
-
-
-def _being_deleted(exc: ClientError) -> bool:
-    message = error_message(exc).lower()
-    return error_code(exc) == "ValidationException" and "deleting" in message and "status" in message
-
-
-def _busy(exc: ClientError) -> bool:
-    """A refusal because the resource is mid-operation (worth retrying on the next pass)."""
-    message = error_message(exc).lower()
-    return error_code(exc) == "ValidationException" and any(
-        word in message for word in ("in-progress", "in progress", "creating", "updating", "status")
-    )

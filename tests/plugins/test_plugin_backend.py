@@ -39,10 +39,9 @@ CATALOGUE = {
         InstanceType("k8s.a10g-4", 4.0, 4, 24.0, 125.0),
     )
 }
-CONFIG = {
-    "model_type": "llama", "vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "intermediate_size": 128, "tie_word_embeddings": True,
-}  # fmt: skip
+# A tiny Llama: preflight reads its size from this config.json.
+SIZES = {"vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+CONFIG = {"model_type": "llama", **SIZES, "intermediate_size": 128, "tie_word_embeddings": True}
 
 
 def k8s_capabilities(settings: Settings) -> Capabilities:
