@@ -1,7 +1,7 @@
 """The CLI's door to the SDK.
 
 The SDK itself is :mod:`fastuner_sdk` (httpx + pydantic + tenacity only); this module re-exports
-it so ``from cli.client import FastunerClient, ApiError`` keeps working, and adds ``connect``
+the two names the CLI uses (``from cli.client import FastunerClient, ApiError``) and adds ``connect``
 with the CLI's defaults: no API URL means serve the API in-process (embedded mode, asked for
 explicitly here), and a local key file is used when no key is given.
 """
@@ -12,21 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import fastuner_sdk
-from fastuner_sdk import (
-    DEFAULT_TIMEOUT,
-    ApiError,
-    AuthenticationError,
-    BadRequestError,
-    ConfigurationError,
-    ConflictError,
-    FastunerClient,
-    NotFoundError,
-    QuotaExceededError,
-    RateLimitError,
-    ServerError,
-    StatusUpdate,
-    UnprocessableError,
-)
+from fastuner_sdk import ApiError, FastunerClient
 
 
 def local_api_key() -> str | None:
@@ -51,20 +37,4 @@ def connect(api_url: str | None, api_key: str | None = None) -> Iterator[Fastune
             yield client
 
 
-__all__ = [
-    "DEFAULT_TIMEOUT",
-    "ApiError",
-    "AuthenticationError",
-    "BadRequestError",
-    "ConfigurationError",
-    "ConflictError",
-    "FastunerClient",
-    "NotFoundError",
-    "QuotaExceededError",
-    "RateLimitError",
-    "ServerError",
-    "StatusUpdate",
-    "UnprocessableError",
-    "connect",
-    "local_api_key",
-]
+__all__ = ["ApiError", "FastunerClient", "connect", "local_api_key"]

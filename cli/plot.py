@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from api.domain.finetune import MetricPoint
 from api.domain.metrics import loss_bpt, target_band, unreachable_flag
@@ -80,41 +81,56 @@ def plot_metrics(points: list[MetricPoint], path: Path, *, target_s: float | Non
     if not points:
         raise SystemExit("no metrics recorded yet")
     d = series(points)
-    steps = d.steps
-
     fig, axes = plt.subplots(3, 1, figsize=(8, 10), sharex=True)
-    ax = axes[0]
-    ax.plot(steps, d.loss_bpt, label="loss = DataBPT + λ·ParamBPT", color="tab:blue")
-    ax.plot(steps, d.data_bpt, label="DataBPT", color="tab:orange", alpha=0.85)
+    _plot_bits(axes[0], d)
+    _plot_s(axes[1], d, target_s)
+    _plot_lambda(axes[2], d)
+    _mark_unreachable(axes, d)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_bits(ax: Any, d: Series) -> None:
+    """Loss and DataBPT; ParamBPT (orders of magnitude below) on its own right axis."""
+    ax.plot(d.steps, d.loss_bpt, label="loss = DataBPT + λ·ParamBPT", color="tab:blue")
+    ax.plot(d.steps, d.data_bpt, label="DataBPT", color="tab:orange", alpha=0.85)
     ax.set_ylabel("bits per token")
-    # ParamBPT is orders of magnitude below DataBPT: its own axis keeps it readable.
     right = ax.twinx()
-    right.plot(steps, d.param_bpt, label="ParamBPT (right axis)", color="tab:purple", linestyle=":")
+    right.plot(d.steps, d.param_bpt, label="ParamBPT (right axis)", color="tab:purple", linestyle=":")
     right.set_ylabel("ParamBPT, bits per token")
     lines = ax.get_legend_handles_labels()
     more = right.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize="small")
 
-    ax = axes[1]
+
+def _plot_s(ax: Any, d: Series, target_s: float | None) -> None:
+    """S and Ŝ against the target band (or the given target when the records carry none)."""
     if d.has_band:
         ax.fill_between(
-            steps, d.band_low, d.band_high, color="tab:green", alpha=0.2, step="mid", label="target band"
+            d.steps, d.band_low, d.band_high, color="tab:green", alpha=0.2, step="mid", label="target band"
         )
-        ax.plot(steps, d.band_target, color="tab:green", linestyle="--", linewidth=1, label="target S*")
+        ax.plot(d.steps, d.band_target, color="tab:green", linestyle="--", linewidth=1, label="target S*")
     elif target_s is not None:
         ax.axhline(target_s, color="tab:green", linestyle="--", label=f"target S* = {target_s:g}")
-    ax.plot(steps, d.s, label="S", color="tab:gray", alpha=0.6)
+    ax.plot(d.steps, d.s, label="S", color="tab:gray", alpha=0.6)
     if any(math.isfinite(v) for v in d.s_hat):
-        ax.plot(steps, d.s_hat, label="Ŝ (controlled)", color="tab:blue")
+        ax.plot(d.steps, d.s_hat, label="Ŝ (controlled)", color="tab:blue")
     ax.set_ylabel("S = ParamBPT/(DataBPT+ParamBPT)")
     ax.legend(loc="upper right", fontsize="small")
 
-    ax = axes[2]
-    ax.plot(steps, d.lam, color="tab:green", label="λ")
+
+def _plot_lambda(ax: Any, d: Series) -> None:
+    ax.plot(d.steps, d.lam, color="tab:green", label="λ")
     ax.set_yscale("log")
     ax.set_ylabel("λ")
     ax.set_xlabel("optimizer step")
 
+
+def _mark_unreachable(axes: Any, d: Series) -> None:
+    """Shade the unreachable runs on every axis and mark λ pinned at its bound."""
     labelled: set[int] = set()
     for first, last, flag in d.unreachable:
         color = "tab:red" if flag > 0 else "tab:cyan"
@@ -124,20 +140,11 @@ def plot_metrics(points: list[MetricPoint], path: Path, *, target_s: float | Non
                 a.axvline(first, color=color, alpha=0.3)
             else:
                 a.axvspan(first, last, color=color, alpha=0.12, linewidth=0)
-        pinned = [(s, v) for s, v in zip(steps, d.lam, strict=True) if first <= s <= last]
+        pinned = [(s, v) for s, v in zip(d.steps, d.lam, strict=True) if first <= s <= last]
+        marker = "^" if flag > 0 else "v"
+        xs, ys = [s for s, _ in pinned], [v for _, v in pinned]
         axes[2].scatter(
-            [s for s, _ in pinned],
-            [v for _, v in pinned],
-            color=color,
-            marker="^" if flag > 0 else "v",
-            zorder=3,
-            label=None if flag in labelled else label,
+            xs, ys, color=color, marker=marker, zorder=3, label=None if flag in labelled else label
         )
         labelled.add(flag)
     axes[2].legend(loc="upper right", fontsize="small")
-
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

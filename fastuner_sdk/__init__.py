@@ -25,7 +25,8 @@ typed (:mod:`fastuner_sdk.errors`) and carry ``status``, ``code``, ``message`` a
 
 from __future__ import annotations
 
-from fastuner_sdk.client import DEFAULT_TIMEOUT, FastunerClient, StatusUpdate, connect
+from fastuner_sdk.client import DEFAULT_TIMEOUT, FastunerClient, StatusUpdate
+from fastuner_sdk.connection import connect
 from fastuner_sdk.errors import (
     ApiError,
     AuthenticationError,

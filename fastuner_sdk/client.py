@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import quote
@@ -31,7 +30,7 @@ from api.domain.finetune import Adapter, DryRun, FineTuneJob, FineTuneRequest, J
 from api.domain.tenants import TenantInfo
 from fastuner_sdk import _retry
 from fastuner_sdk._sse import ServerSentEvent, iter_sse
-from fastuner_sdk.errors import ConfigurationError, StreamError, api_error
+from fastuner_sdk.errors import StreamError, api_error
 
 T = TypeVar("T", bound=BaseModel)
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=600.0)
@@ -359,47 +358,7 @@ class FastunerClient:
         return self._model(JanitorReport, "POST", "/v0/janitor/run", params={"dry_run": dry_run})
 
 
-@contextmanager
-def connect(
-    api_url: str | None = None,
-    api_key: str | None = None,
-    *,
-    embedded: bool = False,
-    timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-    transport: httpx.BaseTransport | None = None,
-) -> Iterator[FastunerClient]:
-    """A client for the API at ``api_url`` (default ``$FASTUNER_API_URL``) with ``api_key``
-    (default ``$FASTUNER_API_KEY``).
-
-    ``embedded=True`` serves the API in-process on a loopback port instead (the CLI's default
-    when no URL is configured); it needs the full ``fastuner`` install and uses the local key
-    of ``$FASTUNER_HOME`` when no key is given. Without a URL and without ``embedded=True`` this
-    raises :class:`ConfigurationError` rather than guessing.
-    """
-    api_key = api_key or os.environ.get("FASTUNER_API_KEY") or None
-    with ExitStack() as stack:
-        if embedded:
-            if api_url:
-                raise ConfigurationError("embedded=True serves the API in-process: give no api_url")
-            from cli.embedded import local_api_key, serve_in_thread
-
-            api_url = stack.enter_context(serve_in_thread())
-            api_key = api_key or local_api_key()
-        else:
-            api_url = api_url or os.environ.get("FASTUNER_API_URL") or None
-            if not api_url:
-                raise ConfigurationError(
-                    "no Fastuner API URL: pass api_url=, set FASTUNER_API_URL, "
-                    "or connect(embedded=True) to serve the API in this process"
-                )
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        http = stack.enter_context(
-            httpx.Client(base_url=api_url, headers=headers, timeout=timeout, transport=transport)
-        )
-        yield FastunerClient(http)
-
-
-__all__ = ["DEFAULT_TIMEOUT", "FastunerClient", "StatusUpdate", "connect"]
+__all__ = ["DEFAULT_TIMEOUT", "FastunerClient", "StatusUpdate"]
 
 
 def _until_done(resp: httpx.Response) -> Iterator[ServerSentEvent]:
