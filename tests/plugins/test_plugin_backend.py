@@ -148,15 +148,11 @@ def model(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client(cluster: Cluster, tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(
-        home=tmp_path / "home",
-        backend=NAME,
-        log_json=False,
-        background_tasks=False,
-        model_roots=[tmp_path / "roots"],
-    )
-    with authorize(TestClient(create_app(settings), raise_server_exceptions=False)) as c:
+def client(cluster: Cluster, settings_factory: Any, tmp_path: Path) -> Iterator[TestClient]:
+    """The real app, configured with ``FASTUNER_BACKEND`` = the test backend's name."""
+    roots = [tmp_path / "roots"]
+    app = create_app(settings_factory(backend=NAME, background_tasks=False, model_roots=roots))
+    with authorize(TestClient(app, raise_server_exceptions=False)) as c:
         yield c
 
 
