@@ -138,7 +138,7 @@ class AdapterCache:
         from peft import PeftConfig, PeftType
 
         try:
-            peft_config = PeftConfig.from_pretrained(str(path))
+            peft_config: PeftConfig = PeftConfig.from_pretrained(str(path))
         except Exception as exc:
             self.source.invalidate(adapter_id)
             raise AdapterInvalid(f"adapter {adapter_id!r} has an unreadable config: {exc}") from exc
@@ -228,10 +228,11 @@ class AdapterCache:
         if active is not None and (known is None or known[0] != active):
             peft.set_adapter(active)
         if known is None or known[1] != enabled:
+            tuner: Any = peft.base_model  # the LoraModel
             if enabled:
-                peft.base_model.enable_adapter_layers()
+                tuner.enable_adapter_layers()
             else:
-                peft.base_model.disable_adapter_layers()
+                tuner.disable_adapter_layers()
         self._layers = (peft.active_adapter, enabled)
 
     def _forget_layers(self) -> None:

@@ -44,7 +44,8 @@ class Batch:
             **kwargs,
         )
         self.cache = getattr(out, name)
-        return out.logits[:, -1, :]
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits
 
     @torch.inference_mode()
     def prefill(self) -> torch.Tensor:

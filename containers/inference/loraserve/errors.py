@@ -6,7 +6,14 @@ Each error class declares its status and code as class keywords:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
+
+
+class ErrorFields(TypedDict):
+    """An error as ``log_event`` fields."""
+
+    code: str
+    error: str
 
 
 class ServeError(Exception):
@@ -29,9 +36,8 @@ class ServeError(Exception):
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
 
-    def log_fields(self) -> dict[str, str]:
-        """The error as ``log_event`` fields."""
-        return {"code": self.code, "error": self.message}
+    def log_fields(self) -> ErrorFields:
+        return ErrorFields(code=self.code, error=self.message)
 
 
 class BadRequest(ServeError, status=400, code="bad_request"):

@@ -277,7 +277,7 @@ class Scheduler:
             failed = engine.adapters.activate({a: p for a, p in paths.items() if p is not None})
             for seq in batch:
                 if seq.ticket.adapter in failed:
-                    seq.ticket.fail(failed[seq.ticket.adapter])  # type: ignore[index]
+                    seq.ticket.fail(failed[seq.ticket.adapter])
             now = self.clock()
             active = []
             for seq in batch:
