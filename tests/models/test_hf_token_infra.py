@@ -3,13 +3,10 @@ token's secret, only when one is given."""
 
 from __future__ import annotations
 
-import io
-import zipfile
-
 import boto3
 from moto import mock_aws
 
-from tests.infra.support import CODE_BUCKET, CODE_KEY, REGION, STACK, TEMPLATE
+from tests.infra.support import REGION, STACK, create_stack
 from tests.infra.test_cloudformation import load_template
 
 
@@ -28,32 +25,16 @@ def test_template_grants_get_secret_value_on_the_token_secret_to_the_execution_r
         "Resource": {"Ref": "HuggingFaceTokenSecretArn"},
     }
     # Nobody else gets it: the control plane only passes the ARN on.
-    others = [name for name, res in template["Resources"].items()
-              if "HuggingFaceTokenSecretArn" in str(res) and name != "HuggingFaceTokenPolicy"]  # fmt: skip
+    granting = [
+        name for name, res in template["Resources"].items() if "HuggingFaceTokenSecretArn" in str(res)
+    ]
+    others = [name for name in granting if name != "HuggingFaceTokenPolicy"]
     assert others == []
 
 
 def _deploy(token_arn: str | None) -> list[str]:
-    s3 = boto3.client("s3", region_name=REGION)
-    s3.create_bucket(Bucket=CODE_BUCKET)
-    package = io.BytesIO()
-    with zipfile.ZipFile(package, "w") as zf:
-        zf.writestr("api/lambda_janitor.py", "def handler(event, context):\n    return {}\n")
-    s3.put_object(Bucket=CODE_BUCKET, Key=CODE_KEY, Body=package.getvalue())
-    sm = boto3.client("secretsmanager", region_name=REGION)
-    db = sm.create_secret(Name="fastuner/database-url", SecretString="postgresql://x")["ARN"]
-    params = [
-        {"ParameterKey": "JanitorCodeBucket", "ParameterValue": CODE_BUCKET},
-        {"ParameterKey": "JanitorCodeKey", "ParameterValue": CODE_KEY},
-        {"ParameterKey": "DatabaseUrlSecretArn", "ParameterValue": db},
-    ]
-    if token_arn:
-        params.append({"ParameterKey": "HuggingFaceTokenSecretArn", "ParameterValue": token_arn})
+    create_stack("postgresql://x", **({"HuggingFaceTokenSecretArn": token_arn} if token_arn else {}))
     cf = boto3.client("cloudformation", region_name=REGION)
-    cf.create_stack(StackName=STACK, TemplateBody=TEMPLATE.read_text(), Capabilities=["CAPABILITY_IAM"],
-                    Parameters=params)  # fmt: skip
-    desc = cf.describe_stacks(StackName=STACK)["Stacks"][0]
-    assert desc["StackStatus"] == "CREATE_COMPLETE", desc.get("StackStatusReason")
     resources = cf.list_stack_resources(StackName=STACK)["StackResourceSummaries"]
     return sorted(r["LogicalResourceId"] for r in resources)
 

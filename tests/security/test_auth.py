@@ -121,14 +121,12 @@ def test_admin_cli_manages_keys_and_quotas(runner: CliRunner) -> None:
     res = runner.invoke(cli, ["admin", "list-keys", "--tenant", "acme"])
     assert res.exit_code == 0 and key_id in res.output and secret not in res.output
 
-    res = runner.invoke(
-        cli, ["--json", "admin", "set-quota", "acme", "--max-concurrent-jobs", "1",
-              "--allowed-instance-types", "ml.g5.*,ml.g6.xlarge"],
-    )  # fmt: skip
+    set_quota = ["--json", "admin", "set-quota", "acme", "--max-concurrent-jobs", "1"]
+    res = runner.invoke(cli, [*set_quota, "--allowed-instance-types", "ml.g5.*,ml.g6.xlarge"])
     assert res.exit_code == 0, res.output
     quotas = json.loads(res.stdout)["quotas"]
-    assert quotas == {"max_concurrent_jobs": 1, "max_endpoints": 4,
-                      "allowed_instance_types": ["ml.g5.*", "ml.g6.xlarge"]}  # fmt: skip
+    allowed = ["ml.g5.*", "ml.g6.xlarge"]
+    assert quotas == {"max_concurrent_jobs": 1, "max_endpoints": 4, "allowed_instance_types": allowed}
     res = runner.invoke(cli, ["admin", "show-tenant", "acme"])
     assert res.exit_code == 0 and "0 / 1" in res.output and "ml.g5.*" in res.output
     res = runner.invoke(cli, ["admin", "set-quota", "nobody", "--max-endpoints", "1"])

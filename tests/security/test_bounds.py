@@ -30,9 +30,12 @@ def client(db_url: str, tmp_path: Path) -> Iterator[TestClient]:
     # local_hub_downloads: these tests are about the bounds, not about whether SMOL is on this machine
     # (without it, preflight refuses a hub id not pulled: tests/models/test_models_api.py).
     settings = Settings(
-        home=tmp_path / "home", database_url=db_url, log_json=False, background_tasks=False,
+        home=tmp_path / "home",
+        database_url=db_url,
+        log_json=False,
+        background_tasks=False,
         local_hub_downloads=True,
-    )  # fmt: skip
+    )
     with authorize(TestClient(create_app(settings), raise_server_exceptions=False)) as c:
         c.dataset_id = upload(c, write_jsonl(tmp_path / "d.jsonl", rows())).json()["id"]  # type: ignore[attr-defined]
         yield c

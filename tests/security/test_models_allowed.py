@@ -25,8 +25,14 @@ from api.services.finetune.preflight import check_model_allowed, hub_id_allowed
 from api.settings import Settings
 from tests.api.support import authorize, rows, upload, write_jsonl
 
-CONFIG = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2,
-          "num_attention_heads": 4, "intermediate_size": 128}  # fmt: skip
+CONFIG = {
+    "model_type": "llama",
+    "vocab_size": 1000,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+}
 
 
 def make_model(folder: Path) -> Path:

@@ -22,8 +22,8 @@ def make(
     opened: list[TestClient] = []
 
     def build(**overrides: object) -> tuple[TestClient, dict[str, str]]:
-        client = TestClient(create_app(settings_factory(background_tasks=False, **overrides)),
-                            raise_server_exceptions=False)  # fmt: skip
+        app = create_app(settings_factory(background_tasks=False, **overrides))
+        client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()
         opened.append(client)
         app_state = client.app.state  # type: ignore[attr-defined]
