@@ -19,12 +19,12 @@ from moto import mock_aws
 from moto.backends import get_backend
 
 from api.app import create_app
-from api.db import models
 from api.services.janitor import Janitor
 from api.settings import Settings
 from tests.api.support import authorize
 from tests.support.aws import ANSWERED, aws_error, hook
 from tests.support.moto import ACCOUNT, REGION, moto_sagemaker
+from tests.support.rows import add_finished_adapter
 from tests.support.threads import race
 
 BUCKET = "fastuner-e2e"
@@ -60,21 +60,16 @@ def _ctx(client: TestClient) -> Any:
 
 
 def _adapter(client: TestClient, adapter_id: str, base: str = "HuggingFaceTB/SmolLM2-135M-Instruct") -> None:
-    """An adapter row (and the dataset and completed job rows it comes from), as a fine-tune leaves it."""
-    ds_id, job_id = "ds_e2e" + adapter_id[-4:], "ft_" + adapter_id[4:]
-    owned = {"tenant_id": "default"}
-    dataset = {"name": "d", "format": "chat", "task_type": "generation", "status": "ready", "seed": 1}
-    dataset.update(ratios={}, row_counts={}, content_sha256="0" * 64, manifest_uri="s3://x", source_bytes=1)
-    job = {"dataset_id": ds_id, "base_model": base, "method": "lora", "hyperparameters": {}}
-    job.update(backend="sagemaker", instance_type="ml.g5.xlarge", status="completed")
-    adapter = {"job_id": job_id, "dataset_id": ds_id, "dataset_sha256": "0" * 64, "base_model": base}
-    adapter.update(uri=f"s3://{BUCKET}/default/adapters/{adapter_id}")
-    with _ctx(client).db.session() as s:
-        s.add(models.DatasetRow(id=ds_id, **owned, **dataset))
-        s.flush()
-        s.add(models.FineTuneJobRow(id=job_id, **owned, **job))
-        s.flush()
-        s.add(models.AdapterRow(id=adapter_id, **owned, **adapter))
+    add_finished_adapter(
+        _ctx(client).db,
+        adapter_id,
+        dataset_id="ds_e2e" + adapter_id[-4:],
+        job_id="ft_" + adapter_id[4:],
+        base_model=base,
+        uri=f"s3://{BUCKET}/default/adapters/{adapter_id}",
+        backend="sagemaker",
+        instance_type="ml.g5.xlarge",
+    )
 
 
 def _deploy(client: TestClient, adapters: list[str], **kw: Any) -> dict[str, Any]:

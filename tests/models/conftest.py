@@ -14,8 +14,8 @@ def _isolated_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     cache.mkdir(parents=True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "FASTUNER_HF_TOKEN_SECRET",
-                 "FASTUNER_MODEL_ROOTS", "FASTUNER_LOCAL_HUB_DOWNLOADS", "HUGGINGFACE_HUB_CACHE"):  # fmt: skip
+    tokens = ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "FASTUNER_HF_TOKEN_SECRET"]
+    for name in [*tokens, "FASTUNER_MODEL_ROOTS", "FASTUNER_LOCAL_HUB_DOWNLOADS", "HUGGINGFACE_HUB_CACHE"]:
         monkeypatch.delenv(name, raising=False)
     yield cache
 

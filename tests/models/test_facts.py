@@ -17,10 +17,15 @@ from api.services.models.facts import folder_facts, safetensors_parameters, weig
 from tests.models.support import LLAMA, SMOL, fake_pull
 
 CONFIG = {
-    "vocab_size": 100, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "num_key_value_heads": 2, "intermediate_size": 32, "max_position_embeddings": 2048,
+    "vocab_size": 100,
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 32,
+    "max_position_embeddings": 2048,
     "tie_word_embeddings": True,
-}  # fmt: skip
+}
 
 
 def folder(path: Path, tensors: dict[str, tuple[int, ...]], **files: str) -> Path:

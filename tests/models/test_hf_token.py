@@ -21,12 +21,14 @@ from api.app import create_app
 from api.backends.endpoints import EndpointSpec
 from api.backends.hub_env import HF_TOKEN_SECRET_ENV
 from api.backends.sagemaker_components import ComponentSettings, SageMakerComponents
-from api.db import models
+from api.services.deployments import endpoint_name_for
+from api.services.finetune.service import job_name_for
 from api.settings import Settings
 from api.storage.s3 import S3Store
 from tests.api.support import authorize
 from tests.e2e.sagemaker_support import BUCKET, REGION, SageMakerEnv, mocked_aws, sagemaker_settings
 from tests.models.support import LLAMA
+from tests.support.rows import add_finished_adapter
 
 TOKEN = "hf_SuperSecretTokenValue0123456789"
 RESOLVERS = [train_token, serve_token]
@@ -111,8 +113,8 @@ def test_gated_training_job_carries_the_arn_and_the_container_gets_the_token(
     )
     assert desc.get("Environment", request["Environment"]) == {HF_TOKEN_SECRET_ENV: arn}  # moto drops it
     env.reconcile()
-    for url in ("/v0/finetune", f"/v0/finetune/{job['id']}", f"/v0/finetune/{job['id']}/events",
-                "/v0/models", f"/v0/models/{LLAMA}", "/v0/healthz"):  # fmt: skip
+    job_urls = [f"/v0/finetune/{job['id']}", f"/v0/finetune/{job['id']}/events"]
+    for url in ["/v0/finetune", *job_urls, "/v0/models", f"/v0/models/{LLAMA}", "/v0/healthz"]:
         got = env.client.get(url)
         assert got.status_code == 200, (url, got.text)
         texts.append(got.text)
@@ -121,8 +123,8 @@ def test_gated_training_job_carries_the_arn_and_the_container_gets_the_token(
     # The container, started with the job's Environment, finds the token in the (moto) secret.
     container_env = dict(request["Environment"])
     assert train_token.resolve_hf_token(container_env) is True and container_env["HF_TOKEN"] == TOKEN
-    everything = "\n".join([*texts, dry.text, resp.text, json.dumps(env.calls, default=str),
-                            json.dumps(desc, default=str), caplog.text])  # fmt: skip
+    sent = [json.dumps(env.calls, default=str), json.dumps(desc, default=str)]
+    everything = "\n".join([*texts, dry.text, resp.text, *sent, caplog.text])
     assert arn in everything and TOKEN not in everything
 
 
@@ -154,25 +156,32 @@ def test_deployment_model_carries_the_arn_not_the_token(
         arn = make_secret()
         caplog.clear()  # the test's own CreateSecret request is logged at DEBUG
         settings = Settings(
-            home=tmp_path, database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", log_json=False, store="s3",
-            s3_bucket=BUCKET, backend="sagemaker", aws_region=REGION, sagemaker_role_arn="arn:aws:iam::123456789012:role/r",
-            training_image_uri=image, inference_image_uri=image, default_inference_instance_type="ml.g4dn.xlarge",
-            background_tasks=False, hf_token_secret=arn,
-        )  # fmt: skip
+            home=tmp_path,
+            database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+            log_json=False,
+            store="s3",
+            s3_bucket=BUCKET,
+            backend="sagemaker",
+            aws_region=REGION,
+            sagemaker_role_arn="arn:aws:iam::123456789012:role/r",
+            training_image_uri=image,
+            inference_image_uri=image,
+            default_inference_instance_type="ml.g4dn.xlarge",
+            background_tasks=False,
+            hf_token_secret=arn,
+        )
         with authorize(TestClient(create_app(settings), raise_server_exceptions=False)) as client:
             ctx: Any = client.app.state.ctx  # type: ignore[attr-defined]
-            with ctx.db.session() as s:
-                s.add(models.DatasetRow(id="ds_tok00000001", tenant_id="default", name="d", format="chat",
-                                        task_type="generation", status="ready", seed=1, ratios={}, row_counts={},
-                                        content_sha256="0" * 64, manifest_uri="s3://x", source_bytes=1))  # fmt: skip
-                s.flush()
-                s.add(models.FineTuneJobRow(id="ft_tok00000001", tenant_id="default", dataset_id="ds_tok00000001",
-                                            base_model=LLAMA, method="lora", hyperparameters={}, backend="sagemaker",
-                                            instance_type="ml.g5.xlarge", status="completed"))  # fmt: skip
-                s.flush()
-                s.add(models.AdapterRow(id="adp_tok00000001", tenant_id="default", job_id="ft_tok00000001",
-                                        dataset_id="ds_tok00000001", dataset_sha256="0" * 64, base_model=LLAMA,
-                                        uri=f"s3://{BUCKET}/default/adapters/adp_tok00000001"))  # fmt: skip
+            add_finished_adapter(
+                ctx.db,
+                "adp_tok00000001",
+                dataset_id="ds_tok00000001",
+                job_id="ft_tok00000001",
+                base_model=LLAMA,
+                uri=f"s3://{BUCKET}/default/adapters/adp_tok00000001",
+                backend="sagemaker",
+                instance_type="ml.g5.xlarge",
+            )
             resp = client.post("/v0/deployments", json={"adapter_ids": ["adp_tok00000001"]})
             assert resp.status_code == 201, resp.text
             ctx.deployments.sync_once()
@@ -183,8 +192,8 @@ def test_deployment_model_carries_the_arn_not_the_token(
             assert environment[HF_TOKEN_SECRET_ENV] == arn and environment["FASTUNER_BASE_MODEL"] == LLAMA
             served = dict(environment)
             assert serve_token.resolve_hf_token(served) is True and served["HF_TOKEN"] == TOKEN
-            everything = "\n".join([resp.text, dep.text, client.get("/v0/deployments").text,
-                                    json.dumps(model, default=str), caplog.text])  # fmt: skip
+            listed = client.get("/v0/deployments").text
+            everything = "\n".join([resp.text, dep.text, listed, json.dumps(model, default=str), caplog.text])
             assert arn in everything and TOKEN not in everything
 
 
@@ -194,18 +203,28 @@ def test_components_mode_passes_the_arn_only_when_the_base_comes_from_the_hub() 
         name: boto3.client(name, region_name=REGION) for name in ("s3", "sagemaker", "sagemaker-runtime")
     }
     backend = SageMakerComponents(
-        S3Store(BUCKET, client=clients["s3"]), image_uri="img", role_arn="role", region=REGION,
+        S3Store(BUCKET, client=clients["s3"]),
+        image_uri="img",
+        role_arn="role",
+        region=REGION,
         components=ComponentSettings(base_model_artifacts={"HuggingFaceTB/SmolLM2-135M": "s3://b/m.tar.gz"}),
-        sagemaker_client=clients["sagemaker"], runtime_client=clients["sagemaker-runtime"], hf_token_secret=arn,
-    )  # fmt: skip
+        sagemaker_client=clients["sagemaker"],
+        runtime_client=clients["sagemaker-runtime"],
+        hf_token_secret=arn,
+    )
 
     def base_env(base_model: str) -> dict[str, str]:
-        spec = EndpointSpec(deployment_id="dep_x", tenant_id="t", endpoint_name="fastuner-dep-x",
-                            base_model=base_model, adapter_prefix="t/adapters", adapter_ids=["adp_a"],
-                            instance_type="ml.g5.xlarge")  # fmt: skip
-        env: dict[str, str] = backend.build_component_requests(spec)["base_component"]["Specification"][
-            "Container"
-        ]["Environment"]
+        spec = EndpointSpec(
+            deployment_id="dep_x",
+            tenant_id="t",
+            endpoint_name=endpoint_name_for("dep_x"),
+            base_model=base_model,
+            adapter_prefix="t/adapters",
+            adapter_ids=["adp_a"],
+            instance_type="ml.g5.xlarge",
+        )
+        component = backend.build_component_requests(spec)["base_component"]
+        env: dict[str, str] = component["Specification"]["Container"]["Environment"]
         return env
 
     assert base_env(LLAMA)[HF_TOKEN_SECRET_ENV] == arn
@@ -224,12 +243,21 @@ def test_local_backend_passes_the_secret_name_to_the_training_process(tmp_path: 
     fake_python.chmod(0o755)
     store = LocalStore(tmp_path / "store")
     store.put_bytes("t/datasets/ds/train.jsonl", b'{"input": "a", "target": "b"}\n')
-    backend = LocalBackend(store, tmp_path / "jobs", python=str(fake_python),
-                           models=LocalModels(tmp_path / "models"), hf_token_secret="fastuner/hf-token")  # fmt: skip
-    spec = TrainingSpec(job_id="ft_x", tenant_id="t", job_name="fastuner-ft-x",
-                        hyperparameters={"base_model": LLAMA}, channels={"train": "t/datasets/ds/train.jsonl"},
-                        output_prefix="t/jobs/ft_x/output", checkpoint_prefix="t/jobs/ft_x/checkpoints",
-                        instance_type="local")  # fmt: skip
+    models = LocalModels(tmp_path / "models")
+    python = str(fake_python)
+    backend = LocalBackend(
+        store, tmp_path / "jobs", python=python, models=models, hf_token_secret="fastuner/hf-token"
+    )
+    spec = TrainingSpec(
+        job_id="ft_x",
+        tenant_id="t",
+        job_name=job_name_for("ft_x"),
+        hyperparameters={"base_model": LLAMA},
+        channels={"train": "t/datasets/ds/train.jsonl"},
+        output_prefix="t/jobs/ft_x/output",
+        checkpoint_prefix="t/jobs/ft_x/checkpoints",
+        instance_type="local",
+    )
     state = backend.start_training(spec)
     env_file = Path(state["root"]) / "env.txt"
     import time

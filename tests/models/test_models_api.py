@@ -22,10 +22,10 @@ from tests.models.support import LLAMA, SMOL, fake_pull
 
 
 def make_client(tmp_path: Path, **overrides: Any) -> TestClient:
+    roots = [tmp_path / "home" / "models", tmp_path / "roots"]
     settings = Settings(
-        home=tmp_path / "home", log_json=False, background_tasks=False,
-        model_roots=[tmp_path / "home" / "models", tmp_path / "roots"], **overrides,
-    )  # fmt: skip
+        home=tmp_path / "home", log_json=False, background_tasks=False, model_roots=roots, **overrides
+    )
     return authorize(TestClient(create_app(settings), raise_server_exceptions=False))
 
 

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.backends.local_models import MARKER
+from api.services.finetune.service import job_name_for
 from api.settings import Settings
 from cli.main import cli
 from tests.api.support import authorize, upload
@@ -55,8 +56,8 @@ def test_pulled_hub_id_trains_and_serves_from_disk(tmp_path: Path, tiny_folder: 
         assert resp.status_code == 201, resp.text
         job = resp.json()
         assert job["base_model"] == SMOL and job["hyperparameters"]["base_model"] == SMOL
-        launched = json.loads((home / "work" / "jobs" / f"fastuner-{job['id'].replace('_', '-')}" / "input"
-                               / "config" / "hyperparameters.json").read_text())  # fmt: skip
+        config = home / "work" / "jobs" / job_name_for(job["id"]) / "input" / "config"
+        launched = json.loads((config / "hyperparameters.json").read_text())
         assert launched["base_model"] == str(pulled)  # the engine loads the pulled folder
         done = wait(
             lambda: client.get(f"/v0/finetune/{job['id']}").json(), lambda j: j["status"] == "completed"
@@ -71,8 +72,8 @@ def test_pulled_hub_id_trains_and_serves_from_disk(tmp_path: Path, tiny_folder: 
                 lambda: client.get(f"/v0/deployments/{dep_id}").json(), lambda d: d["status"] == "in_service"
             )
             assert live["base_model"] == SMOL
-            out = client.post("/v0/inference", json={"adapter_id": done["adapter_id"], "inputs": "Shout: hi",
-                                                     "parameters": {"max_new_tokens": 3}})  # fmt: skip
+            prompt = {"inputs": "Shout: hi", "parameters": {"max_new_tokens": 3}}
+            out = client.post("/v0/inference", json={"adapter_id": done["adapter_id"], **prompt})
             assert out.status_code == 200, out.text
         finally:
             client.delete(f"/v0/deployments/{dep_id}")

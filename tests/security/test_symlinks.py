@@ -42,6 +42,7 @@ from tests.drops.support import (
     rows,
     status_of,
 )
+from tests.support.rows import add_finished_adapter
 
 SECRET = b"root:x:0:0:the host's secret\n"
 
@@ -170,17 +171,8 @@ def _register_adapter(client: TestClient, adapter_id: str) -> LocalStore:
     prefix = f"default/adapters/{adapter_id}"
     store.put_bytes(f"{prefix}/adapter_config.json", b'{"peft_type": "LORA"}')
     store.put_bytes(f"{prefix}/adapter_model.safetensors", b"\0" * 16)
-    with ctx.db.session() as s:
-        s.add(models.DatasetRow(id="ds_sym1", tenant_id="default", name="d", format="chat",
-                                task_type="generation", status="ready", seed=1, ratios={}, row_counts={},
-                                content_sha256="0" * 64, manifest_uri="file:///x", source_bytes=1))  # fmt: skip
-        s.flush()
-        s.add(models.FineTuneJobRow(id="ft_sym1", tenant_id="default", dataset_id="ds_sym1", base_model=SMOL,
-                                    method="lora", hyperparameters={}, backend="local", instance_type="local",
-                                    status="completed"))  # fmt: skip
-        s.flush()
-        s.add(models.AdapterRow(id=adapter_id, tenant_id="default", job_id="ft_sym1", dataset_id="ds_sym1",
-                                dataset_sha256="0" * 64, base_model=SMOL, uri=store.uri(prefix)))  # fmt: skip
+    uri = store.uri(prefix)
+    add_finished_adapter(ctx.db, adapter_id, dataset_id="ds_sym1", job_id="ft_sym1", base_model=SMOL, uri=uri)
     return store
 
 
@@ -204,9 +196,12 @@ def test_adapter_download_never_contains_a_linked_file(client: TestClient, secre
 def world(db_url: str, tmp_path: Path) -> Iterator[World]:
     """The drop tests' world (local store, recording backend) on SQLite and PostgreSQL."""
     settings = Settings(
-        home=tmp_path / "home", database_url=db_url, log_json=False, background_tasks=False,
+        home=tmp_path / "home",
+        database_url=db_url,
+        log_json=False,
+        background_tasks=False,
         drop_settle_seconds=0,
-    )  # fmt: skip
+    )
     backend = RecordingBackend()
     ctx = AppContext.build(settings, backend=backend)
     w = World(settings, ctx, backend, Clock())

@@ -63,10 +63,8 @@ Call = Callable[[World], Any]
 
 
 def _path(template: str, w: World) -> str:
-    return template.format(
-        dataset_id=w.ids["dataset"], job_id=w.ids["job"], adapter_id=w.ids["adapter"],
-        deployment_id=w.ids["deployment"], file_id=w.ids["dataset"], model_id=w.ids["adapter"],
-    )  # fmt: skip
+    ids = {f"{kind}_id": value for kind, value in w.ids.items()}
+    return template.format(**ids, file_id=w.ids["dataset"], model_id=w.ids["adapter"])
 
 
 def _batch(w: World, **target: str) -> Any:
