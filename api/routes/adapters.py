@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Ctx, Tenant
 from api.domain.finetune import Adapter
 from api.errors import error_responses
+from api.routes.paging import Page, PageSize
 
 router = APIRouter(prefix="/adapters", tags=["adapters"], responses=error_responses(401))
 
 
-class AdapterPage(BaseModel):
+class AdapterPage(Page):
     items: list[Adapter]
     next_cursor: str | None
 
 
 @router.get("", response_model=AdapterPage, responses=error_responses(400, 422))
-def list_adapters(
-    ctx: Ctx, tenant: Tenant, limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: str | None = None
-) -> AdapterPage:
-    items, next_cursor = ctx.adapters.list_page(tenant, limit=limit, cursor=cursor)
-    return AdapterPage(items=items, next_cursor=next_cursor)
+def list_adapters(ctx: Ctx, tenant: Tenant, limit: PageSize = 50, cursor: str | None = None) -> AdapterPage:
+    return AdapterPage.of(ctx.adapters.list_page(tenant, limit=limit, cursor=cursor))
 
 
 @router.get("/{adapter_id}", response_model=Adapter, responses=error_responses(404, 422))

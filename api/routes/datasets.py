@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any, BinaryIO, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, ValidationError
@@ -19,8 +19,10 @@ from api.domain.datasets import Dataset, DatasetOptions, Manifest, SplitRatios, 
 from api.domain.enums import DatasetFormat, TaskType
 from api.domain.errors import BadRequest
 from api.errors import error_responses
+from api.routes.paging import Page, PageSize
 from api.services import scratch
 
+T = TypeVar("T")
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=error_responses(401))
 
 _FORM_FIELDS = {"name", "task_type", "format", "seed", "split"}
@@ -46,7 +48,7 @@ _UPLOAD_DOC = upload_doc(
 )
 
 
-class DatasetPage(BaseModel):
+class DatasetPage(Page):
     items: list[Dataset]
     next_cursor: str | None
 
@@ -97,6 +99,22 @@ def _spooled_upload(form: FormData, work_dir: Path) -> Iterator[tuple[Path, str 
         path.unlink(missing_ok=True)
 
 
+async def handle_upload(
+    form: FormData,
+    ctx: Ctx,
+    options_of: Callable[[FormData], DatasetOptions],
+    handle: Callable[[Path, str | None, DatasetOptions], T],
+) -> T:
+    """The form's options, then ``handle(path, filename, options)`` in a thread on its file spooled
+    to scratch; the form is closed whatever happens."""
+    try:
+        options = options_of(form)
+        with _spooled_upload(form, ctx.settings.work_dir) as (path, filename):
+            return await run_in_threadpool(handle, path, filename, options)
+    finally:
+        await form.close()
+
+
 def _copy(src: BinaryIO, dst: BinaryIO) -> None:
     src.seek(0)
     shutil.copyfileobj(src, dst, 1 << 20)
@@ -117,13 +135,11 @@ async def _form(request: Request) -> FormData:
 )
 async def upload_dataset(request: Request, ctx: Ctx, tenant: Tenant) -> Dataset:
     """Upload a JSONL file: validate, dedup, split and store it. 422 with the full report if invalid."""
-    form = await _form(request)
-    try:
-        options = _options(form, ctx)
-        with _spooled_upload(form, ctx.settings.work_dir) as (path, filename):
-            return await run_in_threadpool(ctx.datasets.create, tenant, path, options, filename=filename)
-    finally:
-        await form.close()
+
+    def create(path: Path, filename: str | None, options: DatasetOptions) -> Dataset:
+        return ctx.datasets.create(tenant, path, options, filename=filename)
+
+    return await handle_upload(await _form(request), ctx, lambda form: _options(form, ctx), create)
 
 
 @router.post(
@@ -135,23 +151,19 @@ async def upload_dataset(request: Request, ctx: Ctx, tenant: Tenant) -> Dataset:
 async def validate_dataset(request: Request, ctx: Ctx, tenant: Tenant) -> ValidationReport:
     """Dry run: the validation report and split counts; nothing is stored."""
     form = await _form(request)
-    try:
-        options = _options(form, ctx)
-        with _spooled_upload(form, ctx.settings.work_dir) as (path, _):
-            return await run_in_threadpool(ctx.datasets.validate, path, options)
-    finally:
-        await form.close()
+    return await handle_upload(
+        form, ctx, lambda f: _options(f, ctx), lambda path, _, options: ctx.datasets.validate(path, options)
+    )
 
 
 @router.get("", response_model=DatasetPage, responses=error_responses(400, 422))
 def list_datasets(
     ctx: Ctx,
     tenant: Tenant,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: PageSize = 50,
     cursor: str | None = None,
 ) -> DatasetPage:
-    items, next_cursor = ctx.datasets.list_page(tenant, limit=limit, cursor=cursor)
-    return DatasetPage(items=items, next_cursor=next_cursor)
+    return DatasetPage.of(ctx.datasets.list_page(tenant, limit=limit, cursor=cursor))
 
 
 @router.get("/{dataset_id}", response_model=Dataset, responses=error_responses(404, 422))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Generator, Iterator
-from typing import IO, Annotated, Any, TypeVar, cast
+from typing import IO, Any, TypeVar, cast
 
 import anyio
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from sse_starlette.sse import EventSourceResponse
@@ -30,6 +30,7 @@ from api.domain.deployments import (
 from api.domain.errors import BadRequest, FastunerError
 from api.errors import ErrorBody, error_responses
 from api.logging import get_logger
+from api.routes.paging import Page, PageSize
 
 log = get_logger("routes.deployments")
 
@@ -38,7 +39,7 @@ inference_router = APIRouter(tags=["inference"], responses=error_responses(401))
 ops_router = APIRouter(tags=["operations"], responses=error_responses(401))
 
 
-class DeploymentPage(BaseModel):
+class DeploymentPage(Page):
     items: list[Deployment]
     next_cursor: str | None
 
@@ -63,12 +64,11 @@ async def create_deployment(req: DeploymentRequest, ctx: Ctx, tenant: Tenant) ->
 def list_deployments(
     ctx: Ctx,
     tenant: Tenant,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: PageSize = 50,
     cursor: str | None = None,
     live: bool = False,
 ) -> DeploymentPage:
-    items, next_cursor = ctx.deployments.list_page(tenant, limit=limit, cursor=cursor, live_only=live)
-    return DeploymentPage(items=items, next_cursor=next_cursor)
+    return DeploymentPage.of(ctx.deployments.list_page(tenant, limit=limit, cursor=cursor, live_only=live))
 
 
 @router.get("/{deployment_id}", response_model=Deployment, responses=error_responses(404, 422))

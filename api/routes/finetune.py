@@ -16,6 +16,7 @@ from api.deps import Ctx, IdempotencyKey, Tenant
 from api.domain.enums import JobStatus
 from api.domain.finetune import DryRun, FineTuneJob, FineTuneRequest, JobEvent, MetricPoint
 from api.errors import error_responses
+from api.routes.paging import Page, PageSize
 
 router = APIRouter(prefix="/finetune", tags=["finetune"], responses=error_responses(401))
 FOLLOW_POLL_SECONDS = 1.0
@@ -24,7 +25,7 @@ FOLLOW_POLL_SECONDS = 1.0
 MAX_CURSOR = 2**31 - 1
 
 
-class JobPage(BaseModel):
+class JobPage(Page):
     items: list[FineTuneJob]
     next_cursor: str | None
 
@@ -64,12 +65,11 @@ async def start_job(
 def list_jobs(
     ctx: Ctx,
     tenant: Tenant,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: PageSize = 50,
     cursor: str | None = None,
     status: JobStatus | None = None,
 ) -> JobPage:
-    items, next_cursor = ctx.finetune.list_page(tenant, limit=limit, cursor=cursor, status=status)
-    return JobPage(items=items, next_cursor=next_cursor)
+    return JobPage.of(ctx.finetune.list_page(tenant, limit=limit, cursor=cursor, status=status))
 
 
 @router.post("/reconcile", response_model=ReconcileSummary, tags=["admin"])

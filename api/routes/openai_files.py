@@ -3,6 +3,7 @@ pipeline (validated, deduplicated, split, stored); its id is the dataset's."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -14,7 +15,7 @@ from api.deps import Ctx, Tenant
 from api.domain.datasets import DatasetOptions, SplitRatios
 from api.domain.openai import File, FileDeleted, FileList, InvalidParam
 from api.errors import openai_error_responses
-from api.routes.datasets import OPTION_PROPERTIES, _spooled_upload, upload_doc
+from api.routes.datasets import OPTION_PROPERTIES, handle_upload, upload_doc
 from api.services.openai_compat import OpenAICompat, safe_filename
 
 router = APIRouter(prefix="/files", tags=["openai"], responses=openai_error_responses(401))
@@ -74,14 +75,14 @@ async def create_file(request: Request, ctx: Ctx, tenant: Tenant, compat: Compat
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidParam("expected a multipart/form-data upload with 'file' and 'purpose'", param="file")
     form = await request.form(max_files=1, max_fields=len(_FORM_FIELDS))
-    try:
-        upload = form.get("file")
-        filename = getattr(upload, "filename", None)
-        options = _options(form, ctx, filename)
-        with _spooled_upload(form, ctx.settings.work_dir) as (path, name):
-            return await run_in_threadpool(compat.create_file, tenant, path, options, name)
-    finally:
-        await form.close()
+
+    def options_of(form: FormData) -> DatasetOptions:
+        return _options(form, ctx, getattr(form.get("file"), "filename", None))
+
+    def create(path: Path, name: str | None, options: DatasetOptions) -> File:
+        return compat.create_file(tenant, path, options, name)
+
+    return await handle_upload(form, ctx, options_of, create)
 
 
 @router.get("", response_model=FileList, responses=openai_error_responses(400, 404))
