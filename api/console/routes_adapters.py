@@ -9,16 +9,8 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from api.console.web import (
-    CtxDep,
-    PageError,
-    PostSession,
-    SessionDep,
-    page_errors,
-    render,
-    render_list,
-    see_other,
-)
+from api.console import web
+from api.console.web import CtxDep, PageError, PostSession, SessionDep, page_errors, render, see_other
 from api.domain.deployments import DeploymentRequest
 
 router = APIRouter(prefix="/ui/adapters", include_in_schema=False)
@@ -40,7 +32,7 @@ def task_rows(eval_metrics: dict[str, Any]) -> tuple[dict[str, Any] | None, list
 
 @router.get("", response_class=HTMLResponse)
 def adapters_page(request: Request, ctx: CtxDep, session: SessionDep, cursor: str | None = None) -> Response:
-    return render_list(request, session, "adapters.html", "adapters", ctx.adapters.list_page, cursor)
+    return web.render_list(request, session, "adapters.html", "adapters", ctx.adapters.list_page, cursor)
 
 
 @router.get("/{adapter_id}", response_class=HTMLResponse)
