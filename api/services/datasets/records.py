@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from json.encoder import encode_basestring
 from typing import Final
 
-from api.services.datasets.formats import Message, Normalised
+from api.services.datasets.formats.base import Message, Normalised
 
 RECORD_SCHEMA_VERSION: Final = 2
 
@@ -89,15 +90,16 @@ def encode_pair_unescaped(user: str, assistant: str, label: str | None) -> str:
 
     Valid only when no string contains ``"``, ``\\`` or a control character, e.g. strings
     parsed from a JSON line that holds no backslash (a raw JSON string can hold none of
-    those). The validator inlines this for speed; it is the reference for tests.
+    those): the validator's fast path for the pair formats.
     """
     tail = RAW_LABEL_NULL_TAIL if label is None else f'{RAW_LABEL_TAIL_PREFIX}{label}"}}'
     return f"{RAW_PAIR_HEAD}{user}{RAW_PAIR_MID}{assistant}{tail}"
 
 
-def row_digest(line: bytes) -> bytes:
-    """The dedup key of one encoded record line."""
-    return hashlib.sha256(line).digest()[:DIGEST_BYTES]
+def row_digests(lines: Iterable[bytes]) -> bytes:
+    """The dedup keys of encoded record lines (without their newline), concatenated."""
+    sha256 = hashlib.sha256
+    return b"".join([sha256(line).digest()[:DIGEST_BYTES] for line in lines])
 
 
 def content_sha256(unique_digests: bytes) -> str:

@@ -9,9 +9,9 @@ each valid row's canonical record line there, so pass 2 never parses JSON again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -24,18 +24,23 @@ from api.domain.datasets import DatasetOptions
 from api.domain.enums import DatasetFormat, TaskType
 from api.services.datasets import issues
 from api.services.datasets.bgio import ByteSink
-from api.services.datasets.formats import NORMALISERS, Normaliser, RowError, detect_format, unmatched_error
+from api.services.datasets.formats import (
+    NORMALISERS,
+    SPEC,
+    Normaliser,
+    Row,
+    RowError,
+    detect_format,
+    unmatched_error,
+)
 from api.services.datasets.issues import IssueCollector
 from api.services.datasets.reader import INVALID_UTF8_LINE, TOO_LONG_LINE, iter_line_blocks
 from api.services.datasets.records import (
-    DIGEST_BYTES,
-    RAW_LABEL_NULL_TAIL,
-    RAW_LABEL_TAIL_PREFIX,
-    RAW_PAIR_HEAD,
-    RAW_PAIR_MID,
     encode_normalised,
+    encode_pair_unescaped,
     encode_record,
     estimate_tokens,
+    row_digests,
 )
 
 NO_LABEL: Final = 0xFFFFFFFF
@@ -43,11 +48,10 @@ NO_LABEL: Final = 0xFFFFFFFF
 # fields and whitespace get a generous allowance on top.
 _LINE_OVERHEAD_BYTES: Final = 1 << 16
 
-# Formats whose rows are exactly two text fields: (user field, assistant field).
-PAIR_FIELDS: Final[dict[DatasetFormat, tuple[str, str]]] = {
-    DatasetFormat.INPUT_TARGET: ("input", "target"),
-    DatasetFormat.PROMPT_COMPLETION: ("prompt", "completion"),
-}
+_loads: Final = orjson.loads  # strict RFC 8259, rejects trailing garbage
+
+# What a valid row contributes: (record line, characters, estimated tokens, label).
+_Fact = tuple[str, int, int, str | None]
 
 
 @dataclass
@@ -71,6 +75,23 @@ class ScanResult:
     # Classification: whether rows carry a 'label' field (None until decided).
     label_field_mode: bool | None = None
 
+    @classmethod
+    def empty(
+        cls, options: DatasetOptions, fmt: DatasetFormat | None, label_field_mode: bool | None
+    ) -> ScanResult:
+        """A result with no lines yet, its length arrays wide enough for ``options.limits``."""
+        limits = options.limits
+        res = cls(
+            format=fmt,
+            total_lines=0,
+            errors=IssueCollector(limits.max_errors_shown),
+            warnings=IssueCollector(limits.max_errors_shown),
+            label_field_mode=label_field_mode,
+        )
+        if limits.max_input_chars + limits.max_target_chars >= 1 << 32:  # may not fit in uint32
+            res.char_lengths, res.token_lengths = array("Q"), array("Q")
+        return res
+
     @property
     def valid_rows(self) -> int:
         return self.rows
@@ -92,28 +113,6 @@ def max_line_bytes(options: DatasetOptions) -> int:
     return 6 * (limits.max_input_chars + limits.max_target_chars) + _LINE_OVERHEAD_BYTES
 
 
-def _parse_slow(line: str) -> Any:
-    try:
-        return json.loads(line)
-    except RecursionError:
-        raise RowError(issues.INVALID_JSON, "nested too deeply") from None
-    except ValueError as exc:
-        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise RowError(issues.INVALID_JSON, msg) from None
-
-
-def _label_of(row: dict[str, Any]) -> str | None:
-    label = row.get("label")
-    if label is None:
-        return None
-    if type(label) is not str:
-        raise RowError(issues.WRONG_TYPE, "'label' must be a string")
-    label = label.strip()
-    if not label:
-        raise RowError(issues.EMPTY_TEXT, "'label' is empty")
-    return label
-
-
 def scan(
     source: Path,
     options: DatasetOptions,
@@ -131,171 +130,252 @@ def scan(
     decided by the first suitable row, so that parts of a file scanned separately agree
     with a scan of the whole (see :mod:`parallel`).
     """
-    limits = options.limits
-    max_in = limits.max_input_chars
-    max_tgt = limits.max_target_chars
-    near_in = limits.near_limit_fraction * max_in
-    near_tgt = limits.near_limit_fraction * max_tgt
-    classify = options.task_type is TaskType.CLASSIFICATION
-    errors = IssueCollector(limits.max_errors_shown)
-    warnings = IssueCollector(limits.max_errors_shown)
-    fmt = fmt or options.format
-    res = ScanResult(format=fmt, total_lines=0, errors=errors, warnings=warnings)
-    if max_in + max_tgt >= 1 << 32:  # a row's length may not fit in uint32
-        res.char_lengths, res.token_lengths = array("Q"), array("Q")
-
-    normalise: Normaliser | None = NORMALISERS[fmt] if fmt is not None else None
-    pair = PAIR_FIELDS.get(fmt) if fmt is not None else None
-    # Classification: label field if present; else, when the first row that normalised had
-    # no label field, the target text is the label; when it had one, a row without it is an
-    # error (missing_label).
-    loads = orjson.loads
-    sha256 = hashlib.sha256
-    digests = res.digests
-    add_chars = res.char_lengths.append
-    add_tokens = res.token_lengths.append
-    labels = res.labels
-    label_ids: dict[str, int] = {}
-    label_names = res.label_names
-    add_gap = res.gaps.append
-    add_record_length = res.record_lengths.append
-    add_error = errors.add
+    res = ScanResult.empty(options, fmt or options.format, label_field_mode)
+    scanner = _Scanner(res, options)
     lineno = 0
-    rows = 0
-    text: str
-    target: str
-
-    res.label_field_mode = label_field_mode
     for first_lineno, block in iter_line_blocks(source, max_line_bytes(options), start=start, end=end):
-        lineno = first_lineno - 1
-        out: list[bytes] = []
-        for line in block:
+        lineno, records = scanner.block(block, first_lineno - 1)
+        res.digests += row_digests(records)
+        if spool is not None:
+            res.record_lengths.extend(map(len, records))
+            if res.errors:
+                spool = None  # the file will not be usable; stop spooling
+            elif records:
+                records.append(b"")
+                spool.write(b"\n".join(records))
+    res.total_lines = lineno
+    res.rows = scanner.rows
+    return res
+
+
+class _Scanner:
+    """Turns lines into row facts in a :class:`ScanResult`, holding the decisions a scan makes
+    at its first suitable row: the format (auto mode) and, for classification, whether rows
+    carry a ``label`` field (else the target text is the label; when they do, a row without
+    one is a missing_label error)."""
+
+    __slots__ = ("classify", "convert", "label_ids", "limits", "res", "rows")
+
+    def __init__(self, res: ScanResult, options: DatasetOptions) -> None:
+        self.res = res
+        self.limits = _Limits(options)
+        self.classify = options.task_type is TaskType.CLASSIFICATION
+        self.label_ids: dict[str, int] = {}
+        self.rows = 0
+        self.convert: Converter = self._first_row
+        if res.format is not None:
+            self._use(res.format)
+
+    def _use(self, fmt: DatasetFormat) -> None:
+        self.res.format = fmt
+        spec = SPEC[fmt]
+        normalise = NORMALISERS[fmt]
+        if spec.pair is not None:
+            self.convert = _pair_converter(self, spec.pair, normalise)
+        else:
+            self.convert = _normalised_converter(self, normalise, verbatim=spec.verbatim)
+
+    def block(self, lines: list[str], lineno: int) -> tuple[int, list[bytes]]:
+        """Scan the lines after line ``lineno``: the number of the last line, and the record
+        line of each valid row."""
+        res, label_ids, convert, records = self.res, self.label_ids, self.convert, []
+        add_error, add_gap, add_record = res.errors.add, res.gaps.append, records.append
+        add_chars, add_tokens = res.char_lengths.append, res.token_lengths.append
+        labels, rows = res.labels, self.rows
+        for line in lines:
             lineno += 1
             if not line or line.isspace():
-                if line == INVALID_UTF8_LINE:
-                    add_error(issues.INVALID_UTF8, lineno, "bytes are not valid UTF-8")
-                elif line == TOO_LONG_LINE:
-                    add_error(issues.LINE_TOO_LONG, lineno)
-                else:
-                    warnings.add(issues.BLANK_LINE, lineno)
+                self._not_a_row(line, lineno)
                 add_gap(rows)
                 continue
             try:
                 try:
-                    obj = loads(line)  # orjson: strict RFC 8259, rejects trailing garbage
+                    obj = _loads(line)
                 except (ValueError, RecursionError):
                     obj = _parse_slow(line)  # the precise message (and what stdlib json accepts)
                 if type(obj) is not dict:
                     raise RowError(issues.NOT_OBJECT, f"a JSON {type(obj).__name__}, not an object")
-                if normalise is None:
-                    fmt = detect_format(obj)
-                    if fmt is None:
-                        raise unmatched_error(obj)
-                    normalise = NORMALISERS[fmt]
-                    pair = PAIR_FIELDS.get(fmt)
-                    res.format = fmt
-                # Fast path for the two-field formats: both fields plain non-blank strings.
-                if pair is not None:
-                    raw_text = obj.get(pair[0])
-                    raw_target = obj.get(pair[1])
-                    if (
-                        type(raw_text) is str
-                        and type(raw_target) is str
-                        and raw_text
-                        and raw_target
-                        and not raw_text.isspace()
-                        and not raw_target.isspace()
-                    ):
-                        text, target = raw_text, raw_target
-                    else:
-                        normalise(obj)  # raises the precise RowError
-                        raise AssertionError("unreachable")  # pragma: no cover
-                    norm = None
-                else:
-                    norm = normalise(obj)
-                    if classify and norm.text is not None:
-                        raise RowError(
-                            issues.UNSUPPORTED_FORMAT,
-                            "'text' rows are continued pre-training and have no target to classify; "
-                            "use input_target with the class as the target",
-                        )
-                    target, others = norm.measure()
-                label = _label_of(obj) if "label" in obj else None
-                if classify:
-                    if label_field_mode is None:
-                        label_field_mode = res.label_field_mode = label is not None
-                    if label is None:
-                        if label_field_mode:
-                            raise RowError(issues.MISSING_LABEL, "no 'label' field")
-                        label = target.strip() if norm is None else norm.label_source().strip()
-                        if not label:
-                            raise RowError(
-                                issues.EMPTY_TEXT,
-                                "the final assistant message has no text to use as the label",
-                            )
-                tgt_len = len(target)
-                if norm is None:
-                    in_len = len(text)
-                    if text.isascii() and target.isascii():
-                        tokens = ((in_len + 3) >> 2) + ((tgt_len + 3) >> 2)
-                    else:
-                        tokens = estimate_tokens(text) + estimate_tokens(target)
-                else:
-                    in_len = 0
-                    tokens = estimate_tokens(target)
-                    for part in others:
-                        in_len += len(part)
-                        tokens += estimate_tokens(part)
-                if in_len >= near_in or tgt_len >= near_tgt:
-                    if in_len > max_in or tgt_len > max_tgt:
-                        if in_len > max_in:
-                            add_error(issues.INPUT_TOO_LONG, lineno, f"{in_len} > {max_in} characters")
-                        if tgt_len > max_tgt:
-                            add_error(issues.TARGET_TOO_LONG, lineno, f"{tgt_len} > {max_tgt} characters")
-                        add_gap(rows)
-                        continue
-                    warnings.add(issues.NEAR_LIMIT, lineno)
-                if norm is not None:
-                    # chat strings come straight from the line: no backslash, no escaping
-                    escape = fmt is not DatasetFormat.CHAT or "\\" in line
-                    line_str = encode_normalised(norm, label, escape=escape)
-                elif "\\" in line:
-                    line_str = encode_record([("user", text), ("assistant", target)], label)
-                elif label is None:  # inlined records.encode_pair_unescaped
-                    line_str = f"{RAW_PAIR_HEAD}{text}{RAW_PAIR_MID}{target}{RAW_LABEL_NULL_TAIL}"
-                else:
-                    line_str = f'{RAW_PAIR_HEAD}{text}{RAW_PAIR_MID}{target}{RAW_LABEL_TAIL_PREFIX}{label}"}}'
-                try:
-                    record = line_str.encode()
-                except UnicodeEncodeError:
-                    raise RowError(issues.INVALID_UTF8, "text holds a lone surrogate escape") from None
+                fact = convert(obj, line, lineno)
+                if fact is None:  # too long: reported
+                    add_gap(rows)
+                    continue
+                encoded, chars, tokens, label = fact
+                record = encoded.encode()
             except RowError as exc:
                 add_error(exc.code, lineno, exc.detail)
                 add_gap(rows)
                 continue
-            digests += sha256(record).digest()[:DIGEST_BYTES]
-            add_chars(in_len + tgt_len)
+            except UnicodeEncodeError:
+                add_error(issues.INVALID_UTF8, lineno, "text holds a lone surrogate escape")
+                add_gap(rows)
+                continue
+            add_record(record)
+            add_chars(chars)
             add_tokens(tokens)
             if label is not None:
                 lid = label_ids.get(label)
-                if lid is None:
-                    lid = label_ids[label] = len(label_names)
-                    label_names.append(label)
-                if len(labels) < rows:
-                    labels.extend([NO_LABEL] * (rows - len(labels)))
+                if lid is None or len(labels) < rows:
+                    lid = self._label_id(label, rows)
                 labels.append(lid)
             elif labels:
                 labels.append(NO_LABEL)
             rows += 1
-            if spool is not None:
-                out.append(record)
-                add_record_length(len(record))
-        if spool is not None:
-            if errors:
-                spool = None  # the file will not be usable; stop spooling
-            elif out:
-                out.append(b"")
-                spool.write(b"\n".join(out))
-    res.total_lines = lineno
-    res.rows = rows
-    return res
+        self.rows = rows
+        return lineno, records
+
+    def _not_a_row(self, line: str, lineno: int) -> None:
+        if line == INVALID_UTF8_LINE:
+            self.res.errors.add(issues.INVALID_UTF8, lineno, "bytes are not valid UTF-8")
+        elif line == TOO_LONG_LINE:
+            self.res.errors.add(issues.LINE_TOO_LONG, lineno)
+        else:
+            self.res.warnings.add(issues.BLANK_LINE, lineno)
+
+    def _first_row(self, obj: Row, line: str, lineno: int) -> _Fact | None:
+        """Auto mode: detect the format at the first row that has one, then convert."""
+        if self.res.format is None:
+            fmt = detect_format(obj)
+            if fmt is None:
+                raise unmatched_error(obj)
+            self._use(fmt)
+        return self.convert(obj, line, lineno)
+
+    def class_label(self, label: str | None, reply: str) -> str:
+        """The class of a classification row: its ``label``, or else its final ``reply``."""
+        res = self.res
+        if res.label_field_mode is None:
+            res.label_field_mode = label is not None
+        if label is not None:
+            return label
+        if res.label_field_mode:
+            raise RowError(issues.MISSING_LABEL, "no 'label' field")
+        label = reply.strip()
+        if not label:
+            raise RowError(issues.EMPTY_TEXT, "the final assistant message has no text to use as the label")
+        return label
+
+    def _label_id(self, label: str, rows: int) -> int:
+        """The id of a new label (or of the first label after unlabelled rows, padded)."""
+        labels, names = self.res.labels, self.res.label_names
+        lid = self.label_ids.get(label)
+        if lid is None:
+            lid = self.label_ids[label] = len(names)
+            names.append(label)
+        if len(labels) < rows:
+            labels.extend([NO_LABEL] * (rows - len(labels)))
+        return lid
+
+
+Converter = Callable[[Row, str, int], _Fact | None]
+"""(parsed row, its line, line number) -> the row's facts; None when too long (reported)."""
+
+
+def _pair_converter(sc: _Scanner, fields: tuple[str, str], normalise: Normaliser) -> Converter:
+    """Two-field rows (input_target, prompt_completion) without building their messages."""
+    user_field, assistant_field = fields
+    classify, class_label, res = sc.classify, sc.class_label, sc.res
+    near_in, near_tgt, past = sc.limits.near_in, sc.limits.near_tgt, sc.limits.past
+    tokens_of, unescaped, escaped = estimate_tokens, encode_pair_unescaped, encode_record
+
+    def convert(obj: Row, line: str, lineno: int) -> _Fact | None:
+        text, target = obj.get(user_field), obj.get(assistant_field)
+        if not (
+            type(text) is str
+            and type(target) is str
+            and text
+            and target
+            and not text.isspace()
+            and not target.isspace()
+        ):
+            normalise(obj)  # raises the precise RowError
+            raise AssertionError("unreachable")  # pragma: no cover
+        label = _label_of(obj) if "label" in obj else None
+        if classify:
+            label = class_label(label, target)
+        in_len, tgt_len = len(text), len(target)
+        if (in_len >= near_in or tgt_len >= near_tgt) and past(in_len, tgt_len, lineno, res):
+            return None
+        tokens = tokens_of(text) + tokens_of(target)
+        if "\\" in line:
+            return escaped([("user", text), ("assistant", target)], label), in_len + tgt_len, tokens, label
+        return unescaped(text, target, label), in_len + tgt_len, tokens, label
+
+    return convert
+
+
+def _normalised_converter(sc: _Scanner, normalise: Normaliser, *, verbatim: bool) -> Converter:
+    """Rows of any format, through its normaliser."""
+    classify, class_label, res = sc.classify, sc.class_label, sc.res
+    near_in, near_tgt, past = sc.limits.near_in, sc.limits.near_tgt, sc.limits.past
+    tokens_of = estimate_tokens
+
+    def convert(obj: Row, line: str, lineno: int) -> _Fact | None:
+        norm = normalise(obj)
+        if classify and norm.text is not None:
+            raise RowError(
+                issues.UNSUPPORTED_FORMAT,
+                "'text' rows are continued pre-training and have no target to classify; "
+                "use input_target with the class as the target",
+            )
+        target, others = norm.measure()
+        label = _label_of(obj) if "label" in obj else None
+        if classify:
+            label = class_label(label, norm.label_source())
+        in_len, tgt_len = 0, len(target)
+        tokens = tokens_of(target)
+        for part in others:
+            in_len += len(part)
+            tokens += tokens_of(part)
+        if (in_len >= near_in or tgt_len >= near_tgt) and past(in_len, tgt_len, lineno, res):
+            return None
+        encoded = encode_normalised(norm, label, escape=not verbatim or "\\" in line)
+        return encoded, in_len + tgt_len, tokens, label
+
+    return convert
+
+
+class _Limits:
+    """The character limits of a row's input and target, with the near-limit warning."""
+
+    __slots__ = ("max_in", "max_tgt", "near_in", "near_tgt")
+
+    def __init__(self, options: DatasetOptions) -> None:
+        limits = options.limits
+        self.max_in, self.max_tgt = limits.max_input_chars, limits.max_target_chars
+        self.near_in = limits.near_limit_fraction * self.max_in
+        self.near_tgt = limits.near_limit_fraction * self.max_tgt
+
+    def past(self, in_len: int, tgt_len: int, lineno: int, res: ScanResult) -> bool:
+        """Whether the row is too long (errors reported); warns when it is near a limit."""
+        if in_len < self.near_in and tgt_len < self.near_tgt:
+            return False
+        if in_len <= self.max_in and tgt_len <= self.max_tgt:
+            res.warnings.add(issues.NEAR_LIMIT, lineno)
+            return False
+        if in_len > self.max_in:
+            res.errors.add(issues.INPUT_TOO_LONG, lineno, f"{in_len} > {self.max_in} characters")
+        if tgt_len > self.max_tgt:
+            res.errors.add(issues.TARGET_TOO_LONG, lineno, f"{tgt_len} > {self.max_tgt} characters")
+        return True
+
+
+def _parse_slow(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise RowError(issues.INVALID_JSON, "nested too deeply") from None
+    except ValueError as exc:
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise RowError(issues.INVALID_JSON, msg) from None
+
+
+def _label_of(row: Row) -> str | None:
+    label = row.get("label")
+    if label is None:
+        return None
+    if type(label) is not str:
+        raise RowError(issues.WRONG_TYPE, "'label' must be a string")
+    label = label.strip()
+    if not label:
+        raise RowError(issues.EMPTY_TEXT, "'label' is empty")
+    return label

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from api.services.datasets.formats.base import Normalised, Row, optional_str, required_text
+from api.services.datasets.formats.base import Normalised, Row, expect, required_text
 
 
 def _pair(user: str, assistant: str) -> Normalised:
@@ -27,7 +27,9 @@ def normalise_prompt_completion(row: Row) -> Normalised:
 
 def normalise_instruction(row: Row) -> Normalised:
     user = required_text(row, "instruction")
-    extra = optional_str(row.get("input"), "'input'")
+    extra = row.get("input")
+    if extra is not None and type(extra) is not str:
+        expect(extra, str, "'input'")  # raises
     if extra and not extra.isspace():
         user = f"{user}\n\n{extra}"
     return _pair(user, required_text(row, "output"))

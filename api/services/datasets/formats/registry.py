@@ -41,12 +41,15 @@ class FormatSpec:
     """For a row of no format: on a tie of present required fields, the lowest rank is named."""
     pair: tuple[str, str] | None = None
     """(user field, assistant field) when a row is exactly two text fields (validator fast path)."""
+    verbatim: bool = False
+    """Plain records hold the line's own JSON strings unchanged: without a backslash in the
+    line they need no escaping."""
 
 
 SPECS: Final[tuple[FormatSpec, ...]] = (
     # Detection order: ``instruction`` rows may also carry ``input``, so it is tried before
     # ``input_target``; ``text`` is tried last (other formats' rows may carry a ``text`` field).
-    FormatSpec(DatasetFormat.CHAT, ("messages",), normalise_chat, hint_rank=3),
+    FormatSpec(DatasetFormat.CHAT, ("messages",), normalise_chat, hint_rank=3, verbatim=True),
     FormatSpec(DatasetFormat.SHAREGPT, ("conversations",), normalise_sharegpt, hint_rank=4),
     FormatSpec(DatasetFormat.INSTRUCTION, ("instruction", "output"), normalise_instruction, hint_rank=2),
     FormatSpec(
