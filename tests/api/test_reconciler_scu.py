@@ -27,10 +27,20 @@ JOB = "ft_scu0001"
 
 def rec(step: int, unreachable: int | None = 0, *, lam: float = 1.0) -> dict[str, float]:
     out = {
-        "step": float(step), "epoch": step / 100, "loss_bpt": 3.35, "data_bpt": 3.33, "param_bpt": 0.0123,
-        "s": 0.05, "s_hat": 0.05, "target_s": 0.03, "band": 0.1, "lambda": lam, "lr": 2e-4,
-        "tokens_per_s": 800.0, "eta_s": 40.0,
-    }  # fmt: skip
+        "step": float(step),
+        "epoch": step / 100,
+        "loss_bpt": 3.35,
+        "data_bpt": 3.33,
+        "param_bpt": 0.0123,
+        "s": 0.05,
+        "s_hat": 0.05,
+        "target_s": 0.03,
+        "band": 0.1,
+        "lambda": lam,
+        "lr": 2e-4,
+        "tokens_per_s": 800.0,
+        "eta_s": 40.0,
+    }
     if unreachable is not None:
         out["unreachable"] = float(unreachable)
     return out
@@ -56,14 +66,38 @@ def db(db_url: str) -> Iterator[Database]:
     database = Database(db_url)
     database.migrate()
     with database.session() as s:
-        s.add(models.DatasetRow(id="ds_scu0001", tenant_id=TENANT, name="d", format="chat",
-                                task_type="generation", status="ready", seed=1, ratios={}, row_counts={},
-                                content_sha256="0" * 64, manifest_uri="file:///x", source_bytes=1))  # fmt: skip
+        s.add(
+            models.DatasetRow(
+                id="ds_scu0001",
+                tenant_id=TENANT,
+                name="d",
+                format="chat",
+                task_type="generation",
+                status="ready",
+                seed=1,
+                ratios={},
+                row_counts={},
+                content_sha256="0" * 64,
+                manifest_uri="file:///x",
+                source_bytes=1,
+            )
+        )
         s.flush()
-        s.add(models.FineTuneJobRow(id=JOB, tenant_id=TENANT, dataset_id="ds_scu0001", base_model="m",
-                                    method="lora", hyperparameters={"target_s": 0.03}, backend="fake",
-                                    backend_job_name="bj", backend_state={"k": 1}, instance_type="local",
-                                    status="running"))  # fmt: skip
+        s.add(
+            models.FineTuneJobRow(
+                id=JOB,
+                tenant_id=TENANT,
+                dataset_id="ds_scu0001",
+                base_model="m",
+                method="lora",
+                hyperparameters={"target_s": 0.03},
+                backend="fake",
+                backend_job_name="bj",
+                backend_state={"k": 1},
+                instance_type="local",
+                status="running",
+            )
+        )
     yield database
     database.dispose()
 

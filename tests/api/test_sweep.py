@@ -85,9 +85,12 @@ def test_older_scratch_names_go_after_the_grace_backend_folders_never(tmp_path: 
 @pytest.fixture(params=["local", "s3"])
 def ctx(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Iterator[AppContext]:
     settings = Settings(
-        home=tmp_path / "home", database_url=db_url, log_json=False, background_tasks=False,
+        home=tmp_path / "home",
+        database_url=db_url,
+        log_json=False,
+        background_tasks=False,
         sweep_grace_seconds=GRACE,
-    )  # fmt: skip
+    )
     if request.param == "local":
         c = AppContext.build(settings)
         yield c
@@ -102,9 +105,22 @@ def ctx(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Iterator
 
 def _dataset_row(ctx: AppContext, dataset_id: str, status: str = "ready") -> None:
     with ctx.db.session() as s:
-        s.add(models.DatasetRow(id=dataset_id, tenant_id="acme", name="d", format="chat", task_type="generation",
-                                status=status, seed=1, ratios={}, row_counts={}, content_sha256="0" * 64,
-                                manifest_uri="x", source_bytes=1))  # fmt: skip
+        s.add(
+            models.DatasetRow(
+                id=dataset_id,
+                tenant_id="acme",
+                name="d",
+                format="chat",
+                task_type="generation",
+                status=status,
+                seed=1,
+                ratios={},
+                row_counts={},
+                content_sha256="0" * 64,
+                manifest_uri="x",
+                source_bytes=1,
+            )
+        )
 
 
 def _put(store: ObjectStore, prefix: str) -> None:
@@ -122,8 +138,13 @@ def test_objects_with_no_row_go_after_the_grace_live_data_stays(ctx: AppContext)
         s.add(models.TenantRow(id="acme", admissions=0))
     _dataset_row(ctx, "ds_live")
     _dataset_row(ctx, "ds_going", status="deleting")  # a delete in progress owns its objects
-    for prefix in ("acme/datasets/ds_live", "acme/datasets/ds_going", "acme/datasets/ds_orphan",
-                   "acme/adapters/adp_orphan", "acme/datasets/ds_writing"):  # fmt: skip
+    for prefix in (
+        "acme/datasets/ds_live",
+        "acme/datasets/ds_going",
+        "acme/datasets/ds_orphan",
+        "acme/adapters/adp_orphan",
+        "acme/datasets/ds_writing",
+    ):
         _put(store, prefix)
     store.put_bytes("acme/jobs/ft_1/output/model.tar.gz", b"m")  # not an owned kind: never judged
     store.put_bytes("drop/acme/x.jsonl", b"{}")
@@ -138,11 +159,15 @@ def test_objects_with_no_row_go_after_the_grace_live_data_stays(ctx: AppContext)
     assert sorted(report.prefixes_removed) == ["acme/adapters/adp_orphan", "acme/datasets/ds_orphan"]
     assert report.object_bytes == 2 * 1002
     assert _keys(store) == [
-        "acme/datasets/ds_going/manifest.json", "acme/datasets/ds_going/train.jsonl",
-        "acme/datasets/ds_live/manifest.json", "acme/datasets/ds_live/train.jsonl",
-        "acme/datasets/ds_writing/manifest.json", "acme/datasets/ds_writing/train.jsonl",
-        "acme/jobs/ft_1/output/model.tar.gz", "drop/acme/x.jsonl",
-    ]  # fmt: skip
+        "acme/datasets/ds_going/manifest.json",
+        "acme/datasets/ds_going/train.jsonl",
+        "acme/datasets/ds_live/manifest.json",
+        "acme/datasets/ds_live/train.jsonl",
+        "acme/datasets/ds_writing/manifest.json",
+        "acme/datasets/ds_writing/train.jsonl",
+        "acme/jobs/ft_1/output/model.tar.gz",
+        "drop/acme/x.jsonl",
+    ]
 
 
 def test_a_row_written_meanwhile_keeps_its_objects(ctx: AppContext, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,9 +204,12 @@ def test_partial_writes_go_after_the_grace(ctx: AppContext) -> None:
     assert isinstance(store, S3Store)
     upload = store.client.create_multipart_upload(Bucket=store.bucket, Key="p/acme/datasets/ds_x/train.jsonl")
     store.client.upload_part(
-        Bucket=store.bucket, Key="p/acme/datasets/ds_x/train.jsonl", UploadId=upload["UploadId"],
-        PartNumber=1, Body=b"p" * 500,
-    )  # fmt: skip
+        Bucket=store.bucket,
+        Key="p/acme/datasets/ds_x/train.jsonl",
+        UploadId=upload["UploadId"],
+        PartNumber=1,
+        Body=b"p" * 500,
+    )
     # (moto reports every upload as initiated in 2010, so only the expired case can be shown here)
     report = Sweeper(ctx.db, store, ctx.settings, clock=lambda: time.time() + LATER).run_once()
     assert (report.partials_removed, report.partial_bytes) == (1, 500)

@@ -23,8 +23,12 @@ def s3_event(key: str, etag: str | None, *, bucket: str = BUCKET, name: str = "O
     obj: dict[str, Any] = {"key": quote_plus(key, safe="/"), "size": 1}
     if etag is not None:
         obj["eTag"] = etag
-    record = {"eventVersion": "2.1", "eventSource": "aws:s3", "eventName": name,
-              "s3": {"bucket": {"name": bucket}, "object": obj}}  # fmt: skip
+    record = {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "eventName": name,
+        "s3": {"bucket": {"name": bucket}, "object": obj},
+    }
     return json.dumps({"Records": [record]})
 
 
@@ -61,8 +65,9 @@ class AwsDrops:
         return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
-def make_aws_drops(home: Path, *, visibility: int = 30, max_receive: int = 2, prefix: str = "",
-                   **overrides: Any) -> AwsDrops:  # fmt: skip
+def make_aws_drops(
+    home: Path, *, visibility: int = 30, max_receive: int = 2, prefix: str = "", **overrides: Any
+) -> AwsDrops:
     """Queue + DLQ + bucket notification (as infra/ sets them up), and the control plane on them."""
     sqs = boto3.client("sqs", region_name=REGION)
     dlq_url = sqs.create_queue(QueueName="fastuner-drops-dlq")["QueueUrl"]
@@ -79,15 +84,22 @@ def make_aws_drops(home: Path, *, visibility: int = 30, max_receive: int = 2, pr
     boto3.client("s3", region_name=REGION).put_bucket_notification_configuration(
         Bucket=BUCKET,
         NotificationConfiguration={
-            "QueueConfigurations": [{
-                "QueueArn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:fastuner-drops",
-                "Events": ["s3:ObjectCreated:*"],
-                "Filter": {"Key": {"FilterRules": [
-                    {"Name": "prefix", "Value": f"{prefix}drop/"}, {"Name": "suffix", "Value": ".jsonl"},
-                ]}},
-            }]
+            "QueueConfigurations": [
+                {
+                    "QueueArn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:fastuner-drops",
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {
+                        "Key": {
+                            "FilterRules": [
+                                {"Name": "prefix", "Value": f"{prefix}drop/"},
+                                {"Name": "suffix", "Value": ".jsonl"},
+                            ]
+                        }
+                    },
+                }
+            ]
         },
-    )  # fmt: skip
+    )
     settings = sagemaker_settings(
         home, drop_queue_url=queue_url, drop_queue_wait_seconds=0, s3_prefix=prefix, **overrides
     )

@@ -103,8 +103,14 @@ def set_job_quota(world: World, limit: int | None) -> None:
         tenant.max_concurrent_jobs = limit
 
 
-def drop(store: ObjectStore, name: str, data: bytes, *, tenant: str = TENANT,
-         sidecar: dict[str, Any] | bytes | None = None) -> str:  # fmt: skip
+def drop(
+    store: ObjectStore,
+    name: str,
+    data: bytes,
+    *,
+    tenant: str = TENANT,
+    sidecar: dict[str, Any] | bytes | None = None,
+) -> str:
     """Put the sidecar (first, as users should) and the data; returns the drop's store key."""
     stem = f"drop/{tenant}/{name}"
     if sidecar is not None:

@@ -52,12 +52,19 @@ def test_worker_once_drains_the_queue(
         url = f"sqlite:///{tmp_path / 'worker.db'}"
         _database_with_tenant(url)
         env = {
-            "FASTUNER_HOME": str(tmp_path / "home"), "FASTUNER_DATABASE_URL": url, "FASTUNER_STORE": "s3",
-            "FASTUNER_S3_BUCKET": BUCKET, "FASTUNER_BACKEND": "sagemaker", "FASTUNER_AWS_REGION": REGION,
-            "FASTUNER_TRAINING_IMAGE_URI": IMAGE_URI, "FASTUNER_INFERENCE_IMAGE_URI": INFERENCE_IMAGE_URI,
-            "FASTUNER_SAGEMAKER_ROLE_ARN": ROLE_ARN, "FASTUNER_DROP_QUEUE_URL": aws.queue_url,
-            "FASTUNER_DROP_QUEUE_WAIT_SECONDS": "0", "FASTUNER_LOG_JSON": "false",
-        }  # fmt: skip
+            "FASTUNER_HOME": str(tmp_path / "home"),
+            "FASTUNER_DATABASE_URL": url,
+            "FASTUNER_STORE": "s3",
+            "FASTUNER_S3_BUCKET": BUCKET,
+            "FASTUNER_BACKEND": "sagemaker",
+            "FASTUNER_AWS_REGION": REGION,
+            "FASTUNER_TRAINING_IMAGE_URI": IMAGE_URI,
+            "FASTUNER_INFERENCE_IMAGE_URI": INFERENCE_IMAGE_URI,
+            "FASTUNER_SAGEMAKER_ROLE_ARN": ROLE_ARN,
+            "FASTUNER_DROP_QUEUE_URL": aws.queue_url,
+            "FASTUNER_DROP_QUEUE_WAIT_SECONDS": "0",
+            "FASTUNER_LOG_JSON": "false",
+        }
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         s3 = boto3.client("s3", region_name=REGION)

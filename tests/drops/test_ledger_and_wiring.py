@@ -32,8 +32,16 @@ def test_migration_0004_adds_the_lease_columns_and_goes_back(db_url: str) -> Non
     db = Database(db_url)
     db.migrate()
     columns = {c["name"] for c in inspect(db.engine).get_columns("drop_objects")}
-    assert {"version_id", "options", "attempts", "lease_owner", "lease_expires_at", "next_attempt_at",
-            "updated_at", "finished_at"} <= columns  # fmt: skip
+    assert {
+        "version_id",
+        "options",
+        "attempts",
+        "lease_owner",
+        "lease_expires_at",
+        "next_attempt_at",
+        "updated_at",
+        "finished_at",
+    } <= columns
     cfg = alembic_config(db_url)
     with db.engine.begin() as conn:
         cfg.attributes["connection"] = conn

@@ -54,9 +54,14 @@ def test_drop_becomes_dataset_and_job_and_status(world: World) -> None:
 def test_sidecar_options_are_honoured(world: World) -> None:
     sidecar = {
         "dataset": {"name": "sentiment v2", "task_type": "classification", "split": "0.7,0.2,0.1", "seed": 7},
-        "job": {"base_model": SMOL, "max_steps": 12, "lora_r": 4, "learning_rate": 0.001,
-                "hyperparameters": {"target_s": 0.02}},
-    }  # fmt: skip
+        "job": {
+            "base_model": SMOL,
+            "max_steps": 12,
+            "lora_r": 4,
+            "learning_rate": 0.001,
+            "hyperparameters": {"target_s": 0.02},
+        },
+    }
     drop(world.store, "sent", jsonl(rows(label=True)), sidecar=sidecar)
 
     world.ctx.drops.scan_once()

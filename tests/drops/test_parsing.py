@@ -25,16 +25,24 @@ def test_test_events_other_event_types_and_sns_envelopes() -> None:
     assert parse_message(s3_event("drop/a/x.jsonl", "e", name="ObjectRemoved:Delete")) == []
     wrapped = json.dumps({"Type": "Notification", "Message": s3_event("drop/a/x.jsonl", "e")})
     assert [o.key for o in parse_message(wrapped)] == ["drop/a/x.jsonl"]
-    record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"},
-              "object": {"key": "k", "versionId": "v1", "sequencer": "00"}}}  # fmt: skip
+    record = {
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "b"}, "object": {"key": "k", "versionId": "v1", "sequencer": "00"}},
+    }
     assert parse_message(json.dumps({"Records": [record]})) == [ObjectCreated("b", "k", None, "v1")]
 
 
 @pytest.mark.parametrize(
     "body",
-    ["", "not json", "[1, 2]", json.dumps({"hello": 1}), json.dumps({"Records": [{"s3": {}}]}),
-     json.dumps({"Records": [{"eventName": "ObjectCreated:Put"}]})],
-)  # fmt: skip
+    [
+        "",
+        "not json",
+        "[1, 2]",
+        json.dumps({"hello": 1}),
+        json.dumps({"Records": [{"s3": {}}]}),
+        json.dumps({"Records": [{"eventName": "ObjectCreated:Put"}]}),
+    ],
+)
 def test_malformed_bodies(body: str) -> None:
     with pytest.raises(MalformedMessage):
         parse_message(body)
@@ -45,8 +53,15 @@ def test_drop_keys() -> None:
     assert drop == keys.DropKey("drop/acme/reviews.v2.jsonl", "acme", "reviews.v2")
     assert drop.sidecar_key == "drop/acme/reviews.v2.fastuner.json"
     assert drop.status_key == "drop/acme/reviews.v2.status.json"
-    for not_a_drop in ("drop/acme/x.status.json", "drop/acme/x.fastuner.json", "acme/datasets/x.jsonl",
-                       "drop/.jsonl", "drop/acme/../x.jsonl", "drop//x.jsonl", "drop/acme/x.txt"):  # fmt: skip
+    for not_a_drop in (
+        "drop/acme/x.status.json",
+        "drop/acme/x.fastuner.json",
+        "acme/datasets/x.jsonl",
+        "drop/.jsonl",
+        "drop/acme/../x.jsonl",
+        "drop//x.jsonl",
+        "drop/acme/x.txt",
+    ):
         assert keys.parse(not_a_drop) is None, not_a_drop
     nested = keys.parse("drop/acme/sub/x.jsonl")
     assert nested is not None and nested.problem and "sub-folders" in nested.problem
@@ -90,12 +105,15 @@ def test_sidecar_defaults_are_the_apis() -> None:
 
 
 def test_sidecar_values_and_split_text() -> None:
-    plan = _plan({"dataset": {"split": "0.9,0.1", "format": "input_target"},
-                  "job": {"base_model": "meta-llama/x", "method": "qlora", "spot": True, "max_steps": 5}})  # fmt: skip
+    plan = _plan(
+        {
+            "dataset": {"split": "0.9,0.1", "format": "input_target"},
+            "job": {"base_model": "meta-llama/x", "method": "qlora", "spot": True, "max_steps": 5},
+        }
+    )
     assert plan.dataset.split.as_tuple() == (0.9, 0.1, 0.0)
-    assert (plan.job.base_model, plan.job.method.value, plan.job.spot, plan.job.max_steps) == (
-        "meta-llama/x", "qlora", True, 5,
-    )  # fmt: skip
+    job = plan.job
+    assert (job.base_model, job.method.value, job.spot, job.max_steps) == ("meta-llama/x", "qlora", True, 5)
 
 
 def test_sidecar_errors_name_their_field() -> None:
@@ -107,8 +125,12 @@ def test_sidecar_errors_name_their_field() -> None:
     )
     assert any(e.startswith("job.lora_r") for e in errors)
     assert any(e.startswith("job.max_runtime_seconds") for e in errors)
-    for raw in ({"job": {"dataset_id": "ds_x"}}, {"job": {"dry_run": True}}, {"extra": 1},
-                {"dataset": {"split": "0.5"}}):  # fmt: skip
+    for raw in (
+        {"job": {"dataset_id": "ds_x"}},
+        {"job": {"dry_run": True}},
+        {"extra": 1},
+        {"dataset": {"split": "0.5"}},
+    ):
         with pytest.raises(sidecar.SidecarError):
             _plan(raw)
     with pytest.raises(sidecar.SidecarError, match="base_model"):
