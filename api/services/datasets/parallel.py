@@ -29,7 +29,6 @@ from api.domain.datasets import DatasetOptions
 from api.domain.enums import DatasetFormat, TaskType
 from api.services.datasets import issues
 from api.services.datasets.bgio import BackgroundWriter, ByteSink
-from api.services.datasets.issues import IssueCollector
 from api.services.datasets.validate import NO_LABEL, ScanResult, scan
 
 PARALLEL_MIN_BYTES: Final = 48 << 20
@@ -42,6 +41,8 @@ _SEEK_CHUNK: Final = 1 << 16
 
 @dataclass(frozen=True)
 class PartJob:
+    """One line-aligned byte range of ``source`` to scan (spooling to ``spool`` when set)."""
+
     source: Path
     options: DatasetOptions
     start: int
@@ -199,17 +200,7 @@ def merge_results(
     parts: list[ScanResult], options: DatasetOptions, fmt: DatasetFormat | None, mode: bool | None
 ) -> ScanResult:
     """Concatenate per-part results (in file order) into one whole-file result."""
-    limits = options.limits
-    merged = ScanResult(
-        format=fmt,
-        total_lines=0,
-        errors=IssueCollector(limits.max_errors_shown),
-        warnings=IssueCollector(limits.max_errors_shown),
-        label_field_mode=mode,
-    )
-    wide = any(p.char_lengths.typecode == "Q" for p in parts)
-    if wide:
-        merged.char_lengths, merged.token_lengths = array("Q"), array("Q")
+    merged = ScanResult.empty(options, fmt, mode)  # as wide as each part's lengths
     names: dict[str, int] = {}
     label_parts: list[np.ndarray] = []
     any_labels = any(p.labels for p in parts)

@@ -37,17 +37,13 @@ from api.services.datasets.records import DIGEST_BYTES, content_sha256
 from api.services.datasets.split import assign_splits
 from api.services.datasets.stats import length_stats
 from api.services.datasets.validate import NO_LABEL, ScanResult
-from api.services.datasets.writer import DROPPED, write_splits
+from api.services.datasets.writer import DROPPED, WrittenFile, write_splits
 
 __all__ = ["PipelineResult", "SplitOutput", "process"]
 
 
-@dataclass(frozen=True)
-class SplitOutput:
-    path: Path
-    rows: int
-    sha256: str
-    bytes: int
+SplitOutput = WrittenFile
+"""One written split file: path, rows, sha256 and size in bytes."""
 
 
 @dataclass(frozen=True)
@@ -154,11 +150,7 @@ def _finish(
         per_row = np.full(n_valid, DROPPED, dtype=np.uint8)
         per_row[unique_idx] = codes
         lengths = np.frombuffer(result.record_lengths, dtype=np.uint64)
-        written = write_splits(spools, per_row, lengths, out_dir, SPLIT_NAMES)
-        splits = {
-            name: SplitOutput(path=w.path, rows=w.rows, sha256=w.sha256, bytes=w.bytes)
-            for name, w in written.items()
-        }
+        splits = write_splits(spools, per_row, lengths, out_dir, SPLIT_NAMES)
     return PipelineResult(report=report, splits=splits)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,59 @@ def dataset_prefix(tenant_id: str, dataset_id: str) -> str:
 
 def split_key(tenant_id: str, dataset_id: str, split: str) -> str:
     return f"{dataset_prefix(tenant_id, dataset_id)}/{split}.jsonl"
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """A validated upload on its way into the store."""
+
+    tenant_id: str
+    dataset_id: str
+    source: Path
+    options: DatasetOptions
+    result: PipelineResult
+    filename: str | None
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def prefix(self) -> str:
+        return dataset_prefix(self.tenant_id, self.dataset_id)
+
+    def manifest(self, splits: dict[str, SplitFile]) -> Manifest:
+        report = self.result.report
+        assert report.format is not None and report.content_sha256 is not None
+        return Manifest(
+            dataset_id=self.dataset_id,
+            name=self.options.name,
+            tenant_id=self.tenant_id,
+            format=report.format,
+            task_type=self.options.task_type,
+            seed=self.options.seed,
+            ratios=self.options.split,
+            content_sha256=report.content_sha256,
+            source_filename=self.filename,
+            source_bytes=self.source.stat().st_size,
+            splits=splits,
+            report=report,
+            created_at=self.created_at,
+        )
+
+    def row(self, manifest: Manifest, manifest_uri: str) -> models.DatasetRow:
+        return models.DatasetRow(
+            id=self.dataset_id,
+            tenant_id=self.tenant_id,
+            name=manifest.name,
+            format=manifest.format.value,
+            task_type=manifest.task_type.value,
+            status=DatasetStatus.READY.value,
+            seed=manifest.seed,
+            ratios=manifest.ratios.model_dump(),
+            row_counts={name: s.rows for name, s in manifest.splits.items()},
+            content_sha256=manifest.content_sha256,
+            manifest_uri=manifest_uri,
+            source_bytes=manifest.source_bytes,
+            created_at=self.created_at,
+        )
 
 
 class DatasetService:
@@ -90,98 +144,46 @@ class DatasetService:
             faults.point("dataset.after_split")
             if not result.report.ok:
                 raise ValidationFailed(_failure_summary(result.report), details=result.report.model_dump())
-            return self._store(tenant_id, dataset_id, source, options, result, filename)
+            return self._store(_Upload(tenant_id, dataset_id, source, options, result, filename))
 
-    def _store(
-        self,
-        tenant_id: str,
-        dataset_id: str,
-        source: Path,
-        options: DatasetOptions,
-        result: PipelineResult,
-        filename: str | None,
-    ) -> Dataset:
-        report = result.report
-        assert report.format is not None and report.content_sha256 is not None
-        prefix = dataset_prefix(tenant_id, dataset_id)
-        created_at = datetime.now(UTC)
+    def _store(self, up: _Upload) -> Dataset:
         try:
-            manifest = self._put_objects(tenant_id, dataset_id, source, options, result, filename, created_at)
+            manifest = self._put_objects(up)
         except Exception as exc:
-            self._cleanup(prefix)
-            log.error("storing dataset failed", extra={"dataset_id": dataset_id, "error": str(exc)})
-            raise StorageError(f"could not store dataset {dataset_id}: {exc}") from exc
+            self._cleanup(up.prefix)
+            log.error("storing dataset failed", extra={"dataset_id": up.dataset_id, "error": str(exc)})
+            raise StorageError(f"could not store dataset {up.dataset_id}: {exc}") from exc
         faults.point("dataset.before_row")
-        row = models.DatasetRow(
-            id=dataset_id,
-            tenant_id=tenant_id,
-            name=options.name,
-            format=report.format.value,
-            task_type=options.task_type.value,
-            status=DatasetStatus.READY.value,
-            seed=options.seed,
-            ratios=options.split.model_dump(),
-            row_counts={name: s.rows for name, s in manifest.splits.items()},
-            content_sha256=report.content_sha256,
-            manifest_uri=self.store.uri(f"{prefix}/manifest.json"),
-            source_bytes=manifest.source_bytes,
-            created_at=created_at,
-        )
+        row = up.row(manifest, self.store.uri(f"{up.prefix}/manifest.json"))
         try:
             with self.db.session() as session:
                 session.add(row)
         except IntegrityError:
             # A concurrent create of the same pre-allocated id won: the objects are its (splits are
             # byte-for-byte reproducible), so they stay.
-            existing = self._find(tenant_id, dataset_id)
+            existing = self._find(up.tenant_id, up.dataset_id)
             if existing is None:
-                self._cleanup(prefix)
+                self._cleanup(up.prefix)
                 raise
             return existing
         except BaseException:
-            self._cleanup(prefix)
+            self._cleanup(up.prefix)
             raise
-        log.info("dataset stored", extra={"dataset_id": dataset_id, "rows": row.row_counts})
+        log.info("dataset stored", extra={"dataset_id": up.dataset_id, "rows": row.row_counts})
         return to_model(row)
 
-    def _put_objects(
-        self,
-        tenant_id: str,
-        dataset_id: str,
-        source: Path,
-        options: DatasetOptions,
-        result: PipelineResult,
-        filename: str | None,
-        created_at: datetime,
-    ) -> Manifest:
+    def _put_objects(self, up: _Upload) -> Manifest:
         """Split files first, the manifest last: a manifest means the dataset is whole."""
-        report = result.report
-        assert report.format is not None and report.content_sha256 is not None
         splits: dict[str, SplitFile] = {}
-        for name, out in result.splits.items():
-            key = split_key(tenant_id, dataset_id, name)
+        for name, out in up.result.splits.items():
+            key = split_key(up.tenant_id, up.dataset_id, name)
             self.store.put_file(key, out.path)
             faults.point("dataset.after_first_object")
             splits[name] = SplitFile(
                 uri=self.store.uri(key), rows=out.rows, sha256=out.sha256, bytes=out.bytes
             )
-        manifest = Manifest(
-            dataset_id=dataset_id,
-            name=options.name,
-            tenant_id=tenant_id,
-            format=report.format,
-            task_type=options.task_type,
-            seed=options.seed,
-            ratios=options.split,
-            content_sha256=report.content_sha256,
-            source_filename=filename,
-            source_bytes=source.stat().st_size,
-            splits=splits,
-            report=report,
-            created_at=created_at,
-        )
-        manifest_key = f"{dataset_prefix(tenant_id, dataset_id)}/manifest.json"
-        self.store.put_bytes(manifest_key, manifest.model_dump_json(indent=2).encode())
+        manifest = up.manifest(splits)
+        self.store.put_bytes(f"{up.prefix}/manifest.json", manifest.model_dump_json(indent=2).encode())
         return manifest
 
     def _cleanup(self, prefix: str) -> None:

@@ -178,7 +178,8 @@ class _Scanner:
     def block(self, lines: list[str], lineno: int) -> tuple[int, list[bytes]]:
         """Scan the lines after line ``lineno``: the number of the last line, and the record
         line of each valid row."""
-        res, label_ids, convert, records = self.res, self.label_ids, self.convert, []
+        records: list[bytes] = []
+        res, label_ids, convert = self.res, self.label_ids, self.convert
         add_error, add_gap, add_record = res.errors.add, res.gaps.append, records.append
         add_chars, add_tokens = res.char_lengths.append, res.token_lengths.append
         labels, rows = res.labels, self.rows

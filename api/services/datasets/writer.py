@@ -25,6 +25,8 @@ _BLOCK_BYTES: Final = 1 << 22
 
 @dataclass(frozen=True)
 class WrittenFile:
+    """One split file written: its path, rows, SHA-256 and size in bytes."""
+
     path: Path
     rows: int
     sha256: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar
 
 from api.services.datasets import issues
 
@@ -108,8 +108,13 @@ def type_name(value: object) -> str:
 def expect(value: object, kind: type[T], where: str) -> T:
     """``value`` if its type is exactly ``kind`` (str, list or dict), else a wrong_type error."""
     if type(value) is not kind:
-        raise RowError(issues.WRONG_TYPE, f"{where} must be {_ARTICLED[kind]}, got {type_name(value)}")
-    return cast(T, value)
+        raise wrong_type(value, kind, where)
+    return value
+
+
+def wrong_type(value: object, kind: type, where: str) -> RowError:
+    """The wrong_type error for ``value`` where a ``kind`` (str, list or dict) belongs."""
+    return RowError(issues.WRONG_TYPE, f"{where} must be {_ARTICLED[kind]}, got {type_name(value)}")
 
 
 _ARTICLED: Final[dict[type, str]] = {str: "a string", list: "an array", dict: "an object"}
@@ -127,7 +132,7 @@ def required_text(row: Row, field: str) -> str:
     except KeyError:
         raise MissingField(field) from None
     if type(value) is not str:
-        expect(value, str, repr(field))  # raises
+        raise wrong_type(value, str, repr(field))
     if not value or value.isspace():
         raise RowError(issues.EMPTY_TEXT, f"{field!r} is empty")
     return value

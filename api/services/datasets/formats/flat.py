@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from api.services.datasets.formats.base import Normalised, Row, expect, required_text
+from api.services.datasets.formats.base import Normalised, Row, required_text, wrong_type
 
 
 def _pair(user: str, assistant: str) -> Normalised:
@@ -29,7 +29,7 @@ def normalise_instruction(row: Row) -> Normalised:
     user = required_text(row, "instruction")
     extra = row.get("input")
     if extra is not None and type(extra) is not str:
-        expect(extra, str, "'input'")  # raises
+        raise wrong_type(extra, str, "'input'")
     if extra and not extra.isspace():
         user = f"{user}\n\n{extra}"
     return _pair(user, required_text(row, "output"))

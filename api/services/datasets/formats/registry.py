@@ -46,26 +46,19 @@ class FormatSpec:
     line they need no escaping."""
 
 
+def _pair_spec(fmt: DatasetFormat, fields: tuple[str, str], normalise: Normaliser, rank: int) -> FormatSpec:
+    """A format whose rows are exactly a user text field and an assistant text field."""
+    return FormatSpec(fmt, fields, normalise, hint_rank=rank, pair=fields)
+
+
 SPECS: Final[tuple[FormatSpec, ...]] = (
     # Detection order: ``instruction`` rows may also carry ``input``, so it is tried before
     # ``input_target``; ``text`` is tried last (other formats' rows may carry a ``text`` field).
     FormatSpec(DatasetFormat.CHAT, ("messages",), normalise_chat, hint_rank=3, verbatim=True),
     FormatSpec(DatasetFormat.SHAREGPT, ("conversations",), normalise_sharegpt, hint_rank=4),
     FormatSpec(DatasetFormat.INSTRUCTION, ("instruction", "output"), normalise_instruction, hint_rank=2),
-    FormatSpec(
-        DatasetFormat.PROMPT_COMPLETION,
-        ("prompt", "completion"),
-        normalise_prompt_completion,
-        hint_rank=1,
-        pair=("prompt", "completion"),
-    ),
-    FormatSpec(
-        DatasetFormat.INPUT_TARGET,
-        ("input", "target"),
-        normalise_input_target,
-        hint_rank=0,
-        pair=("input", "target"),
-    ),
+    _pair_spec(DatasetFormat.PROMPT_COMPLETION, ("prompt", "completion"), normalise_prompt_completion, 1),
+    _pair_spec(DatasetFormat.INPUT_TARGET, ("input", "target"), normalise_input_target, 0),
     FormatSpec(DatasetFormat.TEXT, ("text",), normalise_text, hint_rank=5),
 )
 
