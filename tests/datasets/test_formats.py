@@ -10,7 +10,7 @@ import pytest
 
 from api.domain.datasets import DatasetOptions, ValidationLimits
 from api.domain.enums import DatasetFormat, TaskType
-from api.services.datasets.formats import detect_format
+from api.services.datasets.formats import NORMALISERS, SPECS, detect_format
 from api.services.datasets.pipeline import process
 
 
@@ -153,3 +153,10 @@ def test_label_is_kept_and_classification_defaults_to_target(tmp_path: Path) -> 
     src2 = _write(tmp_path / "e.jsonl", [{"input": "good film", "target": "I liked it", "label": " pos "}])
     process(src2, _options(), tmp_path / "out2")
     assert _records(tmp_path / "out2")[0]["label"] == "pos"
+
+
+def test_every_dataset_format_is_registered_once() -> None:
+    """The registry is the one place a format is added: each DatasetFormat has one spec."""
+    assert [spec.format for spec in SPECS] == list(dict.fromkeys(spec.format for spec in SPECS))
+    assert {spec.format for spec in SPECS} == set(DatasetFormat)
+    assert set(NORMALISERS) == set(DatasetFormat)
