@@ -8,8 +8,8 @@ visibly different text; references are computed with plain PEFT, independently o
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,21 @@ class Store:
     @property
     def file_uri(self) -> str:
         return self.prefix.as_uri()
+
+
+@contextmanager
+def mocked_bucket(bucket: str, folder: Path, prefix: str = "") -> Iterator[Any]:
+    """A moto S3 client whose ``bucket`` holds every file under ``folder`` at ``<prefix><relative path>``."""
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=bucket)
+        for path in folder.rglob("*"):
+            if path.is_file():
+                client.upload_file(str(path), bucket, prefix + path.relative_to(folder).as_posix())
+        yield client
 
 
 def make_lora(base: Path, out: Path, seed: int, targets: list[str]) -> None:

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moto import mock_aws
 
-from tests.inference.support import PROMPT, ClientFactory, Reference, Store
+from tests.inference.support import PROMPT, ClientFactory, Reference, Store, mocked_bucket
 
 N = 6
 BUCKET = "fastuner-cache-test"
@@ -47,14 +46,7 @@ def test_memory_budget_evicts_least_recently_used(make_client: ClientFactory, re
 
 @pytest.fixture
 def s3(store: Store) -> Iterator[Any]:
-    import boto3
-
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        for path in store.prefix.rglob("*"):
-            if path.is_file():
-                client.upload_file(str(path), BUCKET, "adapters/" + path.relative_to(store.prefix).as_posix())
+    with mocked_bucket(BUCKET, store.prefix, "adapters/") as client:
         yield client
 
 

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moto import mock_aws
 
-from tests.inference.support import PROMPT, TENANT, ClientFactory, Reference, Store
+from tests.inference.support import PROMPT, TENANT, ClientFactory, Reference, Store, mocked_bucket
 
 BUCKET = "fastuner-test-artifacts"
 
@@ -17,14 +16,7 @@ BUCKET = "fastuner-test-artifacts"
 @pytest.fixture
 def s3(store: Store) -> Iterator[Any]:
     """A mocked bucket holding ``<tenant>/adapters/<adp>/...`` exactly like the local store."""
-    import boto3
-
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        for path in store.root.rglob("*"):
-            if path.is_file():
-                client.upload_file(str(path), BUCKET, path.relative_to(store.root).as_posix())
+    with mocked_bucket(BUCKET, store.root) as client:
         # A stray object in a nested folder must not be downloaded (only the PEFT folder's top level).
         client.put_object(Bucket=BUCKET, Key=f"{TENANT}/adapters/adp_a/checkpoint-1/junk.bin", Body=b"x")
         yield client
