@@ -98,10 +98,13 @@ def payload_part(data: bytes) -> bytes:
 def model_stream_error(message: str) -> bytes:
     body = json.dumps({"Message": message, "ErrorCode": "ModelStreamError"}).encode()
     return eventstream_frame(
-        {":message-type": "exception", ":exception-type": "ModelStreamError",
-         ":content-type": "application/json"},
+        {
+            ":message-type": "exception",
+            ":exception-type": "ModelStreamError",
+            ":content-type": "application/json",
+        },
         body,
-    )  # fmt: skip
+    )
 
 
 class _Raw:
@@ -129,9 +132,12 @@ class SageMakerStream:
         self.runtime = boto3.client("sagemaker-runtime", region_name="us-east-1", config=RUNTIME_CONFIG)
         self.backend = backend_class(
             None,  # type: ignore[arg-type]  # (the store is not used by invocations)
-            image_uri="img", role_arn="arn:aws:iam::123456789012:role/r", region="us-east-1",
-            runtime_client=self.runtime, sagemaker_client=boto3.client("sagemaker", region_name="us-east-1"),
-        )  # fmt: skip
+            image_uri="img",
+            role_arn="arn:aws:iam::123456789012:role/r",
+            region="us-east-1",
+            runtime_client=self.runtime,
+            sagemaker_client=boto3.client("sagemaker", region_name="us-east-1"),
+        )
         self.requests: list[Any] = []
         self.raw: _Raw | None = None
         self.respond: Any = None
@@ -326,11 +332,21 @@ def api(tmp_path_factory: pytest.TempPathFactory, fake_server: FakeServer) -> It
     ctx = app.state.ctx
     key = ctx.auth.create_key("t-stream", "test").secret
     with ctx.db.session() as s:
-        s.add(models.DeploymentRow(
-            id="dep_stream", tenant_id="t-stream", adapter_ids=ADAPTERS, base_model="tiny", backend="local",
-            endpoint_name="fastuner-dep-stream", instance_type="local", status="in_service", ttl_seconds=600,
-            in_service_at=datetime.now(UTC), backend_state={"url": fake_server.url, "root": str(home / "ep")},
-        ))  # fmt: skip
+        s.add(
+            models.DeploymentRow(
+                id="dep_stream",
+                tenant_id="t-stream",
+                adapter_ids=ADAPTERS,
+                base_model="tiny",
+                backend="local",
+                endpoint_name="fastuner-dep-stream",
+                instance_type="local",
+                status="in_service",
+                ttl_seconds=600,
+                in_service_at=datetime.now(UTC),
+                backend_state={"url": fake_server.url, "root": str(home / "ep")},
+            )
+        )
     for url in serve(app):
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
             yield Api(url, app, http, "dep_stream")
@@ -356,9 +372,11 @@ def test_v0_inference_streams_tokens_then_done(api: Api, fake_server: FakeServer
     assert done["outputs"] == [OUTPUT] and done["latency_ms"] > 0
     assert "".join(p for _, e in events[:-1] for p in [e["text"]]) == done["outputs"][0]["generated_text"]
     assert fake_server.bodies[-1] == {
-        "inputs": "hi", "adapter": "adp_x", "stream": True,
+        "inputs": "hi",
+        "adapter": "adp_x",
+        "stream": True,
         "parameters": {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "stop": []},
-    }  # fmt: skip
+    }
     assert api.last_used_at() != before  # the idle clock was reset (the TTL janitor reads it)
 
 
@@ -432,8 +450,12 @@ def v1_events(api: Api, path: str, body: dict[str, Any]) -> list[Any]:
 
 
 def test_v1_chat_stream_carries_the_endpoints_pieces(api: Api, fake_server: FakeServer) -> None:
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     chunks = v1_events(api, "/v1/chat/completions", body)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     deltas = [c["choices"][0]["delta"].get("content") for c in chunks[1:-2]]
