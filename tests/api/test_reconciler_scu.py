@@ -20,6 +20,7 @@ from api.db.session import Database
 from api.domain.enums import JobStatus
 from api.services.finetune.reconciler import Reconciler
 from api.settings import Settings
+from tests.support.rows import add_dataset
 
 TENANT = "default"
 JOB = "ft_scu0001"
@@ -65,24 +66,8 @@ class FakeBackend:
 def db(db_url: str) -> Iterator[Database]:
     database = Database(db_url)
     database.migrate()
+    add_dataset(database, "ds_scu0001", tenant_id=TENANT, manifest_uri="file:///x")
     with database.session() as s:
-        s.add(
-            models.DatasetRow(
-                id="ds_scu0001",
-                tenant_id=TENANT,
-                name="d",
-                format="chat",
-                task_type="generation",
-                status="ready",
-                seed=1,
-                ratios={},
-                row_counts={},
-                content_sha256="0" * 64,
-                manifest_uri="file:///x",
-                source_bytes=1,
-            )
-        )
-        s.flush()
         s.add(
             models.FineTuneJobRow(
                 id=JOB,

@@ -22,6 +22,7 @@ from api.settings import Settings
 from api.storage.base import ObjectStore
 from api.storage.local import LocalStore
 from api.storage.s3 import S3Store
+from tests.support.rows import add_dataset
 
 GRACE = 600.0
 LATER = GRACE + 60  # seconds: a clock this far ahead sees everything written now as expired
@@ -104,23 +105,7 @@ def ctx(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Iterator
 
 
 def _dataset_row(ctx: AppContext, dataset_id: str, status: str = "ready") -> None:
-    with ctx.db.session() as s:
-        s.add(
-            models.DatasetRow(
-                id=dataset_id,
-                tenant_id="acme",
-                name="d",
-                format="chat",
-                task_type="generation",
-                status=status,
-                seed=1,
-                ratios={},
-                row_counts={},
-                content_sha256="0" * 64,
-                manifest_uri="x",
-                source_bytes=1,
-            )
-        )
+    add_dataset(ctx.db, dataset_id, tenant_id="acme", status=status)
 
 
 def _put(store: ObjectStore, prefix: str) -> None:

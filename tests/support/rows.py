@@ -6,6 +6,34 @@ from api.db import models
 from api.db.session import Database
 
 
+def add_dataset(
+    db: Database,
+    dataset_id: str,
+    *,
+    tenant_id: str = "default",
+    status: str = "ready",
+    manifest_uri: str = "x",
+) -> None:
+    """A dataset row (its files are the test's business)."""
+    with db.session() as s:
+        s.add(
+            models.DatasetRow(
+                id=dataset_id,
+                tenant_id=tenant_id,
+                name="d",
+                format="chat",
+                task_type="generation",
+                status=status,
+                seed=1,
+                ratios={},
+                row_counts={},
+                content_sha256="0" * 64,
+                manifest_uri=manifest_uri,
+                source_bytes=1,
+            )
+        )
+
+
 def add_finished_adapter(
     db: Database,
     adapter_id: str,
@@ -19,24 +47,8 @@ def add_finished_adapter(
     tenant_id: str = "default",
 ) -> None:
     """An adapter row with the ready dataset and the completed fine-tune it comes from."""
+    add_dataset(db, dataset_id, tenant_id=tenant_id, manifest_uri=f"{uri}/manifest.json")
     with db.session() as s:
-        s.add(
-            models.DatasetRow(
-                id=dataset_id,
-                tenant_id=tenant_id,
-                name="d",
-                format="chat",
-                task_type="generation",
-                status="ready",
-                seed=1,
-                ratios={},
-                row_counts={},
-                content_sha256="0" * 64,
-                manifest_uri=f"{uri}/manifest.json",
-                source_bytes=1,
-            )
-        )
-        s.flush()
         s.add(
             models.FineTuneJobRow(
                 id=job_id,
