@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,16 +26,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.servers import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60.0
 SWEEP_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Server:
@@ -53,7 +47,7 @@ class Server:
 
     def start(self, *, fault: str | None = None, grace: float = 3600) -> None:
         assert self.proc is None
-        self.port = _free_port()
+        self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FASTUNER_") and k not in ("TMPDIR",)}
         env.update(
             PYTHONPATH=str(REPO),

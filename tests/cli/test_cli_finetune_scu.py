@@ -18,6 +18,7 @@ from cli import plot as plot_module
 from cli.client import FastunerClient
 from cli.main import cli
 from cli.state import State
+from tests.support.api_json import job_json
 
 JOB_ID = "ft_scu0001"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -25,11 +26,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def record(step: int, *, s_hat: float = 0.031, lam: float = 1.02, unreachable: int = 0) -> dict[str, float]:
     """One record as the engine writes it (scu/metrics_format.py TRAIN_KEYS)."""
-    return {
-        "step": step, "epoch": step / 100, "loss_bpt": 3.35, "data_bpt": 3.33, "param_bpt": 0.0123,
-        "s": 0.0036, "s_hat": s_hat, "target_s": 0.03, "band": 0.1, "lambda": lam,
-        "unreachable": unreachable, "lr": 2e-4, "tokens_per_s": 812.3, "eta_s": 41,
-    }  # fmt: skip
+    fixed = {"epoch": step / 100, "loss_bpt": 3.35, "data_bpt": 3.33, "param_bpt": 0.0123, "s": 0.0036}
+    scu = {"s_hat": s_hat, "target_s": 0.03, "band": 0.1, "lambda": lam, "unreachable": unreachable}
+    return {"step": step, **fixed, **scu, "lr": 2e-4, "tokens_per_s": 812.3, "eta_s": 41}
 
 
 def old_record(step: int) -> dict[str, float]:
@@ -38,14 +37,7 @@ def old_record(step: int) -> dict[str, float]:
 
 
 def job(latest: dict[str, float] | None, *, status: str = "completed", **hp: Any) -> dict[str, Any]:
-    return {
-        "id": JOB_ID, "dataset_id": "ds_x", "base_model": "tiny", "method": "lora",
-        "hyperparameters": {"max_steps": 100, **hp}, "backend": "local", "backend_job_name": "bj",
-        "instance_type": "local", "instance_count": 1, "spot": False, "status": status,
-        "secondary_status": None, "failure_reason": None, "estimate": None, "billable_seconds": None,
-        "cost_estimate_usd": None, "adapter_id": None, "latest_metrics": latest,
-        "created_at": datetime(2026, 1, 1, tzinfo=UTC).isoformat(), "started_at": None, "ended_at": None,
-    }  # fmt: skip
+    return job_json(JOB_ID, status, latest=latest, hyperparameters={"max_steps": 100, **hp})
 
 
 def points(records: list[dict[str, float]]) -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ it completed; `finetune start --dataset FILE` uploads the file first."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +15,15 @@ from cli.client import FastunerClient
 from cli.main import cli
 from cli.state import State
 from tests.api.support import rows, write_jsonl
+from tests.support.api_json import dataset_json, job_json
 
 JOB = "ft_wait0001"
 
 
 def job(status: str, *, step: int | None = None, reason: str | None = None) -> dict[str, Any]:
     latest = None if step is None else {"step": step, "loss_bpt": 3.5, "s_hat": 0.03, "target_s": 0.03}
-    return {
-        "id": JOB, "dataset_id": "ds_x", "base_model": "tiny", "method": "lora",
-        "hyperparameters": {"max_steps": 10}, "backend": "local", "backend_job_name": "bj",
-        "instance_type": "local", "instance_count": 1, "spot": False, "status": status,
-        "secondary_status": None, "failure_reason": reason, "estimate": None, "billable_seconds": None,
-        "cost_estimate_usd": None, "adapter_id": "adp_1" if status == "completed" else None,
-        "latest_metrics": latest, "created_at": datetime(2026, 1, 1, tzinfo=UTC).isoformat(),
-        "started_at": None, "ended_at": None,
-    }  # fmt: skip
+    adapter = "adp_1" if status == "completed" else None
+    return job_json(JOB, status, latest=latest, failure_reason=reason, adapter_id=adapter)
 
 
 def sse(events: list[tuple[str, dict[str, Any]]]) -> str:
@@ -53,8 +46,8 @@ class FakeApi:
             points = [
                 ("metric", {"step": s, "values": {"loss_bpt": 3.0 - s / 10, "lambda": 1.5}}) for s in (4, 6)
             ]
-            return httpx.Response(200, text=sse([("status", {"status": "running"}), *points,
-                                                 ("status", {"status": self.final, "adapter_id": None})]))  # fmt: skip
+            final = ("status", {"status": self.final, "adapter_id": None})
+            return httpx.Response(200, text=sse([("status", {"status": "running"}), *points, final]))
         if request.url.path == f"/v0/finetune/{JOB}":
             if self.ended:
                 return httpx.Response(
@@ -113,12 +106,7 @@ def test_wait_for_an_unknown_job(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- start --dataset FILE -----------------------------------------------------------------------
 def test_start_with_a_file_uploads_then_starts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     seen: list[httpx.Request] = []
-    dataset = {
-        "id": "ds_new00001", "name": "train", "format": "input_target", "task_type": "generation",
-        "status": "ready", "row_counts": {"train": 96}, "seed": 42,
-        "ratios": {"train": 0.8, "validation": 0.1, "test": 0.1}, "content_sha256": "0" * 64,
-        "manifest_uri": "store://m", "source_bytes": 10, "created_at": "2026-01-01T00:00:00Z",
-    }  # fmt: skip
+    dataset = dataset_json("ds_new00001", row_counts={"train": 96})
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)

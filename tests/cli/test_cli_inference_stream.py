@@ -16,10 +16,13 @@ from cli.state import State
 from fastuner_sdk import NotFoundError, StreamError
 
 DONE = {
-    "deployment_id": "dep_1", "adapter_id": "adp_1", "latency_ms": 41.7,
-    "outputs": [{"generated_text": "HELLO WORLD", "prompt_tokens": 3, "completion_tokens": 4,
-                 "finish_reason": "stop"}],
-}  # fmt: skip
+    "deployment_id": "dep_1",
+    "adapter_id": "adp_1",
+    "latency_ms": 41.7,
+    "outputs": [
+        {"generated_text": "HELLO WORLD", "prompt_tokens": 3, "completion_tokens": 4, "finish_reason": "stop"}
+    ],
+}
 
 
 def sse(events: list[tuple[str, dict[str, Any]]]) -> str:

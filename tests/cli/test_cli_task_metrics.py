@@ -19,33 +19,61 @@ from tests.cli.test_cli_finetune_wait import JOB, job, sse
 
 ADAPTER = "adp_1"
 GENERATION = {
-    "kind": "generation", "rows": 200, "max_new_tokens": 17, "seconds": 21.44, "split": "test",
-    "base": {"exact_match": 0.03}, "adapter": {"exact_match": 0.91},
+    "kind": "generation",
+    "rows": 200,
+    "max_new_tokens": 17,
+    "seconds": 21.44,
+    "split": "test",
+    "base": {"exact_match": 0.03},
+    "adapter": {"exact_match": 0.91},
     "samples": [
-        {"prompt": "Shout this: amber lotus", "target": "AMBER LOTUS", "base": "Amber lotus!",
-         "adapter": "AMBER LOTUS"},
-        {"prompt": "Shout this: [bold]koala[/]", "target": "[BOLD]KOALA[/]", "base": "koala\x1b[31m",
-         "adapter": "KOALA " * 30},
+        {
+            "prompt": "Shout this: amber lotus",
+            "target": "AMBER LOTUS",
+            "base": "Amber lotus!",
+            "adapter": "AMBER LOTUS",
+        },
+        {
+            "prompt": "Shout this: [bold]koala[/]",
+            "target": "[BOLD]KOALA[/]",
+            "base": "koala\x1b[31m",
+            "adapter": "KOALA " * 30,
+        },
     ],
-}  # fmt: skip
+}
 CLASSIFICATION = {
-    "kind": "classification", "rows": 40, "max_new_tokens": 6, "seconds": 3.0, "split": "validation",
-    "base": {"accuracy": 0.5, "macro_f1": 1 / 3}, "adapter": {"accuracy": 0.95, "macro_f1": 0.949},
+    "kind": "classification",
+    "rows": 40,
+    "max_new_tokens": 6,
+    "seconds": 3.0,
+    "split": "validation",
+    "base": {"accuracy": 0.5, "macro_f1": 1 / 3},
+    "adapter": {"accuracy": 0.95, "macro_f1": 0.949},
     "labels": ["negative", "positive"],
     "samples": [{"prompt": "I hated the tent.", "target": "negative", "base": "The", "adapter": "negative"}],
-}  # fmt: skip
+}
 
 
 def adapter(task: Any | None) -> dict[str, Any]:
-    ev: dict[str, Any] = {"rows": 40, "tokens": 400, "base": {"bpt": 9.1, "perplexity": 549.0},
-                          "adapter": {"bpt": 2.5, "perplexity": 5.66}}  # fmt: skip
+    ev: dict[str, Any] = {
+        "rows": 40,
+        "tokens": 400,
+        "base": {"bpt": 9.1, "perplexity": 549.0},
+        "adapter": {"bpt": 2.5, "perplexity": 5.66},
+    }
     if task is not None:
         ev["task"] = task
     return {
-        "id": ADAPTER, "job_id": JOB, "dataset_id": "ds_x", "dataset_sha256": "a" * 64, "base_model": "tiny",
-        "uri": "store://a", "eval_metrics": ev, "config": {"lora_r": 8},
+        "id": ADAPTER,
+        "job_id": JOB,
+        "dataset_id": "ds_x",
+        "dataset_sha256": "a" * 64,
+        "base_model": "tiny",
+        "uri": "store://a",
+        "eval_metrics": ev,
+        "config": {"lora_r": 8},
         "created_at": datetime(2026, 1, 1, tzinfo=UTC).isoformat(),
-    }  # fmt: skip
+    }
 
 
 def install(monkeypatch: pytest.MonkeyPatch, task: Any | None, *, adapter_status: int = 200) -> list[str]:

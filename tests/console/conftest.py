@@ -47,13 +47,19 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     models = root / "models"
     build_tiny_model(models / "tiny-llama")
     settings = Settings(
-        home=root / "home", log_json=False, log_level="WARNING", reconcile_interval_seconds=0.5,
-        janitor_interval_seconds=3600, model_roots=[models], rate_limit="",
-    )  # fmt: skip
+        home=root / "home",
+        log_json=False,
+        log_level="WARNING",
+        reconcile_interval_seconds=0.5,
+        janitor_interval_seconds=3600,
+        model_roots=[models],
+        rate_limit="",
+    )
     app = create_app(settings)
     other = app.state.ctx.auth.create_key("tenant-b").secret
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
-                            **uvicorn_options(settings))  # fmt: skip
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", **uvicorn_options(settings)
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="console-test-server", daemon=True)
     thread.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,28 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from tests.support.servers import free_port
 
 LINK = re.compile(r"Fastuner console: (http://127\.0\.0\.1:\d+/ui/signin/token\?t=\S+)")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _start_ui(home: Path, port: int) -> subprocess.Popen[str]:
+    """``fastuner ui`` for the embedded default in ``home`` (no API URL or key from the shell)."""
+    env = {**os.environ, "FASTUNER_HOME": str(home), "FASTUNER_BACKGROUND_TASKS": "false"}
+    env.pop("FASTUNER_API_URL", None)
+    env.pop("FASTUNER_API_KEY", None)
+    argv = [sys.executable, "-m", "cli.main", "ui", "--port", str(port), "--no-browser"]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _first_link_line(proc: subprocess.Popen[str]) -> str:
+    """The output line holding the sign-in link (or the last line, if the process ended first)."""
+    assert proc.stdout is not None
+    line = ""
+    for line in proc.stdout:
+        if LINK.search(line):
+            break
+    return line
 
 
 def _check_link(url: str, key: str) -> None:
@@ -40,20 +52,10 @@ def _check_link(url: str, key: str) -> None:
 @pytest.mark.slow
 def test_ui_starts_the_embedded_server_then_reuses_it(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    port = _free_port()
-    env = {**os.environ, "FASTUNER_HOME": str(home), "FASTUNER_BACKGROUND_TASKS": "false"}
-    env.pop("FASTUNER_API_URL", None)
-    env.pop("FASTUNER_API_KEY", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "ui", "--port", str(port), "--no-browser"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
+    port = free_port()
+    proc = _start_ui(home, port)
     try:
-        assert proc.stdout is not None
-        line = ""
-        for line in proc.stdout:  # the server starts, then the link is printed
-            if LINK.search(line):
-                break
+        line = _first_link_line(proc)  # the server starts, then the link is printed
         match = LINK.search(line)
         assert match, line
         key = (home / "api_key").read_text().strip()
@@ -74,18 +76,10 @@ def test_ui_starts_the_embedded_server_then_reuses_it(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ui_with_a_wrong_key_fails_cleanly(tmp_path: Path) -> None:
-    port = _free_port()
-    env = {**os.environ, "FASTUNER_HOME": str(tmp_path / "home"), "FASTUNER_BACKGROUND_TASKS": "false"}
-    env.pop("FASTUNER_API_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "ui", "--port", str(port), "--no-browser"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
+    port = free_port()
+    proc = _start_ui(tmp_path / "home", port)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if LINK.search(line):
-                break
+        _first_link_line(proc)
         res = CliRunner().invoke(
             cli, ["ui", "--api-url", f"http://127.0.0.1:{port}", "--api-key", "fsk_wrong", "--no-browser"]
         )

@@ -78,8 +78,12 @@ def api(server: LiveServer) -> httpx.Client:
 
 
 def start_job(server: LiveServer, dataset_id: str, max_steps: int) -> str:
-    body = {"dataset_id": dataset_id, "base_model": str(server.tiny_model), "max_steps": max_steps,
-            "hyperparameters": {"log_every": 1, "checkpoint_every": 1000}}  # fmt: skip
+    body = {
+        "dataset_id": dataset_id,
+        "base_model": str(server.tiny_model),
+        "max_steps": max_steps,
+        "hyperparameters": {"log_every": 1, "checkpoint_every": 1000},
+    }
     with api(server) as client:
         resp = client.post("/v0/finetune", json=body)
     assert resp.status_code == 201, resp.text
@@ -123,8 +127,21 @@ def test_sign_in_with_the_bootstrap_key_and_sign_out(page: Any, live_server: Liv
 def test_cli_upload_shows_the_dataset_and_its_report(
     page: Any, live_server: LiveServer, state: dict[str, Any]
 ) -> None:
-    res = CliRunner().invoke(cli, ["--api-url", live_server.base, "--api-key", live_server.key, "--json",
-                                   "datasets", "upload", str(SAMPLE), "--name", "upper-cli"])  # fmt: skip
+    res = CliRunner().invoke(
+        cli,
+        [
+            "--api-url",
+            live_server.base,
+            "--api-key",
+            live_server.key,
+            "--json",
+            "datasets",
+            "upload",
+            str(SAMPLE),
+            "--name",
+            "upper-cli",
+        ],
+    )
     assert res.exit_code == 0, res.output
     dataset = json.loads(res.stdout)
     state["dataset"] = dataset["id"]
@@ -260,8 +277,13 @@ def test_readable_on_a_phone(browser: Any, live_server: LiveServer, state: dict[
     try:
         page = context.new_page()
         sign_in(page, live_server.key)
-        for path in ("/ui/jobs", f"/ui/jobs/{state['job']}", f"/ui/datasets/{state['dataset']}",
-                     f"/ui/adapters/{state['adapter']}", "/ui/deployments"):  # fmt: skip
+        for path in (
+            "/ui/jobs",
+            f"/ui/jobs/{state['job']}",
+            f"/ui/datasets/{state['dataset']}",
+            f"/ui/adapters/{state['adapter']}",
+            "/ui/deployments",
+        ):
             page.goto(path)
             expect(page.get_by_role("heading", level=1)).to_be_visible()
             overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")

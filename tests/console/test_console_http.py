@@ -39,8 +39,12 @@ def world(tmp_path: Path) -> Iterator[World]:
     key_b = app.state.ctx.auth.create_key("tenant-b").secret
     with TestClient(app) as api:
         api.headers["Authorization"] = f"Bearer {key_a}"
-        ds = upload(api, write_jsonl(tmp_path / "d.jsonl", rows(120, label=True)), name="labelled",
-                    task_type="classification")  # fmt: skip
+        ds = upload(
+            api,
+            write_jsonl(tmp_path / "d.jsonl", rows(120, label=True)),
+            name="labelled",
+            task_type="classification",
+        )
         assert ds.status_code == 201, ds.text
         yield World(app, key_a, key_b, ds.json()["id"])
 
@@ -57,8 +61,9 @@ def test_sign_in_sets_a_strict_httponly_session_cookie_and_never_the_key(world: 
     resp = client.get("/ui/jobs", follow_redirects=False)
     assert resp.status_code == 303 and resp.headers["location"] == "/ui/signin"
     form = client.get("/ui/signin")
-    resp = client.post("/ui/signin", data={"api_key": world.key_a, "csrf": csrf_of(form.text)},
-                       follow_redirects=False)  # fmt: skip
+    resp = client.post(
+        "/ui/signin", data={"api_key": world.key_a, "csrf": csrf_of(form.text)}, follow_redirects=False
+    )
     assert resp.status_code == 303 and resp.headers["location"] == "/ui/jobs"
     cookie = _cookie_header(resp, SESSION_COOKIE)
     flags = {part.strip().lower() for part in cookie.split(";")[1:]}
@@ -247,21 +252,43 @@ def _seed_completed_job(world: World) -> tuple[str, str]:
     from api.db.models import AdapterRow, FineTuneJobRow
 
     job_id, adapter_id = "ft_seededjob001", "adp_seededjob001"
-    task = {"kind": "classification", "rows": 24, "base": {"accuracy": 0.5, "macro_f1": 0.33},
-            "adapter": {"accuracy": 0.875, "macro_f1": 0.86},
-            "samples": [{"input": "question number 3?", "target": "odd", "base": "even", "adapter": "odd"}]}  # fmt: skip
+    task = {
+        "kind": "classification",
+        "rows": 24,
+        "base": {"accuracy": 0.5, "macro_f1": 0.33},
+        "adapter": {"accuracy": 0.875, "macro_f1": 0.86},
+        "samples": [{"input": "question number 3?", "target": "odd", "base": "even", "adapter": "odd"}],
+    }
     with world.app.state.ctx.db.session() as session:
-        session.add(FineTuneJobRow(
-            id=job_id, tenant_id="default", dataset_id=world.dataset_id, base_model="tiny/model", method="lora",
-            hyperparameters={"max_steps": 12}, backend="local", instance_type="local", status="completed",
-            adapter_id=adapter_id, billable_seconds=30, cost_estimate_usd=0.0,
-        ))  # fmt: skip
+        session.add(
+            FineTuneJobRow(
+                id=job_id,
+                tenant_id="default",
+                dataset_id=world.dataset_id,
+                base_model="tiny/model",
+                method="lora",
+                hyperparameters={"max_steps": 12},
+                backend="local",
+                instance_type="local",
+                status="completed",
+                adapter_id=adapter_id,
+                billable_seconds=30,
+                cost_estimate_usd=0.0,
+            )
+        )
         session.flush()
-        session.add(AdapterRow(
-            id=adapter_id, tenant_id="default", job_id=job_id, dataset_id=world.dataset_id,
-            dataset_sha256="ab" * 32, base_model="tiny/model", uri="store://adapters/x",
-            eval_metrics={"base": {"bpt": 9.1}, "adapter": {"bpt": 4.2}, "tokens": 512, "task": task},
-        ))  # fmt: skip
+        session.add(
+            AdapterRow(
+                id=adapter_id,
+                tenant_id="default",
+                job_id=job_id,
+                dataset_id=world.dataset_id,
+                dataset_sha256="ab" * 32,
+                base_model="tiny/model",
+                uri="store://adapters/x",
+                eval_metrics={"base": {"bpt": 9.1}, "adapter": {"bpt": 4.2}, "tokens": 512, "task": task},
+            )
+        )
     return job_id, adapter_id
 
 
@@ -281,8 +308,12 @@ def test_job_and_adapter_pages_and_their_tenant_404(world: World) -> None:
     assert "ab" * 32 in adapter and f'href="/ui/jobs/{job_id}"' in adapter  # lineage
     assert f'action="/ui/adapters/{adapter_id}/deploy"' in adapter
     b = sign_in(world.client(), world.key_b)
-    for path in (f"/ui/jobs/{job_id}", f"/ui/jobs/{job_id}/cancel", f"/ui/adapters/{adapter_id}",
-                 f"/ui/adapters/{adapter_id}/download"):  # fmt: skip
+    for path in (
+        f"/ui/jobs/{job_id}",
+        f"/ui/jobs/{job_id}/cancel",
+        f"/ui/adapters/{adapter_id}",
+        f"/ui/adapters/{adapter_id}/download",
+    ):
         resp = b.get(path)
         assert resp.status_code == 404, (path, resp.status_code)
     assert job_id not in b.get("/ui/jobs").text and adapter_id not in b.get("/ui/adapters").text
@@ -298,12 +329,39 @@ def test_the_drops_page_lists_the_tenants_own_drop_objects(world: World) -> None
     from api.db.models import DropObjectRow
 
     with world.app.state.ctx.db.session() as session:
-        session.add(DropObjectRow(tenant_id="default", bucket="b", key="drop/default/mine.jsonl", etag="e1",
-                                  status="done", dataset_id=world.dataset_id, job_id="ft_fromdrop0001", attempts=1))  # fmt: skip
-        session.add(DropObjectRow(tenant_id="default", bucket="b", key="drop/default/bad.jsonl", etag="e2",
-                                  status="rejected", error="line 3: not JSON", attempts=1))  # fmt: skip
-        session.add(DropObjectRow(tenant_id="tenant-b", bucket="b", key="drop/tenant-b/theirs.jsonl", etag="e3",
-                                  status="done", attempts=1))  # fmt: skip
+        session.add(
+            DropObjectRow(
+                tenant_id="default",
+                bucket="b",
+                key="drop/default/mine.jsonl",
+                etag="e1",
+                status="done",
+                dataset_id=world.dataset_id,
+                job_id="ft_fromdrop0001",
+                attempts=1,
+            )
+        )
+        session.add(
+            DropObjectRow(
+                tenant_id="default",
+                bucket="b",
+                key="drop/default/bad.jsonl",
+                etag="e2",
+                status="rejected",
+                error="line 3: not JSON",
+                attempts=1,
+            )
+        )
+        session.add(
+            DropObjectRow(
+                tenant_id="tenant-b",
+                bucket="b",
+                key="drop/tenant-b/theirs.jsonl",
+                etag="e3",
+                status="done",
+                attempts=1,
+            )
+        )
     a = sign_in(world.client(), world.key_a).get("/ui/drops").text
     assert "drop/default/mine.jsonl" in a and f'href="/ui/datasets/{world.dataset_id}"' in a
     assert "drop/default/bad.jsonl" in a and "line 3: not JSON" in a and "status-rejected" in a

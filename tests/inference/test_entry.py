@@ -7,16 +7,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.inference.support import PROMPT, Reference, Store
+from tests.support.servers import free_port, wait_until_healthy
 
 CONTAINER = Path(__file__).resolve().parents[2] / "containers" / "inference"
 
@@ -104,16 +103,9 @@ def test_entry_rejects_bad_config(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "FASTUNER_BASE_MODEL" in proc.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.slow
 def test_real_server_process(store: Store, reference: Reference, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     exe = shutil.which("fastuner-serve") or str(Path(sys.executable).parent / "fastuner-serve")
     cmd = [exe] if Path(exe).exists() else [sys.executable, "-m", "loraserve.entry"]
     env = {
@@ -131,16 +123,7 @@ def test_real_server_process(store: Store, reference: Reference, tmp_path: Path)
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.2)
+        wait_until_healthy(proc, f"{url}/ping", tmp_path / "server.log", timeout=180)  # slow on a busy CI box
         body = {"inputs": PROMPT, "adapter": "adp_b", "parameters": {"max_new_tokens": 6}}
         r = httpx.post(f"{url}/invocations", json=body, timeout=30)
         assert r.status_code == 200, r.text

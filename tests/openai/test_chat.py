@@ -65,8 +65,11 @@ def _until(fetch: Any, done: Any, what: str) -> Any:
 def _deploy(http: httpx.Client, adapter_id: str) -> str:
     resp = http.post("/v0/deployments", json={"adapter_ids": [adapter_id], "ttl_seconds": 1800})
     assert resp.status_code == 201, resp.text
-    dep = _until(lambda: http.get(f"/v0/deployments/{resp.json()['id']}").json(),
-                 lambda d: d["status"] != "creating", "the deployment")  # fmt: skip
+    dep = _until(
+        lambda: http.get(f"/v0/deployments/{resp.json()['id']}").json(),
+        lambda d: d["status"] != "creating",
+        "the deployment",
+    )
     assert dep["status"] == "in_service", dep
     return str(dep["id"])
 
@@ -108,10 +111,14 @@ def test_chat_completion_and_its_stream_agree(deployed: Deployed) -> None:
         assert text
 
         # The same counts /v0/inference reports for the same request.
-        v0 = deployed.http.post("/v0/inference", json={
-            "adapter_id": deployed.adapter_id, "inputs": MESSAGES,
-            "parameters": {"max_new_tokens": 8, "temperature": 0, "seed": 7},
-        })  # fmt: skip
+        v0 = deployed.http.post(
+            "/v0/inference",
+            json={
+                "adapter_id": deployed.adapter_id,
+                "inputs": MESSAGES,
+                "parameters": {"max_new_tokens": 8, "temperature": 0, "seed": 7},
+            },
+        )
         assert v0.status_code == 200, v0.text
         out = v0.json()["outputs"][0]
         assert out["generated_text"] == text
@@ -159,8 +166,15 @@ def test_v0_inference_stream_matches_the_plain_call(deployed: Deployed) -> None:
 def test_stream_wire_format(deployed: Deployed) -> None:
     """OpenAI's SSE framing on the wire: ``data: {json}`` events and a final ``data: [DONE]``."""
     deployed.ensure_deployed()
-    body = {"model": deployed.adapter_id, "messages": MESSAGES, "max_tokens": 4, "temperature": 0,
-            "stream": True, "user": "ignored", "some_future_field": {"x": 1}}  # fmt: skip
+    body = {
+        "model": deployed.adapter_id,
+        "messages": MESSAGES,
+        "max_tokens": 4,
+        "temperature": 0,
+        "stream": True,
+        "user": "ignored",
+        "some_future_field": {"x": 1},
+    }
     with deployed.http.stream("POST", "/v1/chat/completions", json=body) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
@@ -240,13 +254,23 @@ def test_message_shapes_and_the_base_model(deployed: Deployed, tiny_model: Path)
     model's name is served (adapters off) by a deployment of it."""
     deployed.ensure_deployed()
     with deployed.client() as client:
-        plain = _chat(client, deployed, messages=[
-            {"role": "system", "content": "Be loud."}, {"role": "user", "content": "a\nb"}])  # fmt: skip
-        parts = _chat(client, deployed, messages=[
-            {"role": "developer", "content": [{"type": "text", "text": "Be loud."}]},
-            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
-             "name": "ignored"},
-        ])  # fmt: skip
+        plain = _chat(
+            client,
+            deployed,
+            messages=[{"role": "system", "content": "Be loud."}, {"role": "user", "content": "a\nb"}],
+        )
+        parts = _chat(
+            client,
+            deployed,
+            messages=[
+                {"role": "developer", "content": [{"type": "text", "text": "Be loud."}]},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+                    "name": "ignored",
+                },
+            ],
+        )
         assert parts.choices[0].message.content == plain.choices[0].message.content
         base = _chat(client, deployed, model=str(tiny_model), max_tokens=12)
         adapted = _chat(client, deployed, max_tokens=12)
@@ -326,10 +350,20 @@ def test_parameters_follow_openai_defaults_and_fields() -> None:
     assert chat.parameters() == GenerationParameters(max_new_tokens=512, temperature=1.0, top_p=1.0)
     legacy = CompletionRequest.model_validate({"model": "adp_x", "prompt": "hi"})
     assert legacy.parameters().max_new_tokens == 16 and legacy.prompts() == ["hi"]
-    chat = ChatCompletionRequest.model_validate({
-        "model": "adp_x", "messages": MESSAGES, "max_tokens": 9, "max_completion_tokens": 5,
-        "temperature": 0.7, "top_p": 0.9, "stop": "END", "seed": -1, "user": "u", "unknown": [1],
-    })  # fmt: skip
+    chat = ChatCompletionRequest.model_validate(
+        {
+            "model": "adp_x",
+            "messages": MESSAGES,
+            "max_tokens": 9,
+            "max_completion_tokens": 5,
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "stop": "END",
+            "seed": -1,
+            "user": "u",
+            "unknown": [1],
+        }
+    )
     assert chat.parameters() == GenerationParameters(
         max_new_tokens=5, temperature=0.7, top_p=0.9, stop=["END"], seed=(1 << 63) - 1
     )
@@ -339,10 +373,15 @@ def test_parameters_follow_openai_defaults_and_fields() -> None:
 
 @pytest.mark.parametrize(
     "extra",
-    [{"tools": [{"type": "function"}]}, {"logprobs": True}, {"presence_penalty": 0.5},
-     {"logit_bias": {"1": 2}}, {"response_format": {"type": "json_object"}}],
+    [
+        {"tools": [{"type": "function"}]},
+        {"logprobs": True},
+        {"presence_penalty": 0.5},
+        {"logit_bias": {"1": 2}},
+        {"response_format": {"type": "json_object"}},
+    ],
     ids=lambda e: next(iter(e)),
-)  # fmt: skip
+)
 def test_unsupported_parameters_are_refused_by_name(extra: dict[str, Any]) -> None:
     req = ChatCompletionRequest.model_validate({"model": "adp_x", "messages": MESSAGES, **extra})
     with pytest.raises(UnsupportedParameter) as info:
@@ -376,10 +415,14 @@ class FakeDeployments:
         self.calls.append(req)
         assert isinstance(req.inputs, list)
         outputs = [
-            GenerationOutput(generated_text=f"{p}|{req.parameters.seed}", prompt_tokens=len(str(p)),
-                             completion_tokens=2, finish_reason="stop")
+            GenerationOutput(
+                generated_text=f"{p}|{req.parameters.seed}",
+                prompt_tokens=len(str(p)),
+                completion_tokens=2,
+                finish_reason="stop",
+            )
             for p in req.inputs
-        ]  # fmt: skip
+        ]
         return InferenceResponse(
             deployment_id="dep_1", adapter_id=req.adapter_id, outputs=outputs, latency_ms=1
         )

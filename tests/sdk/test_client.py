@@ -15,6 +15,7 @@ from api.domain.finetune import MetricPoint
 from fastuner_sdk import _retry
 from fastuner_sdk._sse import iter_sse
 from fastuner_sdk.client import FastunerClient, StatusUpdate
+from tests.support.api_json import dataset_json
 
 Handler = Callable[[httpx.Request], httpx.Response]
 TENANT = {
@@ -59,9 +60,8 @@ def test_errors_are_typed_and_carry_code_and_request_id(status: int, code: str, 
         make(lambda r: error(status, code)).tenant()
     exc = err.value
     assert isinstance(exc, fastuner_sdk.ApiError)
-    assert (exc.status, exc.code, exc.message, exc.request_id, exc.details) == (
-        status, code, f"{code}!", "req-9", {"x": 1},
-    )  # fmt: skip
+    expected = (status, code, f"{code}!", "req-9", {"x": 1})
+    assert (exc.status, exc.code, exc.message, exc.request_id, exc.details) == expected
 
 
 def test_a_non_json_error_still_has_the_request_id_from_the_header() -> None:
@@ -129,12 +129,7 @@ def test_a_streamed_upload_is_never_sent_twice(tmp_path: Path) -> None:
 
 # -- paging -------------------------------------------------------------------------------------
 def dataset(i: int) -> dict[str, Any]:
-    return {
-        "id": f"ds_{i:08d}", "name": f"d{i}", "format": "input_target", "task_type": "generation",
-        "status": "ready", "row_counts": {"train": 1}, "seed": 42,
-        "ratios": {"train": 0.8, "validation": 0.1, "test": 0.1}, "content_sha256": "0" * 64,
-        "manifest_uri": "store://m", "source_bytes": 10, "created_at": "2026-01-01T00:00:00Z",
-    }  # fmt: skip
+    return dataset_json(f"ds_{i:08d}", name=f"d{i}")
 
 
 def test_iterators_follow_next_cursor_lazily() -> None:
