@@ -74,17 +74,20 @@ def _fraction(job: FineTuneJob, m: dict[str, float]) -> float:
 def _status_table(job: FineTuneJob, m: dict[str, float]) -> Any:
     rows = [("job", job.id), ("status", _status(job))]
     if m:
-        rows += scu_rows(m, target_s=_target_s(job))
+        rows += scu_rows(m, target_s=_target_s(job), controller=_controller(job))
     if job.failure_reason:
         rows.append(("failure", escape(job.failure_reason)))
     return kv_table(None, rows)
 
 
-def scu_rows(m: Mapping[str, float], *, target_s: float | None = None) -> list[tuple[str, str]]:
+def scu_rows(
+    m: Mapping[str, float], *, target_s: float | None = None, controller: str = "on"
+) -> list[tuple[str, str]]:
     """The latest record as people read it: bits per token, S and Ŝ against the target band, λ.
 
     Values are Rich markup. A target the controller cannot reach gets a warning row that says
-    what it means and what to change.
+    what it means and what to change. With the SCU ``off`` or ``fixed`` nothing steers S: no
+    target or band is shown, and a row says λ is held.
     """
     rows: list[tuple[str, str]] = []
     loss = loss_bpt(m)
@@ -94,7 +97,10 @@ def scu_rows(m: Mapping[str, float], *, target_s: float | None = None) -> list[t
         rows.append(("DataBPT", f"{m['data_bpt']:.4f} bits/token"))
     if "param_bpt" in m:
         rows.append(("ParamBPT", f"{m['param_bpt']:.4g} bits/token"))
-    band = target_band(m, target_s)
+    held = controller in ("off", "fixed")  # a built-in that never moves λ (a plugin may steer S)
+    band = None if held else target_band(m, target_s)
+    if held:
+        rows.append(("SCU", f"{escape(controller)} (λ held; no target for S)"))
     if "s_hat" in m:  # the controller acts on Ŝ; S is the last step's raw value
         if "s" in m:
             rows.append(("S", f"{m['s']:.3g}"))
@@ -141,6 +147,11 @@ def against_band(value: float, band: tuple[float, float, float] | None) -> str:
     if where:
         return text + f" [yellow]{'▲' if where == 'above' else '▼'} {where} band[/]"
     return text
+
+
+def _controller(job: FineTuneJob) -> str:
+    """The job's λ controller (the ``scu`` hyperparameter; the engine's default is ``on``)."""
+    return str(job.hyperparameters.get("scu") or "on")
 
 
 def _target_s(job: FineTuneJob) -> float | None:

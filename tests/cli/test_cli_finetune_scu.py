@@ -84,6 +84,15 @@ def test_wait_view_shows_bits_per_token_and_s_hat_in_band(api: dict[str, Any]) -
     assert "⚠" not in out and "pinned" not in out
 
 
+@pytest.mark.parametrize("controller", ["off", "fixed"])
+def test_wait_view_shows_no_target_when_the_scu_holds_lambda(api: dict[str, Any], controller: str) -> None:
+    api[f"/v0/finetune/{JOB_ID}"] = job(record(40, s_hat=0.9), scu=controller)
+    out = start_wait()
+    assert f"{controller} (λ held; no target for S)" in out
+    s_hat_rows = [line for line in out.splitlines() if line.startswith("Ŝ")]
+    assert s_hat_rows and all("0.9" in r and "target" not in r and "band" not in r for r in s_hat_rows)
+
+
 @pytest.mark.parametrize(("s_hat", "where"), [(0.05, "▲ above band"), (0.01, "▼ below band")])
 def test_wait_view_says_where_s_hat_is_outside_the_band(
     api: dict[str, Any], s_hat: float, where: str
