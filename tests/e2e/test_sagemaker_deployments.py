@@ -20,8 +20,8 @@ from moto.backends import get_backend
 
 from api.app import create_app
 from api.services.janitor import Janitor
-from api.settings import Settings
 from tests.api.support import authorize
+from tests.e2e.sagemaker_support import sagemaker_settings
 from tests.support.aws import ANSWERED, aws_error, hook
 from tests.support.moto import ACCOUNT, REGION, moto_sagemaker
 from tests.support.rows import add_finished_adapter
@@ -36,19 +36,11 @@ ROLE = f"arn:aws:iam::{ACCOUNT}:role/fastuner-sagemaker"
 def client(tmp_path: Path) -> Iterator[TestClient]:
     with mock_aws():
         boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
-        settings = Settings(
-            home=tmp_path,
-            database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-            log_json=False,
-            store="s3",
-            s3_bucket=BUCKET,
-            backend="sagemaker",
-            aws_region=REGION,
+        settings = sagemaker_settings(
+            tmp_path,
             sagemaker_role_arn=ROLE,
-            training_image_uri=IMAGE.replace("inference", "training"),
             inference_image_uri=IMAGE,
             default_inference_instance_type="ml.g4dn.xlarge",
-            background_tasks=False,
             orphan_grace_seconds=600,
         )
         with authorize(TestClient(create_app(settings), raise_server_exceptions=False)) as c:

@@ -23,7 +23,6 @@ from api.backends.hub_env import HF_TOKEN_SECRET_ENV
 from api.backends.sagemaker_components import ComponentSettings, SageMakerComponents
 from api.services.deployments import endpoint_name_for
 from api.services.finetune.service import job_name_for
-from api.settings import Settings
 from api.storage.s3 import S3Store
 from tests.api.support import authorize
 from tests.e2e.sagemaker_support import BUCKET, REGION, SageMakerEnv, mocked_aws, sagemaker_settings
@@ -150,25 +149,12 @@ def test_deployment_model_carries_the_arn_not_the_token(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/fastuner-inference:1"
     with mock_aws():
         boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
         arn = make_secret()
         caplog.clear()  # the test's own CreateSecret request is logged at DEBUG
-        settings = Settings(
-            home=tmp_path,
-            database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-            log_json=False,
-            store="s3",
-            s3_bucket=BUCKET,
-            backend="sagemaker",
-            aws_region=REGION,
-            sagemaker_role_arn="arn:aws:iam::123456789012:role/r",
-            training_image_uri=image,
-            inference_image_uri=image,
-            default_inference_instance_type="ml.g4dn.xlarge",
-            background_tasks=False,
-            hf_token_secret=arn,
+        settings = sagemaker_settings(
+            tmp_path, default_inference_instance_type="ml.g4dn.xlarge", hf_token_secret=arn
         )
         with authorize(TestClient(create_app(settings), raise_server_exceptions=False)) as client:
             ctx: Any = client.app.state.ctx  # type: ignore[attr-defined]
