@@ -138,6 +138,9 @@ class LocalBackend:
         pid = int(state.get("pid", 0))
         started = _parse_time(state.get("started_at"))
         exit_file = root / EXIT_FILE
+        # Ask whether the runner lives *before* looking for its exit file: it writes the file and then
+        # exits, so a runner found gone has either written it already or really disappeared.
+        running = alive(pid, RUNNER_MARKER)
         if exit_file.is_file():
             code = int(exit_file.read_text().strip() or 1)
             ended = datetime.fromtimestamp(exit_file.stat().st_mtime, UTC)
@@ -159,7 +162,7 @@ class LocalBackend:
             return TrainingStatus(
                 JobStatus.FAILED, "Failed", self._failure_reason(root, code), started, ended, billable
             )
-        if not alive(pid, RUNNER_MARKER):
+        if not running:
             return TrainingStatus(
                 JobStatus.FAILED,
                 "Failed",
