@@ -9,9 +9,10 @@ Per model it measures, through ``Engine.generate`` (the scheduler's path, withou
 
 1. per-request latency (median of ``--repeats`` greedy requests, ``--latency-tokens`` new tokens):
    base model, a cached (already loaded) adapter, and a cold adapter (a new adapter id each time:
-   read from disk and loaded into the PeftModel); ratios to the base;
+   read from disk and loaded into the PeftModel); ratios to the base (base and cached requests
+   alternate, and cached/base is the median of the per-pair ratios);
 2. throughput of ``--clients`` concurrent clients (threads), spread over 4 adapters, each sending
-   ``--requests`` requests: dynamic batching (``max_batch_size`` = clients) against the serial
+   ``--requests`` requests: continuous batching (``max_batch_size`` = clients) against the serial
    path (``max_batch_size`` 1), with every output compared between the two runs.
 
 Goals (issue 13): batched >= 3x serial throughput on CPU at equal outputs; cached-adapter latency
@@ -99,14 +100,25 @@ def timed(engine: Any, adapter: str | None, prompt: str, params: Any) -> float:
 
 
 def latency(engine: Any, adapters: Path, repeats: int, tokens: int) -> dict[str, float]:
+    """Median latencies; base and cached-adapter requests alternate (ABBA order) so that a drift of
+    the machine's speed (other load, frequency) falls on both, and their ratio is the median of the
+    per-pair ratios."""
     from loraserve.schemas import GenerationParameters
 
     params = GenerationParameters(max_new_tokens=tokens)
     prompt = PROMPTS[0]
-    timed(engine, None, prompt, params)  # warm-up
-    timed(engine, "adp_0", prompt, params)
-    base = [timed(engine, None, prompt, params) for _ in range(repeats)]
-    cached = [timed(engine, "adp_0", prompt, params) for _ in range(repeats)]
+    for _ in range(2):  # warm-up, both paths
+        timed(engine, None, prompt, params)
+        timed(engine, "adp_0", prompt, params)
+    base: list[float] = []
+    cached: list[float] = []
+    for i in range(repeats):
+        if i % 2 == 0:
+            base.append(timed(engine, None, prompt, params))
+            cached.append(timed(engine, "adp_0", prompt, params))
+        else:
+            cached.append(timed(engine, "adp_0", prompt, params))
+            base.append(timed(engine, None, prompt, params))
     cold = []
     for i in range(repeats):  # a new id each time: read from disk and loaded
         shutil.copytree(adapters / "adp_1", adapters / f"cold_{i}")
@@ -116,7 +128,7 @@ def latency(engine: Any, adapters: Path, repeats: int, tokens: int) -> dict[str,
         "cached_adapter_ms": statistics.median(cached),
         "cold_adapter_ms": statistics.median(cold),
     }
-    out["cached_over_base"] = out["cached_adapter_ms"] / out["base_ms"]
+    out["cached_over_base"] = statistics.median(c / b for c, b in zip(cached, base, strict=True))
     out["cold_over_base"] = out["cold_adapter_ms"] / out["base_ms"]
     return out
 
@@ -212,7 +224,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--requests", type=int, default=3, help="requests per client")
     p.add_argument("--tokens", type=int, default=32, help="new tokens per throughput request")
-    p.add_argument("--repeats", type=int, default=7, help="latency samples per case")
+    p.add_argument("--repeats", type=int, default=12, help="latency samples per case")
     p.add_argument("--latency-tokens", type=int, default=16)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     return p.parse_args(argv)

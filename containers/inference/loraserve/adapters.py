@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from loraserve import fastlora
 from loraserve.config import ServerConfig
 from loraserve.errors import AdapterInvalid, ServeError
 from loraserve.logs import log_event
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from peft import PeftConfig, PeftModel
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+_MIXED = "\0mixed"  # the lean forwards' state in a mixed batch: PEFT's own forward everywhere
 
 
 class AdapterCache:
@@ -45,6 +47,8 @@ class AdapterCache:
         self._hooks: list[Any] = []  # pre-forward hooks giving ``adapter_names`` to the LoRA layers
         self._row_adapters: list[str] | None = None  # their value: the running mixed batch's rows
         self._lora_layer_types: tuple[type, ...] = ()
+        self._linears: list[Any] | None = None  # PEFT's LoRA Linear layers, for fastlora
+        self._lean: str | None = _MIXED  # what fastlora's forwards compute: an adapter, None (base), _MIXED
 
     # -------------------------------------------------------------- snapshots
     def loaded(self) -> list[str]:
@@ -56,10 +60,11 @@ class AdapterCache:
         return dict(self._lru)
 
     # ---------------------------------------------------------- load and evict
-    def activate(self, paths: Mapping[str, Path]) -> dict[str, ServeError]:
-        """Load every adapter of a batch; returns the ones that failed."""
+    def activate(self, paths: Mapping[str, Path], in_use: Set[str] = frozenset()) -> dict[str, ServeError]:
+        """Load every adapter of a batch, evicting none of them nor any in ``in_use`` (the rows already
+        decoding); returns the ones that failed."""
         failed: dict[str, ServeError] = {}
-        keep = set(paths)
+        keep = set(paths) | set(in_use)
         for adapter_id, path in paths.items():
             try:
                 self.ensure(adapter_id, path, keep)
@@ -187,7 +192,9 @@ class AdapterCache:
 
     # ---------------------------------------------------------------- routing
     def route(self, adapters: Sequence[str | None]) -> Any:
-        """The model to call for a batch whose rows use ``adapters``."""
+        """The model to call for a batch whose rows use ``adapters``: always the base model, whose
+        layers PEFT has wrapped. PeftModel's own forward only adds ``adapter_names`` hooks per call,
+        which ours replace (registered once), so calling it would cost time and change nothing."""
         assert self.base is not None
         peft = self._peft
         self._row_adapters = None
@@ -196,13 +203,17 @@ class AdapterCache:
         distinct = set(adapters)
         if distinct == {None}:
             self._switch(peft, None, enabled=False)
+            self._set_lean(peft, None)
             return self.base
         if len(distinct) == 1:
-            self._switch(peft, next(iter(distinct)), enabled=True)
-            return peft
+            adapter = next(iter(distinct))
+            self._switch(peft, adapter, enabled=True)
+            self._set_lean(peft, adapter)
+            return self.base
         # A mixed batch: PEFT's ``adapter_names``, given to every LoRA layer by our own pre-forward
         # hooks (registered once, not per call as ``peft(..., adapter_names=...)`` does).
         self._switch(peft, None, enabled=True)
+        self._set_lean(peft, _MIXED)
         if not self._hooks:
             self._hooks = [
                 module.register_forward_pre_hook(self._inject_adapter_names, with_kwargs=True)
@@ -210,7 +221,7 @@ class AdapterCache:
                 if isinstance(module, self._lora_layer_types)
             ]
         self._row_adapters = [a if a is not None else BASE_ADAPTER for a in adapters]
-        return peft
+        return self.base
 
     def _inject_adapter_names(
         self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -235,8 +246,25 @@ class AdapterCache:
                 tuner.disable_adapter_layers()
         self._layers = (peft.active_adapter, enabled)
 
+    def _set_lean(self, peft: PeftModel, target: str | None) -> None:
+        """fastlora's lean forwards for ``target`` (an adapter, or None: the base), or PEFT's own
+        forward for a mixed batch; changed only when the target differs from the last batch's."""
+        if target == self._lean:
+            return
+        if self._linears is None:
+            self._linears = fastlora.lora_layers(peft.base_model)
+        if target == _MIXED:
+            fastlora.restore(self._linears)
+        else:
+            fastlora.install(self._linears, target)
+        self._lean = target
+
     def _forget_layers(self) -> None:
         """Before PEFT adds or removes LoRA layers: the next batch sets their state again."""
+        if self._linears is not None:
+            fastlora.restore(self._linears)
+        self._linears = None
+        self._lean = _MIXED
         self._layers = None
         self._row_adapters = None
         for handle in self._hooks:

@@ -24,9 +24,10 @@ from loraserve.generation import Generation
 from loraserve.logs import log_event
 from loraserve.prompts import render
 from loraserve.sampling import Sampler
-from loraserve.scheduler import Event, Scheduler, Seq, Ticket
+from loraserve.scheduler import Scheduler
 from loraserve.schemas import GenerationParameters, Prompt
 from loraserve.store import AdapterSource, make_source
+from loraserve.tickets import Event, Seq, Ticket
 
 State = Literal["loading", "ready", "failed"]
 

@@ -1,19 +1,22 @@
-"""Dynamic batching: a bounded queue of sequences and one worker thread that decodes them in batches.
+"""Continuous batching: a bounded queue of sequences and one worker thread that decodes them.
 
-Each input of a request is one sequence (``Seq``); a request is a ``Ticket``. ``submit`` puts the
-sequences into the queue (``QueueFull`` → 429 with ``Retry-After`` when it would overflow). The worker
-takes up to ``max_batch_size`` queued sequences, oldest first, whatever their adapters (at most
-``max_adapters`` distinct ones, so a batch never evicts its own adapters), loads those adapters, and
-decodes the batch token by token (``engine.Batch``). After every step each row is checked:
+Each input of a request is one sequence (``Seq``); a request is a ``Ticket`` (tickets.py). ``submit``
+puts the sequences into the queue (``QueueFull`` → 429 with ``Retry-After`` when it would overflow).
+The worker decodes the running rows one token per step (``batch.Batch``, a KV cache per row). At
+every step boundary it admits queued sequences, oldest first, up to ``max_batch_size`` rows and
+``max_adapters`` distinct adapters (so it never evicts an adapter a row uses): it loads their
+adapters, prefills them as a batch of their own and merges that into the running batch, so a new
+request starts at the next step instead of after the longest running one. After every step each row
+is checked:
 
 - end-of-sequence token or a stop string → ``stop``; ``max_new_tokens`` or the context → ``length``;
 - the request's deadline passed → ``deadline`` (it keeps the tokens it has);
 - the request was cancelled (client gone) → the row is dropped at once, freeing its place.
 
 A sequence still queued at its deadline fails the request with 504 ``deadline_exceeded`` (nothing was
-produced). New requests wait for the running batch to finish (no joining mid-batch): simple and exact.
-Events (token deltas for streams, per-input results, an error) go to the ticket's ``notify`` callback,
-called on the worker thread.
+produced). Models whose KV cache rows cannot be merged (sliding-window or static caches) batch
+without joining: queued rows wait until the running ones are done. Events go to the ticket's
+``notify`` callback, called on the worker thread.
 """
 
 from __future__ import annotations
@@ -24,123 +27,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loraserve.errors import Cancelled, DeadlineExceeded, QueueFull, ServeError
 from loraserve.generation import FinishReason, Generation, cut_at_stop
 from loraserve.logs import log_event
-from loraserve.sampling import Sampler, pick_tokens
-from loraserve.schemas import GenerationParameters
+from loraserve.sampling import pick_tokens
+from loraserve.tickets import Seq, Ticket, TokenEvent
 
 if TYPE_CHECKING:
+    from loraserve.batch import Batch
     from loraserve.engine import Engine
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    index: int
-    text: str  # a decoded delta; the deltas of one input concatenate to its final generated_text
-
-
-@dataclass(frozen=True)
-class DoneEvent:
-    index: int
-    generation: Generation
-
-
-@dataclass(frozen=True)
-class ErrorEvent:
-    error: ServeError
-
-
-Event = TokenEvent | DoneEvent | ErrorEvent
-
-
-class Ticket:
-    """One request: its sequences' results, a deadline (``Scheduler.clock`` time), a cancel flag."""
-
-    def __init__(
-        self,
-        adapter: str | None,
-        n: int,
-        *,
-        deadline: float,
-        stream: bool = False,
-        notify: Callable[[Event], None] | None = None,
-        on_close: Callable[[], None] | None = None,
-    ) -> None:
-        self.adapter = adapter
-        self.deadline = deadline
-        self.stream = stream
-        self.results: list[Generation | None] = [None] * n
-        self.error: ServeError | None = None
-        self.produced = 0  # tokens generated so far, all inputs
-        self._notify = notify
-        self._on_close = on_close
-        self._closed = threading.Event()
-        self._guard = threading.Lock()
-
-    @property
-    def finished(self) -> bool:
-        return self._closed.is_set()
-
-    def _close(self) -> None:
-        self._closed.set()
-        if self._on_close is not None:
-            self._on_close()
-
-    def emit(self, event: Event) -> None:
-        if self._notify is not None:
-            self._notify(event)
-
-    def done(self, index: int, generation: Generation) -> None:
-        with self._guard:
-            if self.finished:
-                return
-            self.results[index] = generation
-            complete = all(r is not None for r in self.results)
-            if complete:
-                self._close()
-        self.emit(DoneEvent(index, generation))
-
-    def fail(self, error: ServeError) -> bool:
-        """End the request with ``error`` unless it already ended; returns whether it did."""
-        with self._guard:
-            if self.finished:
-                return False
-            self.error = error
-            self._close()
-        self.emit(ErrorEvent(error))
-        return True
-
-    def wait(self, timeout: float | None = None) -> list[Generation]:
-        """Block until the request ends; its results, or its error raised."""
-        if not self._closed.wait(timeout):
-            raise TimeoutError("the request did not finish in time")
-        if self.error is not None:
-            raise self.error
-        return [r for r in self.results if r is not None]
-
-
-@dataclass(eq=False)
-class Seq:
-    """One input of a request, and its decoding state."""
-
-    ticket: Ticket
-    index: int
-    ids: list[int]
-    params: GenerationParameters
-    path: Path | None
-    max_new: int
-    sampler: Sampler
-    tokens: list[int] = field(default_factory=list)
-    emitted: str = ""  # text already sent as token events
-
-    @property
-    def decodes_text(self) -> bool:
-        """Whether the text is needed every step (streaming, stop strings) or only at the end."""
-        return self.ticket.stream or bool(self.params.stop)
 
 
 def _held_back(text: str, stops: Sequence[str]) -> str:
@@ -154,6 +51,37 @@ def _held_back(text: str, stops: Sequence[str]) -> str:
                 break
     safe = text[:cut]
     return safe.rstrip("\ufffd").rstrip()
+
+
+@dataclass(eq=False)
+class _Running:
+    """The rows being decoded: their sequences, their batch, and each row's next token to feed."""
+
+    seqs: list[Seq] = field(default_factory=list)
+    batch: Batch | None = None
+    pending: list[int] = field(default_factory=list)
+    joining: list[Seq] = field(default_factory=list)  # being admitted (failed with the rows on error)
+
+    def adapters(self) -> set[str]:
+        return {s.ticket.adapter for s in self.seqs if s.ticket.adapter is not None}
+
+    def add(self, batch: Batch, seqs: list[Seq], tokens: list[int]) -> None:
+        if self.batch is None:
+            self.batch = batch
+        else:
+            self.batch.merge(batch)
+        self.seqs.extend(seqs)
+        self.pending.extend(tokens)
+
+    def keep(self, keep: list[int], tokens: list[int]) -> None:
+        """After a step: keep the rows ``keep``, whose next tokens to feed are in ``tokens``."""
+        if not keep:
+            self.batch, self.seqs, self.pending = None, [], []
+            return
+        assert self.batch is not None
+        self.batch.select(keep)
+        self.seqs = [self.seqs[i] for i in keep]
+        self.pending = [tokens[i] for i in keep]
 
 
 class Scheduler:
@@ -221,17 +149,33 @@ class Scheduler:
     # --------------------------------------------------------------- worker
     def _work(self) -> None:
         while True:
-            batch = self._take()
-            self.running = len(batch)
+            self._wait_for_work()
+            running = _Running()
             try:
-                self._decode(batch)
-            except Exception as exc:  # keep serving; fail only this batch's requests
-                log_event("batch_failed", logging.ERROR, exc_info=True, rows=len(batch))
+                self._serve(running)
+            except Exception as exc:  # keep serving; fail only the requests decoding now
+                rows = [*running.seqs, *running.joining]
+                log_event("batch_failed", logging.ERROR, exc_info=True, rows=len(rows))
                 error = ServeError(f"{type(exc).__name__}: {exc}")
-                for seq in batch:
+                for seq in rows:
                     seq.ticket.fail(error)
             finally:
                 self.running = 0
+
+    def _wait_for_work(self) -> None:
+        with self._cv:
+            while self._paused or not self._queue:
+                self._cv.wait()
+
+    def _serve(self, running: _Running) -> None:
+        """Decode until no row is left; queued sequences join at every step boundary. The model lock
+        is taken per step, so start-up preloading is never locked out by a busy server."""
+        while True:
+            with self.engine.lock:
+                self._join(running)
+                if not running.seqs:
+                    return
+                self._step(running)
 
     def _expire(self, seq: Seq) -> None:
         """A sequence whose deadline passed before it was decoded."""
@@ -241,79 +185,99 @@ class Scheduler:
         else:
             ticket.fail(DeadlineExceeded("the deadline passed before generation could start"))
 
-    def _take(self) -> list[Seq]:
-        """Wait for work; then take up to max_batch_size sequences (oldest first) for one batch."""
+    def _take(self, room: int, in_use: set[str]) -> list[Seq]:
+        """Up to ``room`` queued sequences (oldest first) whose adapters fit with ``in_use`` within
+        ``max_adapters``; drops cancelled ones and expires those past their deadline."""
         limit_adapters = self.engine.config.max_adapters
         with self._cv:
-            while True:
-                while self._paused or not self._queue:
-                    self._cv.wait()
-                now = self.clock()
-                chosen: list[Seq] = []
-                adapters: set[str] = set()
-                rest: deque[Seq] = deque()
-                for seq in self._queue:
-                    if seq.ticket.finished:
-                        continue
-                    if now >= seq.ticket.deadline:
-                        self._expire(seq)
-                        continue
-                    adapter = seq.ticket.adapter
-                    fits = adapter is None or adapter in adapters or len(adapters) < limit_adapters
-                    if len(chosen) < self.max_batch_size and fits:
-                        chosen.append(seq)
-                        if adapter is not None:
-                            adapters.add(adapter)
-                    else:
-                        rest.append(seq)
-                self._queue = rest
-                if chosen:
-                    return chosen
-
-    def _decode(self, batch: list[Seq]) -> None:
-        engine = self.engine
-        with engine.lock:
-            paths = {s.ticket.adapter: s.path for s in batch if s.ticket.adapter is not None}
-            failed = engine.adapters.activate({a: p for a, p in paths.items() if p is not None})
-            for seq in batch:
-                if seq.ticket.adapter in failed:
-                    seq.ticket.fail(failed[seq.ticket.adapter])
+            if self._paused or not self._queue:
+                return []
             now = self.clock()
-            active = []
-            for seq in batch:
+            chosen: list[Seq] = []
+            adapters = set(in_use)
+            rest: deque[Seq] = deque()
+            for seq in self._queue:
                 if seq.ticket.finished:
                     continue
                 if now >= seq.ticket.deadline:
                     self._expire(seq)
                     continue
-                active.append(seq)
-            if not active:
-                return
+                adapter = seq.ticket.adapter
+                fits = adapter is None or adapter in adapters or len(adapters) < limit_adapters
+                if len(chosen) < room and fits:
+                    chosen.append(seq)
+                    if adapter is not None:
+                        adapters.add(adapter)
+                else:
+                    rest.append(seq)
+            self._queue = rest
+            return chosen
+
+    def _join(self, running: _Running) -> None:
+        """Prefill queued sequences and add them to the running rows (all of them when none run)."""
+        room = self.max_batch_size - len(running.seqs)
+        if room <= 0 or (running.batch is not None and not running.batch.mergeable):
+            return  # full, or a model whose cache rows cannot join: the running rows finish first
+        newcomers = self._take(room, running.adapters())
+        if not newcomers:
+            return
+        running.joining = newcomers
+        active = self._ready(newcomers, running.adapters())
+        if active:
             self.batches += 1
-            self.largest_batch = max(self.largest_batch, len(active))
-            step = engine.batch([(s.ids, s.ticket.adapter) for s in active])
-            logits = step.prefill()
-            while True:
-                tokens = pick_tokens(logits, [s.sampler for s in active])
-                keep: list[int] = []
-                for i, seq in enumerate(active):
-                    if seq.ticket.finished:  # cancelled, or failed elsewhere: drop the row
-                        continue
-                    seq.tokens.append(tokens[i])
-                    seq.ticket.produced += 1
-                    self.tokens_generated += 1
-                    reason = self._advance(seq)
-                    if reason is None and self.clock() >= seq.ticket.deadline:
-                        reason = "deadline"
-                    if reason is None:
-                        keep.append(i)
-                    else:
-                        self._finish(seq, reason)
-                if not keep:
-                    return
-                active = [active[i] for i in keep]
-                self.running = len(active)
-                logits = step.step([tokens[i] for i in keep], keep)
+            self.largest_batch = max(self.largest_batch, len(running.seqs) + len(active))
+            batch = self.engine.batch([(s.ids, s.ticket.adapter) for s in active])
+            tokens = pick_tokens(batch.prefill(), [s.sampler for s in active])
+            keep = self._after_tokens(active, tokens)
+            if keep:
+                batch.select(keep)
+                running.add(batch, [active[i] for i in keep], [tokens[i] for i in keep])
+        running.joining = []
+        self.running = len(running.seqs)
+
+    def _ready(self, newcomers: list[Seq], in_use: set[str]) -> list[Seq]:
+        """Load the newcomers' adapters (evicting none in use); the ones still to decode."""
+        paths = {s.ticket.adapter: s.path for s in newcomers if s.ticket.adapter is not None}
+        failed = self.engine.adapters.activate({a: p for a, p in paths.items() if p is not None}, in_use)
+        for seq in newcomers:
+            if seq.ticket.adapter in failed:
+                seq.ticket.fail(failed[seq.ticket.adapter])
+        now = self.clock()
+        active = []
+        for seq in newcomers:
+            if seq.ticket.finished:
+                continue
+            if now >= seq.ticket.deadline:
+                self._expire(seq)
+                continue
+            active.append(seq)
+        return active
+
+    def _step(self, running: _Running) -> None:
+        """One token for every running row."""
+        assert running.batch is not None
+        logits = running.batch.feed(running.pending)
+        tokens = pick_tokens(logits, [s.sampler for s in running.seqs])
+        running.keep(self._after_tokens(running.seqs, tokens), tokens)
+        self.running = len(running.seqs)
+
+    def _after_tokens(self, seqs: list[Seq], tokens: list[int]) -> list[int]:
+        """Give each row its new token; finish the rows that are done; the indices of the others."""
+        keep: list[int] = []
+        for i, seq in enumerate(seqs):
+            if seq.ticket.finished:  # cancelled, or failed elsewhere: drop the row
+                continue
+            seq.tokens.append(tokens[i])
+            seq.ticket.produced += 1
+            self.tokens_generated += 1
+            reason = self._advance(seq)
+            if reason is None and self.clock() >= seq.ticket.deadline:
+                reason = "deadline"
+            if reason is None:
+                keep.append(i)
+            else:
+                self._finish(seq, reason)
+        return keep
 
     def _advance(self, seq: Seq) -> FinishReason | None:
         """After a new token: whether the sequence is finished; streams the text that is safe to send."""

@@ -24,8 +24,8 @@ from loraserve.errors import QueueFull, ServeError
 from loraserve.generation import Generation
 from loraserve.logs import log_event
 from loraserve.responses import error_response, output_of, sse_event
-from loraserve.scheduler import DoneEvent, ErrorEvent, Event, Ticket, TokenEvent
 from loraserve.schemas import InvocationRequest, InvocationResponse
+from loraserve.tickets import DoneEvent, ErrorEvent, Event, Ticket, TokenEvent
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
