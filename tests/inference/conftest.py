@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,26 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
 @pytest.fixture(scope="session")
 def reference(store: Store) -> Reference:
     return Reference(store)
+
+
+@pytest.fixture
+def make_engine(store: Store, tmp_path: Path) -> Callable[..., Any]:
+    """``make_engine(**settings)``: a loaded ``Engine`` on the tiny base model and the test adapters."""
+    from loraserve.config import ServerConfig
+    from loraserve.engine import Engine
+
+    def factory(**overrides: Any) -> Engine:
+        config = ServerConfig(
+            base_model=str(store.base),
+            adapter_prefix=overrides.pop("prefix", store.file_uri),
+            cache_dir=tmp_path / "cache",
+            **overrides,
+        )
+        engine = Engine(config)
+        engine.load()
+        return engine
+
+    return factory
 
 
 @pytest.fixture

@@ -13,13 +13,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.inference.support import PROMPT, ClientFactory, Reference, Store
+from tests.inference.support import PROMPT, ClientFactory, Reference
 
 N = 8
 PROMPTS = [PROMPT, "Once upon a time in a land far", "hi", "fox jumps over the lazy dog again and"]
@@ -30,25 +29,6 @@ def params(**kw: Any) -> Any:
 
     kw.setdefault("max_new_tokens", N)
     return GenerationParameters(**kw)
-
-
-@pytest.fixture
-def make_engine(store: Store, tmp_path: Path) -> Callable[..., Any]:
-    from loraserve.config import ServerConfig
-    from loraserve.engine import Engine
-
-    def factory(**overrides: Any) -> Engine:
-        config = ServerConfig(
-            base_model=str(store.base),
-            adapter_prefix=overrides.pop("prefix", store.file_uri),
-            cache_dir=tmp_path / "cache",
-            **overrides,
-        )
-        engine = Engine(config)
-        engine.load()
-        return engine
-
-    return factory
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:

@@ -1,0 +1,134 @@
+"""Continuous batching: a request that arrives while others decode joins them at the next step.
+
+Deterministic: the arrivals are submitted from inside the worker's own step (a wrapper around the
+scheduler's ``pick_tokens``), so "while the first request is decoding" is exact, not a race. Every
+output is compared with plain PEFT (greedy) or with the same request served alone (sampled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.inference.support import PROMPT, Reference
+
+LONG = "Once upon a time in a land far away there lived a fox who"  # longer than the running rows
+SHORT = "hi"
+
+
+def params(n: int, **kw: Any) -> Any:
+    from loraserve.schemas import GenerationParameters
+
+    return GenerationParameters(max_new_tokens=n, **kw)
+
+
+def arrive_at(monkeypatch: pytest.MonkeyPatch, arrivals: dict[int, Callable[[], Any]]) -> list[Any]:
+    """Run ``arrivals[k]`` (a submit) just before the worker picks tokens for the k-th time (1-based);
+    returns the tickets they made, in order."""
+    from loraserve import scheduler
+    from loraserve.sampling import pick_tokens as real
+
+    calls = 0
+    tickets: list[Any] = []
+
+    def pick(logits: Any, samplers: Any) -> list[int]:
+        nonlocal calls
+        calls += 1
+        if calls in arrivals:
+            tickets.append(arrivals[calls]())
+        return real(logits, samplers)
+
+    monkeypatch.setattr(scheduler, "pick_tokens", pick)
+    return tickets
+
+
+def test_requests_join_a_running_batch_and_each_equals_plain_peft(
+    make_engine: Callable[..., Any], reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(max_batch_size=8)
+    n = 12
+    assert len(reference.generate("adp_a", PROMPT, n)[1]) == n  # the first row runs through the joins
+    sampled = params(n, temperature=1.0, top_p=0.9, seed=5)
+    late = arrive_at(
+        monkeypatch,
+        {
+            3: lambda: engine.submit(
+                [LONG], "adp_b", params(n)
+            ),  # a longer prompt: the running rows get padded
+            5: lambda: engine.submit([SHORT], None, params(n)),  # a shorter one: its own rows get padded
+            6: lambda: engine.submit([PROMPT], "adp_b", sampled),
+        },
+    )
+    first = engine.submit([PROMPT], "adp_a", params(n))
+    out = first.wait(60)[0]
+    results = [t.wait(60)[0] for t in late]
+    assert engine.scheduler.batches == 4  # four admissions (prefills) ...
+    assert engine.scheduler.largest_batch == 4  # ... all decoding together at one point
+    assert (out.generated_text, out.completion_tokens) == (reference.text("adp_a", PROMPT, n), n)
+    for result, (adapter, prompt) in zip(results[:2], [("adp_b", LONG), (None, SHORT)], strict=True):
+        text, ids = reference.generate(adapter, prompt, n)
+        assert (result.generated_text, result.completion_tokens) == (text, len(ids)), (adapter, prompt)
+    monkeypatch.undo()
+    assert engine.generate([PROMPT], "adp_b", sampled)[0] == results[2]  # sampled: the same alone
+
+
+def test_joining_respects_max_batch_size_and_max_adapters(
+    make_engine: Callable[..., Any], reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(max_batch_size=2, max_adapters=1)
+    n = 8
+    routed: list[set[str | None]] = []
+    route = engine.adapters.route
+
+    def spy(rows: Any) -> Any:
+        routed.append(set(rows))
+        return route(rows)
+
+    monkeypatch.setattr(engine.adapters, "route", spy)
+    jobs = [("adp_b", PROMPT), ("adp_a", SHORT), ("adp_a", LONG)]
+    late = arrive_at(monkeypatch, {2: lambda: [engine.submit([p], a, params(n)) for a, p in jobs]})
+    first = engine.submit([PROMPT], "adp_a", params(n))
+    assert first.wait(60)[0].generated_text == reference.text("adp_a", PROMPT, n)
+    for (adapter, prompt), ticket in zip(jobs, late[0], strict=True):
+        assert ticket.wait(60)[0].generated_text == reference.text(adapter, prompt, n), (adapter, prompt)
+    assert engine.scheduler.largest_batch == 2
+    assert all(len(rows) == 1 for rows in routed)  # adp_b never shared a step with adp_a (one adapter)
+    assert max(len(r) for r in routed) == 1 and {"adp_a"} in routed and {"adp_b"} in routed
+
+
+def test_a_model_whose_cache_cannot_merge_lets_the_running_rows_finish_first(
+    make_engine: Callable[..., Any], reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loraserve.batch import Batch
+
+    monkeypatch.setattr(Batch, "mergeable", property(lambda self: False))
+    engine = make_engine(max_batch_size=8)
+    n = 8
+    late = arrive_at(monkeypatch, {2: lambda: engine.submit([LONG], "adp_b", params(n))})
+    first = engine.submit([PROMPT], "adp_a", params(n))
+    assert first.wait(60)[0].generated_text == reference.text("adp_a", PROMPT, n)
+    assert late[0].wait(60)[0].generated_text == reference.text("adp_b", LONG, n)
+    assert engine.scheduler.batches == 2 and engine.scheduler.largest_batch == 1
+
+
+def test_the_tiny_model_cache_is_mergeable(make_engine: Callable[..., Any]) -> None:
+    engine = make_engine()
+    with engine.lock:
+        batch = engine.batch([([1, 2, 3], None)])
+        assert not batch.mergeable  # nothing to merge before the prefill
+        batch.prefill()
+        assert batch.mergeable
+
+
+def test_an_adapter_joining_never_evicts_one_a_running_row_uses(
+    make_engine: Callable[..., Any], reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(max_batch_size=4, adapter_memory_bytes=1)  # every adapter is over the budget
+    n = 8
+    late = arrive_at(monkeypatch, {2: lambda: engine.submit([LONG], "adp_b", params(n))})
+    first = engine.submit([PROMPT], "adp_a", params(n))
+    assert first.wait(60)[0].generated_text == reference.text("adp_a", PROMPT, n)
+    assert late[0].wait(60)[0].generated_text == reference.text("adp_b", LONG, n)
+    assert engine.scheduler.largest_batch == 2
