@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from peft import PeftConfig, PeftModel
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
-_MIXED = "\0mixed"  # the lean forwards' state in a mixed batch: PEFT's own forward everywhere
 
 
 class AdapterCache:
@@ -47,8 +46,7 @@ class AdapterCache:
         self._hooks: list[Any] = []  # pre-forward hooks giving ``adapter_names`` to the LoRA layers
         self._row_adapters: list[str] | None = None  # their value: the running mixed batch's rows
         self._lora_layer_types: tuple[type, ...] = ()
-        self._linears: list[Any] | None = None  # PEFT's LoRA Linear layers, for fastlora
-        self._lean: str | None = _MIXED  # what fastlora's forwards compute: an adapter, None (base), _MIXED
+        self._fast: fastlora.LeanLoRA | None = None  # lean forwards of the LoRA layers (fastlora)
 
     # -------------------------------------------------------------- snapshots
     def loaded(self) -> list[str]:
@@ -203,17 +201,16 @@ class AdapterCache:
         distinct = set(adapters)
         if distinct == {None}:
             self._switch(peft, None, enabled=False)
-            self._set_lean(peft, None)
+            self._lean(peft).use(None)
             return self.base
         if len(distinct) == 1:
             adapter = next(iter(distinct))
             self._switch(peft, adapter, enabled=True)
-            self._set_lean(peft, adapter)
+            self._lean(peft).use(adapter)
             return self.base
         # A mixed batch: PEFT's ``adapter_names``, given to every LoRA layer by our own pre-forward
         # hooks (registered once, not per call as ``peft(..., adapter_names=...)`` does).
         self._switch(peft, None, enabled=True)
-        self._set_lean(peft, _MIXED)
         if not self._hooks:
             self._hooks = [
                 module.register_forward_pre_hook(self._inject_adapter_names, with_kwargs=True)
@@ -221,6 +218,7 @@ class AdapterCache:
                 if isinstance(module, self._lora_layer_types)
             ]
         self._row_adapters = [a if a is not None else BASE_ADAPTER for a in adapters]
+        self._lean(peft).use_mixed(adapters)
         return self.base
 
     def _inject_adapter_names(
@@ -246,25 +244,16 @@ class AdapterCache:
                 tuner.disable_adapter_layers()
         self._layers = (peft.active_adapter, enabled)
 
-    def _set_lean(self, peft: PeftModel, target: str | None) -> None:
-        """fastlora's lean forwards for ``target`` (an adapter, or None: the base), or PEFT's own
-        forward for a mixed batch; changed only when the target differs from the last batch's."""
-        if target == self._lean:
-            return
-        if self._linears is None:
-            self._linears = fastlora.lora_layers(peft.base_model)
-        if target == _MIXED:
-            fastlora.restore(self._linears)
-        else:
-            fastlora.install(self._linears, target)
-        self._lean = target
+    def _lean(self, peft: PeftModel) -> fastlora.LeanLoRA:
+        if self._fast is None:
+            self._fast = fastlora.LeanLoRA(peft.base_model)
+        return self._fast
 
     def _forget_layers(self) -> None:
         """Before PEFT adds or removes LoRA layers: the next batch sets their state again."""
-        if self._linears is not None:
-            fastlora.restore(self._linears)
-        self._linears = None
-        self._lean = _MIXED
+        if self._fast is not None:
+            self._fast.restore()
+        self._fast = None
         self._layers = None
         self._row_adapters = None
         for handle in self._hooks:
