@@ -310,7 +310,7 @@ def main() -> None:
             "batch_size": args.batch,
             "grad_accum": 1,
             "log_every": args.log_every,
-            "checkpoint_every": 10**9,
+            "checkpoint_every": 10**6,
         }
         tps: dict[str, list[float]] = {"on": [], "off": []}
         runs: dict[str, dict[str, Any]] = {}
