@@ -7,6 +7,7 @@ output is compared with plain PEFT (greedy) or with the same request served alon
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -132,3 +133,57 @@ def test_an_adapter_joining_never_evicts_one_a_running_row_uses(
     assert first.wait(60)[0].generated_text == reference.text("adp_a", PROMPT, n)
     assert late[0].wait(60)[0].generated_text == reference.text("adp_b", LONG, n)
     assert engine.scheduler.largest_batch == 2
+
+
+def test_preloading_never_evicts_an_adapter_a_running_row_uses(
+    make_engine: Callable[..., Any], reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start-up preloading runs while requests are served (the engine is ready before it ends)."""
+    engine = make_engine(max_batch_size=4, max_adapters=1)
+    n = 8
+    arrive_at(monkeypatch, {3: lambda: engine.preload(["adp_b"])})
+    first = engine.submit([PROMPT], "adp_a", params(n))
+    assert first.wait(60)[0].generated_text == reference.text("adp_a", PROMPT, n)
+    assert set(engine.loaded_adapters()) == {"adp_a", "adp_b"}  # over max_adapters until adp_a is free
+    deadline = time.monotonic() + 30
+    while engine.adapters.in_use:  # the worker clears it right after the last row leaves
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert engine.generate([PROMPT], "adp_b", params(n))[0].generated_text == reference.text("adp_b", PROMPT, n)
+    assert engine.loaded_adapters() == ["adp_b"]
+
+
+def test_the_cache_of_a_batch_that_never_empties_stays_as_long_as_its_longest_row(
+    make_engine: Callable[..., Any], reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loraserve.batch import Batch
+
+    engine = make_engine(max_batch_size=4)
+    widths: list[tuple[int, int]] = []  # (cache width, longest row) before each step
+    feed = Batch.feed
+
+    def spy(self: Batch, tokens: Any) -> Any:
+        widths.append((int(self.mask.shape[1]), int(self.mask.sum(dim=1).max())))
+        return feed(self, tokens)
+
+    monkeypatch.setattr(Batch, "feed", spy)
+    late = arrive_at(monkeypatch, {2: lambda: engine.submit([SHORT], "adp_b", params(16))})
+    first = engine.submit([LONG], "adp_a", params(3))  # the long prompt leaves after 3 tokens
+    assert first.wait(60)[0].generated_text == reference.text("adp_a", LONG, 3)
+    assert late[0].wait(60)[0].generated_text == reference.text("adp_b", SHORT, 16)
+    assert widths[1][0] > widths[1][1] - 1 and widths[-1][0] == widths[-1][1]  # padded, then trimmed
+    assert all(width == longest for width, longest in widths[3:])
+
+
+def test_select_trims_the_padding_every_row_has(make_engine: Callable[..., Any]) -> None:
+    import torch
+
+    engine = make_engine()
+    with engine.lock:
+        both = engine.batch([([1, 2], None), ([3, 4, 5, 6, 7, 8, 9, 10], None)])
+        both.prefill()
+        both.select([0])
+        assert both.mask.tolist() == [[1, 1]] and both.cache.get_seq_length() == 2
+        alone = engine.batch([([1, 2], None)])
+        alone.prefill()
+        assert torch.allclose(both.feed([7]), alone.feed([7]), atol=1e-5)

@@ -46,6 +46,7 @@ class AdapterCache:
         self._hooks: list[Any] = []  # pre-forward hooks giving ``adapter_names`` to the LoRA layers
         self._row_adapters: list[str] | None = None  # their value: the running mixed batch's rows
         self._lora_layer_types: tuple[type, ...] = ()
+        self.in_use: frozenset[str] = frozenset()  # adapters of the rows decoding now (the scheduler's)
         self._fast: fastlora.LeanLoRA | None = None  # lean forwards of the LoRA layers (fastlora)
 
     # -------------------------------------------------------------- snapshots
@@ -58,11 +59,11 @@ class AdapterCache:
         return dict(self._lru)
 
     # ---------------------------------------------------------- load and evict
-    def activate(self, paths: Mapping[str, Path], in_use: Set[str] = frozenset()) -> dict[str, ServeError]:
-        """Load every adapter of a batch, evicting none of them nor any in ``in_use`` (the rows already
-        decoding); returns the ones that failed."""
+    def activate(self, paths: Mapping[str, Path]) -> dict[str, ServeError]:
+        """Load every adapter of a batch, evicting none of them nor any ``in_use``; returns the ones
+        that failed."""
         failed: dict[str, ServeError] = {}
-        keep = set(paths) | set(in_use)
+        keep = set(paths)
         for adapter_id, path in paths.items():
             try:
                 self.ensure(adapter_id, path, keep)
@@ -72,22 +73,23 @@ class AdapterCache:
 
     def ensure(self, adapter_id: str, path: Path, keep: Set[str] = frozenset()) -> None:
         """Make ``adapter_id`` loaded and most recently used, then evict least recently used adapters
-        beyond ``max_adapters`` or the memory budget, never one in ``keep`` (the running batch's)."""
+        beyond ``max_adapters`` or the memory budget, never one in ``keep`` nor one ``in_use`` (by
+        rows decoding now: start-up preloading runs while requests are served)."""
         if adapter_id in self._lru:
             self._lru.move_to_end(adapter_id)
-            self._loaded = tuple(self._lru)
-            return
-        started = time.perf_counter()
-        self._load(adapter_id, path)
-        self._lru[adapter_id] = self._weights_bytes(adapter_id)
-        log_event(
-            "adapter_loaded",
-            adapter=adapter_id,
-            bytes=self._lru[adapter_id],
-            load_ms=round((time.perf_counter() - started) * 1000, 1),
-        )
-        # Evict after loading, so the PeftModel always keeps at least one adapter.
-        evicted = self._evict({adapter_id, *keep})
+        else:
+            started = time.perf_counter()
+            self._load(adapter_id, path)
+            self._lru[adapter_id] = self._weights_bytes(adapter_id)
+            log_event(
+                "adapter_loaded",
+                adapter=adapter_id,
+                bytes=self._lru[adapter_id],
+                load_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+        # Evict after loading, so the PeftModel always keeps at least one adapter; also when it was
+        # loaded already: an adapter in use may have held the cache over its budget until now.
+        evicted = self._evict({adapter_id, *keep, *self.in_use})
         self._loaded = tuple(self._lru)
         if evicted and self.device.type == "cuda":
             gc.collect()

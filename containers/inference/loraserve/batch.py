@@ -19,8 +19,8 @@ Router = Callable[[Sequence[str | None]], Any]  # the model to call for rows usi
 
 def _plain_dynamic(cache: Any) -> bool:
     """Whether ``cache`` is a DynamicCache of full-attention layers only: one whose rows can be
-    padded and concatenated. Sliding-window, quantised or static caches cannot (their positions or
-    shapes are not per row), so such models batch without joining."""
+    padded, trimmed and concatenated. Sliding-window, quantised or static caches cannot (their
+    positions or shapes are not per row), so such models batch without joining."""
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
     layers: list[Any] = list(getattr(cache, "layers", None) or [])
@@ -102,6 +102,19 @@ class Batch:
         self.mask = self.mask[index]
         self.next_pos = self.next_pos[index]
         self.adapters = [self.adapters[i] for i in keep]
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the leading columns that are padding in every row (left by rows that left), so the
+        cache of a batch that never empties stays as long as its longest row, not ever longer."""
+        used = self.mask.any(dim=0)
+        start = int(used.int().argmax()) if bool(used.any()) else 0
+        if start == 0 or not _plain_dynamic(self.cache):
+            return
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[:, :, start:]
+            layer.values = layer.values[:, :, start:]
+        self.mask = self.mask[:, start:]
 
     @torch.inference_mode()
     def merge(self, other: Batch) -> None:

@@ -161,6 +161,7 @@ class Scheduler:
                     seq.ticket.fail(error)
             finally:
                 self.running = 0
+                self.engine.adapters.in_use = frozenset()
 
     def _wait_for_work(self) -> None:
         with self._cv:
@@ -222,7 +223,7 @@ class Scheduler:
         if not newcomers:
             return
         running.joining = newcomers
-        active = self._ready(newcomers, running.adapters())
+        active = self._ready(newcomers)
         if active:
             self.batches += 1
             self.largest_batch = max(self.largest_batch, len(running.seqs) + len(active))
@@ -233,12 +234,12 @@ class Scheduler:
                 batch.select(keep)
                 running.add(batch, [active[i] for i in keep], [tokens[i] for i in keep])
         running.joining = []
-        self.running = len(running.seqs)
+        self._rows_changed(running)
 
-    def _ready(self, newcomers: list[Seq], in_use: set[str]) -> list[Seq]:
+    def _ready(self, newcomers: list[Seq]) -> list[Seq]:
         """Load the newcomers' adapters (evicting none in use); the ones still to decode."""
         paths = {s.ticket.adapter: s.path for s in newcomers if s.ticket.adapter is not None}
-        failed = self.engine.adapters.activate({a: p for a, p in paths.items() if p is not None}, in_use)
+        failed = self.engine.adapters.activate({a: p for a, p in paths.items() if p is not None})
         for seq in newcomers:
             if seq.ticket.adapter in failed:
                 seq.ticket.fail(failed[seq.ticket.adapter])
@@ -258,7 +259,14 @@ class Scheduler:
         assert running.batch is not None
         logits = running.batch.feed(running.pending)
         tokens = pick_tokens(logits, [s.sampler for s in running.seqs])
+        before = len(running.seqs)
         running.keep(self._after_tokens(running.seqs, tokens), tokens)
+        if len(running.seqs) != before:
+            self._rows_changed(running)
+
+    def _rows_changed(self, running: _Running) -> None:
+        """Rows joined or left: the adapters in use (never evicted) and the count of running rows."""
+        self.engine.adapters.in_use = frozenset(running.adapters())
         self.running = len(running.seqs)
 
     def _after_tokens(self, seqs: list[Seq], tokens: list[int]) -> list[int]:
