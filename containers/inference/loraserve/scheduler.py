@@ -92,9 +92,9 @@ class Scheduler:
         self._cv = threading.Condition()
         self._paused = False
         self._thread: threading.Thread | None = None
-        self.running = 0  # rows in the batch being decoded
-        self.batches = 0
-        self.largest_batch = 0
+        self.running = 0  # rows being decoded now
+        self.batches = 0  # admissions: prefills of queued rows (joining the running ones or not)
+        self.largest_batch = 0  # the most rows decoded together
         self.tokens_generated = 0
 
     # ------------------------------------------------------------------ API
