@@ -149,7 +149,9 @@ def test_preloading_never_evicts_an_adapter_a_running_row_uses(
     while engine.adapters.in_use:  # the worker clears it right after the last row leaves
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    assert engine.generate([PROMPT], "adp_b", params(n))[0].generated_text == reference.text("adp_b", PROMPT, n)
+    assert engine.generate([PROMPT], "adp_b", params(n))[0].generated_text == reference.text(
+        "adp_b", PROMPT, n
+    )
     assert engine.loaded_adapters() == ["adp_b"]
 
 
@@ -187,3 +189,33 @@ def test_select_trims_the_padding_every_row_has(make_engine: Callable[..., Any])
         alone = engine.batch([([1, 2], None)])
         alone.prefill()
         assert torch.allclose(both.feed([7]), alone.feed([7]), atol=1e-5)
+
+
+def test_a_failing_step_fails_the_rows_decoding_and_serving_goes_on(
+    make_engine: Callable[..., Any], reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loraserve.batch import Batch
+    from loraserve.errors import ServeError
+
+    engine = make_engine(max_batch_size=4)
+    n = 8
+    feed = Batch.feed
+    calls = 0
+
+    def broken(self: Batch, tokens: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("device lost")
+        return feed(self, tokens)
+
+    monkeypatch.setattr(Batch, "feed", broken)
+    late = arrive_at(monkeypatch, {2: lambda: engine.submit([SHORT], "adp_b", params(n))})
+    first = engine.submit([PROMPT], "adp_a", params(n))
+    with pytest.raises(ServeError, match="device lost"):
+        first.wait(60)
+    with pytest.raises(ServeError, match="device lost"):  # it had joined the failing batch
+        late[0].wait(60)
+    assert engine.generate([PROMPT], "adp_a", params(n))[0].generated_text == reference.text(
+        "adp_a", PROMPT, n
+    )
