@@ -93,7 +93,7 @@ def test_update_is_monotone_in_param_bpt(
 def test_positional_form_has_proportional_action() -> None:
     """lambda = lambda0 * exp(Kp e + I): with Ki = 0 the error moves lambda at once and a zero
     error brings it straight back (an incremental form would keep the move: no P action)."""
-    c = fresh(0.05, ki=0.0, lambda_init=1.0)
+    c = fresh(0.05, ki=0.0, lambda_init=1.0, horizon=0.0)
     up = c.update(3.0, param_for(0.05, 3.0, math.e))  # e = +1 (EMA of a constant DataBPT)
     assert up == pytest.approx(math.exp(0.5))
     back = c.update(3.0, param_for(0.05, 3.0, 1.0))
@@ -115,7 +115,7 @@ def test_warmup_freezes_the_integral() -> None:
     assert c.state.integral == 0.0
     assert c.lam == pytest.approx(c.config.lambda_init * math.exp(-c.config.kp))
     c.update(3.0, 0.0)
-    assert c.state.integral == pytest.approx(-c.config.ki)
+    assert c.state.integral == pytest.approx(-c.config.ki)  # below S*: the plain gain
 
 
 @given(target=targets, n=st.integers(60, 300))
@@ -126,7 +126,8 @@ def test_anti_windup_at_upper_bound(target: float, n: int) -> None:
     assert c.lam == c.config.lambda_max
     # the integral stopped where lambda reached the bound: it did not keep winding up
     cfg = c.config
-    assert c.state.integral <= math.log(cfg.lambda_max / cfg.lambda_init) - cfg.kp + cfg.ki + 1e-9
+    max_step = cfg.ki * (1 + 1 / cfg.gain_scale)  # the integral gain at |e| = 1
+    assert c.state.integral <= math.log(cfg.lambda_max / cfg.lambda_init) - cfg.kp + max_step + 1e-9
     assert c.unreachable == 1
     # so lambda leaves the bound within a few steps once S drops below the target
     for _ in range(8):
@@ -210,3 +211,93 @@ def test_settles_on_simulated_plant_in_at_least_99_percent_of_300_cases() -> Non
 def test_s_ratio() -> None:
     assert s_ratio(3.0, 1.0) == 0.25
     assert math.isnan(s_ratio(0.0, 0.0))
+
+
+def test_a_growing_adapter_raises_lambda_before_s_hat_reaches_the_target() -> None:
+    """The loop acts on S_hat predicted ``horizon`` steps ahead from ParamBPT's trend: below the
+    target but growing 30 % a step, lambda already rises (on S_hat alone it would fall)."""
+    moves = {}
+    for horizon in (2.0, 0.0):
+        c = fresh(0.5, horizon=horizon)
+        c.state = ControllerState(lam=c.lam, data_ema=4.0, updates=10, param_bpt=2.0 / 1.3)
+        before = c.lam
+        moves[horizon] = c.update(4.0, 2.0) / before  # S_hat = 1/3: ln(S_hat/S*) = -0.41
+    assert moves[2.0] > 1.0 > moves[0.0]
+
+
+def test_integral_holds_while_the_adapter_closes_the_gap_itself() -> None:
+    """Below the target but growing fast enough to reach it within ``closing_steps``: lambda is not
+    what holds S back, so the integral does not wind down (it would without the rule)."""
+    held = {}
+    for closing in (10.0, 0.0):
+        c = fresh(0.5, closing_steps=closing, horizon=0.0)
+        c.state = ControllerState(lam=c.lam, integral=0.3, data_ema=4.0, updates=10, param_bpt=2.0 / 1.1)
+        c.update(4.0, 2.0)  # ln(S_hat/S*) = -0.41, trend +0.095 a step: there in ~4 steps
+        held[closing] = c.state.integral
+    assert held[10.0] == 0.3
+    assert held[0.0] < 0.3
+
+
+def test_integral_gain_grows_with_the_error_above_the_target_only() -> None:
+    """Above S*, I += Ki * (1 + e / gain_scale) * e: the further, the faster; below S*, Ki * e."""
+    steps = []
+    for ratio in (math.exp(0.1), math.exp(0.6), math.exp(-0.6)):
+        c = fresh(0.05, horizon=0.0)
+        c.state = ControllerState(lam=c.lam, data_ema=3.0, updates=10)
+        c.update(3.0, param_for(0.05, 3.0, ratio))
+        steps.append(c.state.integral)
+    ki, scale = c.config.ki, c.config.gain_scale
+    assert steps[0] == pytest.approx(ki * (1 + 0.1 / scale) * 0.1, rel=1e-6)
+    assert steps[1] == pytest.approx(ki * (1 + 0.6 / scale) * 0.6, rel=1e-6)
+    assert steps[2] == pytest.approx(-ki * 0.6, rel=1e-6)
+
+
+def _growth_run(steps: int, horizon: float, seed: int) -> float:
+    """A training-like plant fitted to SmolLM2-135M's measured ParamBPT (docs, 19 one-pass steps, S*
+    0.5, lambda = 0 and three lambda paths): the adapter size w grows from 0 with Adam-like momentum
+    and a linearly decaying step, ParamBPT = w^2; the penalty pulls w back in proportion to lambda.
+    Returns the fraction of the last half of the steps with S_hat in band."""
+    rng = random.Random(seed)
+    c = PIController(ControllerConfig(target_s=0.5, warmup_steps=math.ceil(0.1 * steps), horizon=horizon))
+    w = m = 0.0
+    step_size = 0.4 * min(1.0, 28.5 / steps)
+    inside = []
+    for t in range(steps):
+        pull = 1.0 - w / 5.0 - c.lam * w / 0.05
+        m = 0.9 * m + 0.1 * min(max(pull, -1.0), 1.0)
+        w = max(0.0, w + step_size * (steps - t) / steps * m / (1.0 - 0.9 ** (t + 1)))
+        c.update(4.5 * (1.0 + 0.15 * rng.gauss(0.0, 1.0)), w * w)
+        inside.append(c.in_band())
+    half = inside[steps // 2 :]
+    return sum(half) / len(half)
+
+
+@pytest.mark.parametrize("steps", [19, 60, 150])
+def test_holds_the_target_on_a_training_like_plant(steps: int) -> None:
+    """S_hat in band for >= 80 % of the last half, as the quality benchmark asks (acting on S_hat
+    alone, without the prediction, the 19-step run is in band 20-30 %). Not met everywhere: this
+    plant stretched to 30 steps is in band 53-100 % over the 5 seeds (lambda* moves as the step
+    decays), and with lambda* 2x lower or higher than fitted the 19-step run misses too."""
+    assert min(_growth_run(steps, 2.0, seed) for seed in range(5)) >= 0.8
+    if steps == 19:
+        assert max(_growth_run(steps, 0.0, seed) for seed in range(5)) < 0.8
+
+
+def test_above_the_target_the_integral_keeps_rising_while_the_adapter_shrinks() -> None:
+    """Conditional integration holds only below S*: above it, an adapter shrinking toward S* (too
+    slowly, as the step size decays) still raises lambda's integral."""
+    c = fresh(0.5, horizon=0.0)
+    c.state = ControllerState(lam=c.lam, integral=0.3, data_ema=2.0, updates=10, param_bpt=5.0 / 0.95)
+    c.update(2.0, 5.0)  # S_hat = 0.71: ln(S_hat/S*) = +0.36, trend -0.05 a step: there in ~7 steps
+    assert c.state.integral > 0.3
+
+
+def test_only_growth_is_extrapolated() -> None:
+    """Brake early, release late: above S* a shrinking adapter does not lower the error (its
+    shrinkage slows as the step size decays); a growing one below S* raises it."""
+    lams = {}
+    for horizon in (2.0, 0.0):
+        c = fresh(0.5, horizon=horizon)
+        c.state = ControllerState(lam=c.lam, data_ema=2.0, updates=10, param_bpt=5.0 / 0.8)
+        lams[horizon] = c.update(2.0, 5.0)  # above S*, ParamBPT -20 % this step
+    assert lams[2.0] == lams[0.0]

@@ -166,3 +166,18 @@ def test_trainer_penalty_shrinks_the_update_and_grows_with_lambda(make_root: Cal
     assert norms[0.0] > 0
     assert norms[1.0] < 0.9 * norms[0.0]
     assert norms[10.0] < 0.9 * norms[1.0]
+
+
+def test_causal_ce_sum_scores_each_position_on_the_next_token() -> None:
+    """Shifting the labels (not slicing the logits) gives the reference sum and count, masked
+    targets included."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 11)
+    labels = torch.randint(0, 11, (2, 7))
+    labels[0, :3] = -100
+    ce, n = causal_ce_sum(logits, labels)
+    ref = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    assert n == int((labels[:, 1:] != -100).sum()) == 10
+    assert float(ce) == pytest.approx(float(ref), rel=1e-6)
