@@ -21,9 +21,12 @@ if TYPE_CHECKING:
     import uvicorn
 
 
-def _answers(base: str) -> bool:
+def _answers(base: str, patience_s: float = 30.0) -> bool:
+    """Whether a Fastuner server answers at ``base``. Nothing listening is a quick no; a server that
+    is there but busy (a slow answer) is waited for, not taken as absent (starting a second one on
+    its port would fail)."""
     try:
-        return httpx.get(f"{base}/healthz", timeout=2.0).status_code == 200
+        return httpx.get(f"{base}/healthz", timeout=httpx.Timeout(patience_s, connect=2.0)).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -87,3 +87,33 @@ def test_ui_with_a_wrong_key_fails_cleanly(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_a_busy_server_is_waited_for_not_taken_as_absent() -> None:
+    """A running server slow to answer /healthz (a loaded machine) made a second ``fastuner ui``
+    start another server on the same port, which failed ("port in use?")."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cli.commands.ui import _answers
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(3)  # longer than the 2 s the check used to wait
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert _answers(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    started = time.monotonic()
+    assert not _answers(f"http://127.0.0.1:{free_port()}")  # nothing listening: a quick no
+    assert time.monotonic() - started < 5
