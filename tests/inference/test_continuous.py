@@ -219,3 +219,29 @@ def test_a_failing_step_fails_the_rows_decoding_and_serving_goes_on(
     assert engine.generate([PROMPT], "adp_a", params(n))[0].generated_text == reference.text(
         "adp_a", PROMPT, n
     )
+
+
+def test_a_queued_request_past_its_deadline_ends_while_the_batch_is_full(
+    make_engine: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loraserve.errors import DeadlineExceeded
+
+    engine = make_engine(max_batch_size=1, min_tokens_per_s=0)
+    offset = [0.0]
+    engine.scheduler.clock = lambda: time.monotonic() + offset[0]
+    seen: dict[str, bool] = {}
+
+    def queue_and_expire() -> Any:
+        ticket = engine.submit([SHORT], None, params(4), deadline_s=5)
+        offset[0] = 10.0  # its deadline passes while the only place is taken
+        return ticket
+
+    late = arrive_at(
+        monkeypatch,
+        {2: queue_and_expire, 3: lambda: seen.setdefault("ended at the next step", late[0].finished)},
+    )
+    first = engine.submit([PROMPT], "adp_a", params(12))
+    assert first.wait(60)[0].completion_tokens == 12  # the running request is untouched
+    assert seen == {"ended at the next step": True}
+    with pytest.raises(DeadlineExceeded):
+        late[0].wait(1)

@@ -218,7 +218,10 @@ class Scheduler:
         """Prefill queued sequences and add them to the running rows (all of them when none run)."""
         room = self.max_batch_size - len(running.seqs)
         if room <= 0 or (running.batch is not None and not running.batch.mergeable):
-            return  # full, or a model whose cache rows cannot join: the running rows finish first
+            # Full, or a model whose cache rows cannot join: the running rows finish first; queued
+            # sequences past their deadline still end now (504), not when a place frees up.
+            self._take(0, set())
+            return
         newcomers = self._take(room, running.adapters())
         if not newcomers:
             return
