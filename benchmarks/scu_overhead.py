@@ -216,6 +216,7 @@ def ab_same_loop(
     from scu.evaluate import causal_ce_sum
     from scu.modeling import apply_lora, load_base_model, load_tokenizer, trainable_parameters
     from scu.regulariser import add_penalty_grad, lora_factors, param_bpt
+    from scu.trainer import make_optimizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -226,7 +227,7 @@ def ab_same_loop(
     model.train()
     params = trainable_parameters(model)
     factors = lora_factors(model)
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = make_optimizer(params, 1e-4, 0.0)  # as the trainer: fused where torch has it
     times: dict[bool, list[float]] = {True: [], False: []}
     tokens: dict[bool, int] = {True: 0, False: 0}
     for i in range(steps + 10):

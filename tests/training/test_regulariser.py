@@ -118,7 +118,8 @@ def test_the_trainers_two_gradient_parts_sum_to_the_regularised_loss(tiny_model:
     (LN2 * data_bpt()).backward()
     add_penalty_grad(factors, params, 0.01, 1000, 3.0)
     for p, expected in zip(params, whole, strict=True):
-        torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-8)
+        # closed form vs autograd: the same sums in another order (fp32 rounding near zero)
+        torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-7)
     assert regularised_loss(2.0, 0.5, 3.0) == 3.5
 
 

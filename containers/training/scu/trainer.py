@@ -31,6 +31,7 @@ from scu.train_log import LogWindow, MetricsWriter, StepOutcome, make_clock
 
 log = logging.getLogger("scu.trainer")
 
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 STEP_SLEEP_ENV = "FASTUNER_SCU_TEST_STEP_SLEEP"  # test hook: seconds to sleep per optimizer step
 
 
@@ -77,6 +78,14 @@ def plan_steps(cfg: ResolvedConfig, n_examples: int, info: DistInfo) -> tuple[in
     steps_per_epoch = math.ceil(per_epoch / cfg.grad_accum)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     return per_epoch, total
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel over all tensors) where torch has it for these parameters: on CPU
+    and CUDA in fp32/fp16/bf16, as HF Trainer's default ``adamw_torch_fused``. The per-tensor loop
+    took 41 ms a step for SmolLM2-135M's 420 LoRA tensors on one CPU thread, fused 10 ms."""
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_DTYPES for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,7 @@ class Trainer:
         self.params = trainable_parameters(job.model)
         self.factors = lora_factors(job.model)
         self.per_epoch, self.total_steps = plan_steps(cfg, len(job.examples), info)
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(self.params, cfg.learning_rate, cfg.weight_decay)
         self.scheduler = get_scheduler(
             cfg.lr_scheduler if cfg.lr_scheduler != "constant" else "constant_with_warmup",
             self.optimizer,
