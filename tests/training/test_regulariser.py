@@ -18,11 +18,20 @@ from scu.regulariser import (
     delta_w_sq_norm,
     lora_factors,
     param_bpt,
-    penalty_grads,
     regularised_loss,
 )
 
 from tests.training.support import TINY_PROJECTIONS, run_entry
+
+
+def penalty_grads(
+    factors: list[LoraFactor], params: list[torch.Tensor], sigma: float, n_tokens: int, lam: float
+) -> list[torch.Tensor | None]:
+    """The reference: d(ln 2 * lambda * ParamBPT)/dw for each of ``params`` by autograd (None where
+    it does not enter); the trainer's closed form (``add_penalty_grad``) is held to it."""
+    bits = param_bpt(factors, sigma, n_tokens)
+    penalty = LN2 * regularised_loss(torch.zeros_like(bits), bits, lam)
+    return list(torch.autograd.grad(penalty, list(params), allow_unused=True))
 
 
 def _lora(tiny_model: Path, r: int = 4, alpha: float = 8.0, b_std: float = 0.02) -> torch.nn.Module:

@@ -108,16 +108,6 @@ def regularised_loss(data_bpt: Bits, param_bpt: Bits, lam: float) -> Bits:
     return data_bpt + lam * param_bpt
 
 
-def penalty_grads(
-    factors: Sequence[LoraFactor], params: Sequence[torch.Tensor], sigma: float, n_tokens: int, lam: float
-) -> list[torch.Tensor | None]:
-    """The penalty part of d(ln 2 * regularised_loss)/dw, i.e. d(lambda * ParamBPT * ln 2)/dw, for
-    each of ``params`` (None where it does not enter)."""
-    bits = param_bpt(factors, sigma, n_tokens)
-    penalty = LN2 * regularised_loss(torch.zeros_like(bits), bits, lam)
-    return list(torch.autograd.grad(penalty, list(params), allow_unused=True))
-
-
 def add_penalty_grad(
     factors: Sequence[LoraFactor], params: Sequence[torch.Tensor], sigma: float, n_tokens: int, lam: float
 ) -> None:
@@ -128,7 +118,7 @@ def add_penalty_grad(
     In closed form rather than through autograd (no graph, one stack per group):
     d tr(B^T B A A^T)/dA = 2 (B^T B) A and d/dB = 2 B (A A^T), so with c = lambda /
     (2 sigma^2 N), the same for both, grad A = 2 c s^2 (B^T B) A and grad B = 2 c s^2 B (A A^T).
-    :func:`penalty_grads` (autograd) is the reference the tests hold it to."""
+    Autograd through :func:`param_bpt` is the reference the tests hold it to."""
     if sigma <= 0 or n_tokens <= 0:
         raise ValueError("sigma and n_tokens must be positive")
     trainable = {id(p) for p in params}
