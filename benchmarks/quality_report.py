@@ -21,6 +21,16 @@ ROW_LABELS = {
     "scu": "SCU (defaults)",
 }
 ROW_ORDER = list(ROW_LABELS)
+
+
+def row_order(cells: Iterable[Result]) -> list[str]:
+    """The known rows in their order, then variant rows (``scu[...]``) sorted by name."""
+    present = {c["row"] for c in cells}
+    return [r for r in ROW_ORDER if r in present] + sorted(present - set(ROW_ORDER))
+
+
+def label(row: str) -> str:
+    return ROW_LABELS.get(row, f"SCU, `{row[3:]}`" if row.startswith("scu[") else row)
 WARMUP_FALLBACK = 0.10  # fraction of steps treated as warm-up when the engine logs no marker
 BAND_FALLBACK = 0.10  # log-units, when the metrics carry no band
 OVERFIT_BITS = 0.05
@@ -142,7 +152,7 @@ def _cell_text(c: Result) -> str:
         es = c["es"]
         text += f" (step {es['step']}, ep {es['epoch']:.2g})"
     t = c.get("tracking") or {}
-    if c["row"] == "scu" and "lambda_end" in t:
+    if c["row"].startswith("scu") and "lambda_end" in t:
         text += f" (S* {t['s_star']:.3g}, λ {t['lambda_end']:.3g}, {t['off_bounds']:.0%}/{t['in_band']:.0%})"
     return text
 
@@ -178,7 +188,7 @@ def table(domain: str, regime: str, cells: Sequence[Result], base: Result | None
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     off, es = by_seed(cells, "off"), by_seed(cells, "off_es")
-    for row in ROW_ORDER:
+    for row in row_order(cells):
         mine = [c for c in cells if c["row"] == row]
         if not mine:
             continue
@@ -189,7 +199,7 @@ def table(domain: str, regime: str, cells: Sequence[Result], base: Result | None
         tr = [
             c["tracking"] for c in mine if c["status"] == "ok" and "lambda_end" in (c.get("tracking") or {})
         ]
-        if row == "scu" and tr:
+        if row.startswith("scu") and tr:
             extra = [
                 "/".join(sorted({f"{t['s_star']:.3g}" for t in tr})),
                 stat(t["lambda_end"] for t in tr).fmt(3),
@@ -199,18 +209,18 @@ def table(domain: str, regime: str, cells: Sequence[Result], base: Result | None
         failed = len(mine) - len(vals)
         n = f"{s.n}" + (f" (+{failed} FAILED)" if failed else "")
         lines.append(
-            f"| {ROW_LABELS[row]} | {n} | {s.fmt()} | {vs_base.fmt(signed=True)} | "
+            f"| {label(row)} | {n} | {s.fmt()} | {vs_base.fmt(signed=True)} | "
             f"{paired(vals, off).fmt(signed=True) if row != 'off' else ''} | "
             f"{paired(vals, es).fmt(signed=True) if row != 'off_es' else ''} | " + " | ".join(extra) + " |"
         )
     lines += ["", "Every cell as measured (held-out BPT per seed):", ""]
     lines.append("| row | " + " | ".join(f"seed {s}" for s in seeds) + " |")
     lines.append("|---|" + "---|" * len(seeds))
-    for row in ROW_ORDER:
+    for row in row_order(cells):
         per_seed = {int(c["seed"]): c for c in cells if c["row"] == row}
         if per_seed:
             texts = [_cell_text(per_seed[s]) if s in per_seed else "–" for s in seeds]
-            lines.append(f"| {ROW_LABELS[row]} | " + " | ".join(texts) + " |")
+            lines.append(f"| {label(row)} | " + " | ".join(texts) + " |")
     return lines
 
 

@@ -73,6 +73,19 @@ RUNS: dict[str, dict[str, Any]] = {
     "wd1": {"scu": "off", "weight_decay": 1.0},
     "scu": {"scu": "on"},
 }
+
+
+def variant(spec: str) -> tuple[str, dict[str, Any]]:
+    """``key=value[,key=value]`` -> (row name, hyperparameters): an SCU run with engine settings
+    changed, for trying a setting against the stored baselines of the same configuration. The row
+    name spells the settings (``scu[target_s=0.8]``), so one name always means one setting."""
+    hp: dict[str, Any] = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise SystemExit(f"--variant {spec!r}: expected key=value[,key=value]")
+        hp[key.strip()] = value.strip()
+    return "scu[" + ",".join(f"{k}={v}" for k, v in sorted(hp.items())) + "]", {"scu": "on", **hp}
 # Speeds measured for SmolLM2-135M on the 2-core dev box: for the up-front time estimate only.
 TRAIN_TOKENS_PER_S, EVAL_TOKENS_PER_S, ENGINE_START_S = 94.0, 185.0, 10.0
 
@@ -312,6 +325,7 @@ class Context:
     work: Path
     threads: int
     keep_runs: bool
+    runs: dict[str, dict[str, Any]]  # row name -> hyperparameters (RUNS plus any --variant)
 
     def cell(self, row: str, **fields: Any) -> dict[str, Any]:
         return {
@@ -342,7 +356,7 @@ def run_cell(ctx: Context, run: str, ev: Any) -> list[dict[str, Any]]:
         "task_eval_rows": 0,  # the engine's generation eval: minutes on CPU, and nothing here reads it
         "checkpoint_every": every if run == "off" else 10**6,
         "keep_checkpoints": keep if run == "off" else 1,
-        **RUNS[run],
+        **ctx.runs[run],
     }
     root = ctx.work / f"{ctx.domain}-{ctx.regime.name}-s{ctx.seed}-{run}"
     shutil.rmtree(root, ignore_errors=True)
@@ -440,7 +454,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan,
         domains=tuple(args.domains.split(",")) if args.domains else plan.domains,
         regimes=tuple(regimes),
-        runs=tuple(x for x in plan.runs if not args.rows or x in args.rows.split(",")),
+        runs=(
+            *(x for x in plan.runs if not args.rows or x in args.rows.split(",")),
+            *(variant(v)[0] for v in args.variant or []),
+        ),
         report_tokens=plan.report_tokens if args.report_tokens is None else args.report_tokens,
         select_tokens=plan.select_tokens if args.select_tokens is None else args.select_tokens,
     )
@@ -495,6 +512,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--select-tokens", type=int, help="select-set target tokens (0: the whole select group)")
     p.add_argument(
         "--threads", type=int, default=0, help="torch threads here and in each engine (0: default)"
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="also run SCU with these engine settings (a row named scu[...], repeatable); the "
+        "configuration hash ignores variants, so they pair with the stored baseline rows",
     )
     p.add_argument("--work", type=Path, help="folder for run roots (default: a new temp folder)")
     p.add_argument("--keep-runs", action="store_true", help="keep each run's root (adapters, checkpoints)")
@@ -555,6 +579,7 @@ class Bench:
             {} if args.fresh else {k: c for k, c in store.cells(config).items() if c["status"] == "ok"}
         )
         self.ev: Any = None
+        self.runs = {**RUNS, **dict(variant(v) for v in args.variant or [])}
 
     def evaluator(self) -> Any:
         if self.ev is None:
@@ -621,6 +646,7 @@ class Bench:
                 work=self.work,
                 threads=self.args.threads,
                 keep_runs=self.args.keep_runs,
+                runs=self.runs,
             )
             for c in run_cell(ctx, run, ev):
                 self.store.append(c)
@@ -668,7 +694,7 @@ def progress(c: dict[str, Any]) -> str:
         return f"FAILED: {c['reason']}"
     extra = f", ES step {c['es']['step']}" if c.get("es") else ""
     t = c.get("tracking") or {}
-    if c["row"] == "scu" and "lambda_end" in t:
+    if c["row"].startswith("scu") and "lambda_end" in t:
         extra += f", S* {t['s_star']:.4g} λ end {t['lambda_end']:.3g}, off bounds {t['off_bounds']:.0%}, in band {t['in_band']:.0%}"
     return f"BPT {c['bpt']:.4f}{extra} (train {c['wall_s']:.0f} s, eval {c.get('eval_s', 0):.0f} s)"
 

@@ -1,0 +1,94 @@
+"""scu_quality's --variant rows: self-describing names, engine settings, and their place in the
+report next to the stored baseline rows (pure Python: no engine run)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks import quality_report as qr
+from benchmarks import scu_quality as sq
+
+
+def test_variant_name_spells_its_settings_in_one_order() -> None:
+    a = sq.variant("target_s=0.8,kp=0.3")
+    b = sq.variant(" kp=0.3 , target_s=0.8")
+    assert a == b == ("scu[kp=0.3,target_s=0.8]", {"scu": "on", "kp": "0.3", "target_s": "0.8"})
+
+
+@pytest.mark.parametrize("spec", ["target_s", "target_s=", "=0.8", "target_s=0.8,"])
+def test_bad_variant_is_refused(spec: str) -> None:
+    with pytest.raises(SystemExit, match="key=value"):
+        sq.variant(spec)
+
+
+def test_variants_join_the_plan_but_not_the_configuration_hash() -> None:
+    args = sq.parse_args(["--quick", "--rows", "off", "--variant", "target_s=0.7"])
+    plan = sq.make_plan(args)
+    assert plan.runs == ("off", "scu[target_s=0.7]")
+    model = {"name": "m", "config_sha": "x", "weights_bytes": 1}
+    engine = {"commit": "c", "source_sha": "s"}
+    plain = sq.make_plan(sq.parse_args(["--quick"]))
+    assert sq.config_hash(plan, model, engine, {}) == sq.config_hash(plain, model, engine, {})
+
+
+def _cell(row: str, seed: int, bpt: float, **extra: Any) -> dict[str, Any]:
+    return {"row": row, "seed": seed, "bpt": bpt, "status": "ok", **extra}
+
+
+def test_report_shows_a_variant_row_paired_with_the_baselines() -> None:
+    tracking = {"s_star": 0.7, "lambda_end": 0.02, "off_bounds": 1.0, "in_band": 0.9}
+    cells = [
+        *(_cell("off", s, 4.40 + 0.01 * s) for s in range(3)),
+        *(_cell("off_es", s, 4.35 + 0.01 * s) for s in range(3)),
+        *(_cell("scu", s, 4.38 + 0.01 * s) for s in range(3)),
+        *(_cell("scu[target_s=0.7]", s, 4.36 + 0.01 * s, tracking=tracking) for s in range(3)),
+    ]
+    lines = qr.table("docs", "small", cells, None)
+    row = next(x for x in lines if x.startswith("| SCU, `[target_s=0.7]`"))
+    assert "| 3 | 4.3700 ± 0.0058 |" in row
+    assert "-0.0400 ± 0.0000" in row and "+0.0100 ± 0.0000" in row  # vs λ=0 final, vs ES
+    assert "| 0.7 |" in row
+    # known rows keep their order; the variant comes after them
+    order = [x.split("|")[1].strip() for x in lines if x.startswith("| ") and "±" in x]
+    assert order == ["λ=0 final", "λ=0 early-stopped", "SCU (defaults)", "SCU, `[target_s=0.7]`"]
+    # the pass/fail checks judge the shipped defaults only
+    found = qr.checks({("docs", "small"): cells})
+    assert all("target_s=0.7" not in c.detail for c in found)
+
+
+def test_run_cell_uses_the_variant_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_run(root: Any, engine: Any, hp: dict[str, Any], *rest: Any) -> str:
+        seen.update(hp)
+        return "stop here"
+
+    monkeypatch.setattr(sq, "run_engine", fake_run)
+    monkeypatch.setattr(sq, "engine_source", lambda engine: "same")
+    name, hp = sq.variant("target_s=0.7")
+    ctx = sq.Context(
+        plan=sq.QUICK,
+        config="h",
+        domain="docs",
+        regime=sq.QUICK.regimes[1],
+        seed=0,
+        train=[],
+        val=[],
+        report_ex=[],
+        select_ex=[],
+        base_report=4.5,
+        base_select=4.0,
+        model=tmp_path,
+        engine=tmp_path,
+        engine_commit="c",
+        engine_source="same",
+        work=tmp_path,
+        threads=1,
+        keep_runs=False,
+        runs={**sq.RUNS, name: hp},
+    )
+    out = sq.run_cell(ctx, name, ev=None)
+    assert [c["row"] for c in out] == [name] and out[0]["status"] == "failed"
+    assert seen["scu"] == "on" and seen["target_s"] == "0.7" and seen["checkpoint_every"] == 10**6
