@@ -31,6 +31,8 @@ def row_order(cells: Iterable[Result]) -> list[str]:
 
 def label(row: str) -> str:
     return ROW_LABELS.get(row, f"SCU, `{row[3:]}`" if row.startswith("scu[") else row)
+
+
 WARMUP_FALLBACK = 0.10  # fraction of steps treated as warm-up when the engine logs no marker
 BAND_FALLBACK = 0.10  # log-units, when the metrics carry no band
 OVERFIT_BITS = 0.05

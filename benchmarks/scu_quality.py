@@ -86,6 +86,8 @@ def variant(spec: str) -> tuple[str, dict[str, Any]]:
             raise SystemExit(f"--variant {spec!r}: expected key=value[,key=value]")
         hp[key.strip()] = value.strip()
     return "scu[" + ",".join(f"{k}={v}" for k, v in sorted(hp.items())) + "]", {"scu": "on", **hp}
+
+
 # Speeds measured for SmolLM2-135M on the 2-core dev box: for the up-front time estimate only.
 TRAIN_TOKENS_PER_S, EVAL_TOKENS_PER_S, ENGINE_START_S = 94.0, 185.0, 10.0
 
