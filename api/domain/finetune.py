@@ -73,7 +73,10 @@ class FineTuneRequest(RequestBody):
             "numbers, also as strings, must be finite",
         ),
     ] = {}
-    target_s: Annotated[float | None, Field(gt=0, lt=1, description="S*, in (0, 1)")] = None
+    target_s: Annotated[
+        float | None,
+        Field(gt=0, lt=1, description="S*, in (0, 1); default P/(P+1) for P passes over the data"),
+    ] = None
     epochs: Annotated[float | None, Field(gt=0, le=1000, description="in (0, 1000]")] = None
     max_steps: Annotated[
         int | None, Field(ge=1, le=MAX_STEPS, description=f"optimizer steps, 1 to {MAX_STEPS:,}")
