@@ -75,7 +75,7 @@ class FineTuneRequest(RequestBody):
     ] = {}
     target_s: Annotated[
         float | None,
-        Field(gt=0, lt=1, description="S*, in (0, 1); default P/(P+1) for P passes over the data"),
+        Field(gt=0, lt=1, description="S*, in (0, 1); the engine's default is 0.5"),
     ] = None
     epochs: Annotated[float | None, Field(gt=0, le=1000, description="in (0, 1000]")] = None
     max_steps: Annotated[

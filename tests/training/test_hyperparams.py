@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 from scu.config import TrainConfig, resolve
-from scu.defaults import TARGET_S_MAX, Facts, passes, target_s
+from scu.defaults import Facts
 from scu.hyperparams import HyperparameterError, load_hyperparameters, parse_hyperparameters
 
 
@@ -82,7 +81,7 @@ FACTS = Facts(
 
 def test_smart_defaults_from_facts() -> None:
     r = resolve(TrainConfig(), FACTS, "m", qlora_available=False)
-    assert r.target_s == pytest.approx(2 / 3)  # 2 epochs: S* = P / (P + 1)
+    assert r.target_s == pytest.approx(0.5)
     assert r.lora_r == 16 and r.lora_alpha == 32 and r.learning_rate == 2e-4
     assert r.block_size == 512 and r.precision == "bf16" and r.epochs == 2
     assert r.batch_size * r.grad_accum <= 16
@@ -98,9 +97,7 @@ def test_defaults_scale_with_model_size_and_data() -> None:
         qlora_available=True,
     )
     assert small.lora_r < big.lora_r and small.learning_rate > big.learning_rate
-    assert (
-        small.target_s == 0.75 and big.target_s == 0.5 and small.block_size == 64 and big.block_size == 4096
-    )
+    assert small.target_s == big.target_s == 0.5 and small.block_size == 64 and big.block_size == 4096
     assert small.precision == "fp32" and big.gradient_checkpointing and big.epochs == 1
 
 
@@ -114,31 +111,8 @@ def test_overrides_win_and_qlora_falls_back() -> None:
 
 def test_target_s_default_and_override() -> None:
     facts = Facts(135_000_000, 100, 20_000, 200, 2048, False)
-    assert resolve(TrainConfig(), facts, "m", qlora_available=False).target_s == 0.75  # 3 epochs
-    assert resolve(TrainConfig(epochs=1), facts, "m", qlora_available=False).target_s == 0.5
+    assert resolve(TrainConfig(), facts, "m", qlora_available=False).target_s == 0.5
     assert resolve(TrainConfig(target_s=0.2), facts, "m", qlora_available=False).target_s == 0.2
-
-
-def test_target_s_rule_follows_the_passes_over_the_data() -> None:
-    assert target_s(1) == 0.5 and target_s(3) == 0.75 and target_s(10) == pytest.approx(10 / 11)
-    assert target_s(0.25) == 0.5  # less than one pass counts as one
-    assert target_s(1000) == TARGET_S_MAX == 0.95  # capped where the rule is unmeasured
-    assert passes(2.5, None, 7) == 2.5 and passes(3.0, 70, 7) == 10.0  # max_steps wins
-
-
-def test_target_s_counts_passes_from_max_steps_and_packed_examples() -> None:
-    # 100 rows, batch 4 x accum 5 -> 5 optimizer steps per epoch
-    facts = Facts(135_000_000, 100, 20_000, 200, 2048, False)
-    cfg = TrainConfig(batch_size=4, grad_accum=5)
-    assert resolve(cfg.model_copy(update={"max_steps": 5}), facts, "m", qlora_available=False).target_s == 0.5
-    assert (
-        resolve(cfg.model_copy(update={"max_steps": 45}), facts, "m", qlora_available=False).target_s == 0.9
-    )
-    # packed into 20 sequences: one step per epoch, so 3 epochs' worth of steps is 3 passes
-    packed = dataclasses.replace(facts, train_examples=20)
-    assert (
-        resolve(cfg.model_copy(update={"max_steps": 3}), packed, "m", qlora_available=False).target_s == 0.75
-    )
 
 
 def test_non_finite_hyperparameters_are_refused() -> None:

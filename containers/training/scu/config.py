@@ -3,7 +3,6 @@ after smart defaults (``ResolvedConfig``, written to ``model/fastuner_config.jso
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -206,9 +205,6 @@ def resolve(
     )
     n_epochs = pick("epochs", defaults.epochs(facts.train_tokens))
     accum = pick("grad_accum", defaults.grad_accum(facts.train_rows, n_epochs, micro, facts.world_size))
-    # optimizer steps per epoch as the trainer plans them (scu.trainer.plan_steps), for S* (passes)
-    examples = facts.train_examples or facts.train_rows
-    per_epoch_steps = math.ceil(math.ceil(examples / (micro * max(1, facts.world_size))) / accum)
     if cfg.precision == "auto":
         chosen.append("precision")
         precision = ("bf16" if bf16_ok else "fp16") if facts.cuda else "fp32"
@@ -219,9 +215,7 @@ def resolve(
         base_model=base_model,
         method=method,
         method_requested=cfg.method,
-        target_s=pick(
-            "target_s", defaults.target_s(defaults.passes(n_epochs, cfg.max_steps, per_epoch_steps))
-        ),
+        target_s=pick("target_s", defaults.target_s()),
         packing=pick("packing", facts.text_rows),
         lora_r=r,
         lora_alpha=pick("lora_alpha", float(defaults.lora_alpha(r))),
