@@ -73,10 +73,7 @@ class FineTuneRequest(RequestBody):
             "numbers, also as strings, must be finite",
         ),
     ] = {}
-    target_s: Annotated[
-        float | None,
-        Field(gt=0, lt=1, description="S*, in (0, 1); the engine's default is 0.5"),
-    ] = None
+    target_s: Annotated[float | None, Field(gt=0, lt=1, description="S*, in (0, 1)")] = None
     epochs: Annotated[float | None, Field(gt=0, le=1000, description="in (0, 1000]")] = None
     max_steps: Annotated[
         int | None, Field(ge=1, le=MAX_STEPS, description=f"optimizer steps, 1 to {MAX_STEPS:,}")
