@@ -6,9 +6,10 @@ inside the target band S*·exp(±band)).
     python benchmarks/scu_overhead.py                  # small CPU defaults, a few minutes
     python benchmarks/scu_overhead.py --hidden 512 --layers 8 --steps 400 --repeats 3
 
-Every run is a separate subprocess with the same thread count; SCU on/off runs are interleaved
-and the median over repeats is reported. Throughput = non-padding tokens per second, median over
-the post-warm-up steps; by default per CPU-second of the training process (``--clock cpu``, with
+Every run is a separate subprocess with the same thread count; SCU on, off and HF runs are
+interleaved (the order rotates every repeat) and the median over repeats is reported, with the
+per-repeat SCU on / HF ratios. HF reads the engine's batches in the engine's order. Throughput =
+non-padding tokens per second, median over the post-warm-up steps; by default per CPU-second of the training process (``--clock cpu``, with
 one thread) so that other load on a shared host does not skew the ratios; ``--clock wall`` for
 wall-clock.
 """
@@ -119,11 +120,36 @@ def post_warmup(values: list[float], warmup_frac: float) -> list[float]:
     return values[int(len(values) * warmup_frac) :] or values
 
 
+def run_hf(work: Path, cfg_path: Path, args: argparse.Namespace) -> list[float]:
+    """One HF Trainer + PEFT run in a subprocess (same thread count and clock): its window series."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--hf-config",
+            str(cfg_path),
+            "--hf-root",
+            str(work / "on-0"),
+            "--steps",
+            str(args.steps),
+            "--window",
+            str(args.log_every),
+        ],
+        env=_env(args.threads, clock=args.clock),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"HF baseline failed:\n{proc.stderr[-4000:]}")
+    series: list[float] = json.loads(proc.stdout.strip().splitlines()[-1])["tokens_per_s"]
+    return series
+
+
 def hf_worker(args: argparse.Namespace) -> None:
     """Runs in a subprocess: HF Trainer + PEFT with the engine's resolved LoRA settings."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from scu.data import build_examples, collate, encode_rows, read_channel
+    from scu.data import build_examples, collate, encode_rows, rank_batches, read_channel
     from scu.modeling import load_tokenizer
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
@@ -132,7 +158,15 @@ def hf_worker(args: argparse.Namespace) -> None:
     tok = load_tokenizer(cfg["base_model"])
     rows = read_channel(root / "input" / "data" / "train")
     examples, _ = build_examples(encode_rows(tok, rows), cfg["block_size"], cfg["train_on_inputs"])
-    dataset = [{"input_ids": ex.input_ids, "labels": ex.labels} for ex in examples]
+    # the engine's order (rank_batches per epoch), read sequentially: both runs see the same
+    # sequences in the same batches, so tokens per step match step for step (within the first
+    # epoch; the engine's short last batch of an epoch shifts the batches after it)
+    order: list[int] = []
+    epoch = 0
+    while len(order) < args.steps * cfg["grad_accum"] * cfg["batch_size"]:
+        order += [i for b in rank_batches(len(examples), cfg["batch_size"], cfg["seed"], epoch) for i in b]
+        epoch += 1
+    dataset = [{"input_ids": examples[i].input_ids, "labels": examples[i].labels} for i in order]
 
     class Items(torch.utils.data.Dataset[dict[str, Any]]):
         def __len__(self) -> int:
@@ -162,6 +196,9 @@ def hf_worker(args: argparse.Namespace) -> None:
     step_times: list[float] = []
 
     class Counting(Trainer):
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            return torch.utils.data.SequentialSampler(dataset)
+
         def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
             step_tokens.append(int(inputs["attention_mask"].sum()))
             return super().training_step(model, inputs, num_items_in_batch)
@@ -313,48 +350,28 @@ def main() -> None:
             "log_every": args.log_every,
             "checkpoint_every": 10**6,
         }
-        tps: dict[str, list[float]] = {"on": [], "off": []}
+        tps: dict[str, list[float]] = {"on": [], "off": [], "hf": []}
         runs: dict[str, dict[str, Any]] = {}
+        cfg_path = work / "resolved.json"
+        modes = ["on", "off"] if args.skip_hf else ["on", "off", "hf"]
         for rep in range(args.repeats):
-            for mode in ("on", "off") if rep % 2 == 0 else ("off", "on"):
-                run = run_engine(
-                    work, f"{mode}-{rep}", rows, {**base_hp, "scu": mode}, args.threads, args.clock
-                )
-                series = [m["tokens_per_s"] for m in run["metrics"]]
+            # rotate the order every repeat: drift in the host's speed falls on every mode alike
+            for mode in modes[rep % len(modes) :] + modes[: rep % len(modes)]:
+                if mode == "hf":  # after repeat 0's "on" run: HF takes its resolved settings and data
+                    if not cfg_path.exists():
+                        cfg_path.write_text(json.dumps(runs["on"]["config"]))
+                    series = run_hf(work, cfg_path, args)
+                else:
+                    run = run_engine(
+                        work, f"{mode}-{rep}", rows, {**base_hp, "scu": mode}, args.threads, args.clock
+                    )
+                    series = [m["tokens_per_s"] for m in run["metrics"]]
+                    runs[mode] = run
                 tps[mode].append(statistics.median(post_warmup(series, args.warmup_frac)))
-                runs[mode] = run
-                print(f"  scu={mode:3s} repeat {rep}: {tps[mode][-1]:9.1f} tokens/s", flush=True)
+                print(f"  {mode:3s} repeat {rep}: {tps[mode][-1]:9.1f} tokens/s", flush=True)
         on, off = statistics.median(tps["on"]), statistics.median(tps["off"])
-
-        hf = None
-        if not args.skip_hf:
-            cfg_path = work / "resolved.json"
-            cfg_path.write_text(json.dumps(runs["on"]["config"]))
-            hf_vals = []
-            for rep in range(args.repeats):
-                proc = subprocess.run(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--hf-config",
-                        str(cfg_path),
-                        "--hf-root",
-                        str(work / "on-0"),
-                        "--steps",
-                        str(args.steps),
-                        "--window",
-                        str(args.log_every),
-                    ],
-                    env=_env(args.threads, clock=args.clock),
-                    capture_output=True,
-                    text=True,
-                )
-                if proc.returncode != 0:
-                    raise SystemExit(f"HF baseline failed:\n{proc.stderr[-4000:]}")
-                series = json.loads(proc.stdout.strip().splitlines()[-1])["tokens_per_s"]
-                hf_vals.append(statistics.median(post_warmup(series, args.warmup_frac)))
-                print(f"  HF Trainer repeat {rep}: {hf_vals[-1]:9.1f} tokens/s", flush=True)
-            hf = statistics.median(hf_vals)
+        hf = statistics.median(tps["hf"]) if tps["hf"] else None
+        paired = [a / b for a, b in zip(tps["on"], tps["hf"], strict=False)]
 
         cfg = runs["on"]["config"]
         steps = runs["on"]["metrics"]
@@ -375,6 +392,10 @@ def main() -> None:
             )
         if hf:
             print(f"{'HF Trainer + PEFT':28s} {hf:10.1f} {on / hf:8.3f} {'>=1.00':>8s}  (SCU on / HF)")
+            print(
+                f"{'':28s} {'':10s} {statistics.median(paired):8.3f} {'>=1.00':>8s}  (median of the "
+                f"per-repeat ratios: {', '.join(f'{r:.3f}' for r in paired)})"
+            )
         last = steps[-1]
         print(
             f"controller: target S*={cfg['target_s']:.4g}, band ±{cfg['band']:g} (log); "
