@@ -6,9 +6,11 @@ inside the target band S*·exp(±band)).
     python benchmarks/scu_overhead.py                  # small CPU defaults, a few minutes
     python benchmarks/scu_overhead.py --hidden 512 --layers 8 --steps 400 --repeats 3
 
-Every run is a separate subprocess with the same thread count; SCU on, off and HF runs are
-interleaved (the order rotates every repeat) and the median over repeats is reported, with the
-per-repeat SCU on / HF ratios. HF reads the engine's batches in the engine's order. Throughput =
+Every run is a separate subprocess with the same thread count. Each ratio compares two runs made at
+the same time, one core each (``--schedule pairs``, the default on >= 2 cores: separate runs on
+this 2-core box swing +-15 % with the host's load, a pair's two runs see the same load), and the
+median over ``--repeats`` pairs is reported with every pair's ratio: SCU on vs off, and SCU on vs
+HF ``Trainer`` + PEFT, which reads the engine's batches in the engine's order. Throughput =
 non-padding tokens per second, median over the post-warm-up steps; by default per CPU-second of the training process (``--clock cpu``, with
 one thread) so that other load on a shared host does not skew the ratios; ``--clock wall`` for
 wall-clock.
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +132,7 @@ def run_hf(work: Path, cfg_path: Path, args: argparse.Namespace) -> list[float]:
             "--hf-config",
             str(cfg_path),
             "--hf-root",
-            str(work / "on-0"),
+            str(work / "on-0-off"),  # the first "on" run's data and settings
             "--steps",
             str(args.steps),
             "--window",
@@ -311,6 +314,13 @@ def main() -> None:
     )
     p.add_argument("--log-every", type=int, default=5, help="engine log window (steps)")
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument(
+        "--schedule",
+        choices=["pairs", "serial"],
+        default="pairs" if (os.cpu_count() or 1) >= 2 else "serial",
+        help="pairs: each comparison's two runs at the same time, one core each (default with >= 2 "
+        "cores; pair with --threads 1); serial: one after the other",
+    )
     p.add_argument("--hf-config", help=argparse.SUPPRESS)
     p.add_argument("--hf-root", help=argparse.SUPPRESS)
     p.add_argument("--window", type=int, default=5, help=argparse.SUPPRESS)
@@ -351,27 +361,44 @@ def main() -> None:
             "checkpoint_every": 10**6,
         }
         tps: dict[str, list[float]] = {"on": [], "off": [], "hf": []}
+        ratios: dict[str, list[float]] = {"off": [], "hf": []}  # SCU on / X, one per pair
         runs: dict[str, dict[str, Any]] = {}
         cfg_path = work / "resolved.json"
-        modes = ["on", "off"] if args.skip_hf else ["on", "off", "hf"]
+        pool = ThreadPoolExecutor(2) if args.schedule == "pairs" else None
+
+        def one(mode: str, name: str) -> float:
+            if mode == "hf":  # with the resolved settings and data of repeat 0's first "on" run
+                series = run_hf(work, cfg_path, args)
+            else:
+                run = run_engine(work, name, rows, {**base_hp, "scu": mode}, args.threads, args.clock)
+                series = [m["tokens_per_s"] for m in run["metrics"]]
+                runs.setdefault(mode, run)
+            return statistics.median(post_warmup(series, args.warmup_frac))
+
+        others = ["off"] if args.skip_hf else ["off", "hf"]
         for rep in range(args.repeats):
-            # rotate the order every repeat: drift in the host's speed falls on every mode alike
-            for mode in modes[rep % len(modes) :] + modes[: rep % len(modes)]:
-                if mode == "hf":  # after repeat 0's "on" run: HF takes its resolved settings and data
-                    if not cfg_path.exists():
-                        cfg_path.write_text(json.dumps(runs["on"]["config"]))
-                    series = run_hf(work, cfg_path, args)
+            for other in others:
+                if other == "hf" and not cfg_path.exists():
+                    cfg_path.write_text(json.dumps(runs["on"]["config"]))
+                if pool:  # both at once, one core each: the host's drift falls on both alike
+                    futures = [
+                        pool.submit(one, "on", f"on-{rep}-{other}"),
+                        pool.submit(one, other, f"{other}-{rep}"),
+                    ]
+                    on_v, other_v = (f.result() for f in futures)
                 else:
-                    run = run_engine(
-                        work, f"{mode}-{rep}", rows, {**base_hp, "scu": mode}, args.threads, args.clock
-                    )
-                    series = [m["tokens_per_s"] for m in run["metrics"]]
-                    runs[mode] = run
-                tps[mode].append(statistics.median(post_warmup(series, args.warmup_frac)))
-                print(f"  {mode:3s} repeat {rep}: {tps[mode][-1]:9.1f} tokens/s", flush=True)
+                    on_v, other_v = one("on", f"on-{rep}-{other}"), one(other, f"{other}-{rep}")
+                tps["on"].append(on_v)
+                tps[other].append(other_v)
+                ratios[other].append(on_v / other_v)
+                print(
+                    f"  repeat {rep}: on {on_v:9.1f} | {other:3s} {other_v:9.1f} tokens/s  ratio {on_v / other_v:.3f}",
+                    flush=True,
+                )
+        if pool:
+            pool.shutdown()
         on, off = statistics.median(tps["on"]), statistics.median(tps["off"])
         hf = statistics.median(tps["hf"]) if tps["hf"] else None
-        paired = [a / b for a, b in zip(tps["on"], tps["hf"], strict=False)]
 
         cfg = runs["on"]["config"]
         steps = runs["on"]["metrics"]
@@ -384,17 +411,20 @@ def main() -> None:
             f"N={cfg['train_tokens']}"
         )
         print(f"{'run':28s} {'tokens/s':>10s} {'ratio':>8s} {'target':>8s}")
+        schedule = "concurrent pairs" if args.schedule == "pairs" else "one after the other"
         print(f"{'SCU off (lambda=0)':28s} {off:10.1f} {'':>8s}")
-        print(f"{'SCU on':28s} {on:10.1f} {on / off:8.3f} {'>=0.97':>8s}  (on / off, separate runs)")
+        print(
+            f"{'SCU on':28s} {on:10.1f} {statistics.median(ratios['off']):8.3f} {'>=0.97':>8s}  (on / off: median "
+            f"of {len(ratios['off'])} pairs, {schedule}: {', '.join(f'{r:.3f}' for r in ratios['off'])})"
+        )
         if ab:
             print(
                 f"{'SCU on, same-loop A/B':28s} {ab[0]:10.1f} {ab[0] / ab[1]:8.3f} {'>=0.97':>8s}  (on / off, alternating steps)"
             )
         if hf:
-            print(f"{'HF Trainer + PEFT':28s} {hf:10.1f} {on / hf:8.3f} {'>=1.00':>8s}  (SCU on / HF)")
             print(
-                f"{'':28s} {'':10s} {statistics.median(paired):8.3f} {'>=1.00':>8s}  (median of the "
-                f"per-repeat ratios: {', '.join(f'{r:.3f}' for r in paired)})"
+                f"{'HF Trainer + PEFT':28s} {hf:10.1f} {statistics.median(ratios['hf']):8.3f} {'>=1.00':>8s}  (SCU on "
+                f"/ HF: median of {len(ratios['hf'])} pairs, {schedule}: {', '.join(f'{r:.3f}' for r in ratios['hf'])})"
             )
         last = steps[-1]
         print(
