@@ -80,6 +80,17 @@ def plan_steps(cfg: ResolvedConfig, n_examples: int, info: DistInfo) -> tuple[in
     return per_epoch, total
 
 
+def seed_step(device: torch.device, seed: int) -> None:
+    """Seed the generators this step draws from (dropout), so a resumed run repeats the masks.
+
+    Only this device's and the CPU's: ``torch.manual_seed`` also queues seeds for every other
+    backend, formatting a stack trace each time CUDA is not initialised (7 ms a step on CPU, 2.5 %
+    of a tiny model's step); the CPU generator gets the same seed either way."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)  # the current device's generator
+
+
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW, fused (one kernel over all tensors) where torch has it for these parameters: on CPU
     and CUDA in fp32/fp16/bf16, as HF Trainer's default ``adamw_torch_fused``. The per-tensor loop
@@ -217,7 +228,7 @@ class Trainer:
         cfg, info = self.cfg, self.info
         local_targets = sum(int((w["labels"][:, 1:] != IGNORE).sum()) for w in window)
         lam = self.controller.lam
-        torch.manual_seed((cfg.seed * 1_000_003 + info.rank * 10_007 + self.pos.global_step) % (2**63))
+        seed_step(self.device, (cfg.seed * 1_000_003 + info.rank * 10_007 + self.pos.global_step) % (2**63))
         accumulated = self._accumulate(window, local_targets)
         if accumulated is None:
             return None
