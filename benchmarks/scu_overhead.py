@@ -11,9 +11,9 @@ the same time, one core each (``--schedule pairs``, the default on >= 2 cores: s
 this 2-core box swing +-15 % with the host's load, a pair's two runs see the same load), and the
 median over ``--repeats`` pairs is reported with every pair's ratio: SCU on vs off, and SCU on vs
 HF ``Trainer`` + PEFT, which reads the engine's batches in the engine's order. Throughput =
-non-padding tokens per second, median over the post-warm-up steps; by default per CPU-second of the training process (``--clock cpu``, with
-one thread) so that other load on a shared host does not skew the ratios; ``--clock wall`` for
-wall-clock.
+non-padding tokens per second, median over the post-warm-up steps; by default per CPU-second of
+the training process (``--clock cpu``, with one thread) so that other load on a shared host does
+not skew the ratios; ``--clock wall`` for wall-clock.
 """
 
 from __future__ import annotations
@@ -123,8 +123,9 @@ def post_warmup(values: list[float], warmup_frac: float) -> list[float]:
     return values[int(len(values) * warmup_frac) :] or values
 
 
-def run_hf(work: Path, cfg_path: Path, args: argparse.Namespace) -> list[float]:
-    """One HF Trainer + PEFT run in a subprocess (same thread count and clock): its window series."""
+def run_hf(root: Path, cfg_path: Path, args: argparse.Namespace) -> list[float]:
+    """One HF Trainer + PEFT run in a subprocess (same thread count and clock) on the data under
+    ``root`` with the engine settings in ``cfg_path``: its window series."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -132,7 +133,7 @@ def run_hf(work: Path, cfg_path: Path, args: argparse.Namespace) -> list[float]:
             "--hf-config",
             str(cfg_path),
             "--hf-root",
-            str(work / "on-0-off"),  # the first "on" run's data and settings
+            str(root),
             "--steps",
             str(args.steps),
             "--window",
@@ -363,12 +364,12 @@ def main() -> None:
         tps: dict[str, list[float]] = {"on": [], "off": [], "hf": []}
         ratios: dict[str, list[float]] = {"off": [], "hf": []}  # SCU on / X, one per pair
         runs: dict[str, dict[str, Any]] = {}
-        cfg_path = work / "resolved.json"
+        cfg_path, hf_root = work / "resolved.json", work / "on-0-off"  # HF: repeat 0 first "on" run
         pool = ThreadPoolExecutor(2) if args.schedule == "pairs" else None
 
         def one(mode: str, name: str) -> float:
-            if mode == "hf":  # with the resolved settings and data of repeat 0's first "on" run
-                series = run_hf(work, cfg_path, args)
+            if mode == "hf":  # its resolved settings and data
+                series = run_hf(hf_root, cfg_path, args)
             else:
                 run = run_engine(work, name, rows, {**base_hp, "scu": mode}, args.threads, args.clock)
                 series = [m["tokens_per_s"] for m in run["metrics"]]
