@@ -18,6 +18,7 @@ from scu.regulariser import (
     delta_w_sq_norm,
     lora_factors,
     param_bpt,
+    proximal_shrink,
     regularised_loss,
 )
 
@@ -132,6 +133,34 @@ def test_the_trainers_two_gradient_parts_sum_to_the_regularised_loss(tiny_model:
     assert regularised_loss(2.0, 0.5, 3.0) == 3.5
 
 
+def test_proximal_shrink_is_the_implicit_penalty_step(tiny_model: Path) -> None:
+    """Each factor lands where its proximal optimality condition holds, (X - W)/eta +
+    grad_X penalty(X, other factor before the step) = 0, for a lambda * eta far beyond where an
+    explicit step would overshoot; it only shrinks, and eta = 0 leaves a factor as it was."""
+    model = _lora(tiny_model)
+    factors = lora_factors(model)
+    before = [(f.a.detach().clone(), f.b.detach().clone()) for f in factors]
+    etas = [(0.0 if i == 0 else 0.3, 0.7) for i in range(len(factors))]
+    lam, sigma, n = 50.0, 0.01, 1000
+    proximal_shrink(factors, etas, sigma, n, lam)
+    k = lam / (sigma**2 * n)
+    for i, (f, (a0, b0)) in enumerate(zip(factors, before, strict=True)):
+        s2 = f.scale**2
+        eta_a, eta_b = etas[i]
+        assert eta_b * k * s2 * float(torch.linalg.eigvalsh(a0 @ a0.T).max()) > 2  # explicit: unstable
+        grad_b = k * s2 * f.b @ (a0 @ a0.T)
+        torch.testing.assert_close((f.b - b0) / eta_b + grad_b, torch.zeros_like(b0), atol=1e-3, rtol=0)
+        assert float(f.b.detach().norm()) < float(b0.norm())
+        if eta_a == 0.0:
+            torch.testing.assert_close(f.a, a0)
+        else:
+            grad_a = k * s2 * (b0.T @ b0) @ f.a
+            torch.testing.assert_close((f.a - a0) / eta_a + grad_a, torch.zeros_like(a0), atol=1e-3, rtol=0)
+            assert float(f.a.detach().norm()) < float(a0.norm())
+    with pytest.raises(ValueError, match="one"):
+        proximal_shrink(factors, etas[:-1], sigma, n, lam)
+
+
 def _end_state(root: Path) -> tuple[float, dict[str, float]]:
     from safetensors.torch import load_file
 
@@ -148,10 +177,15 @@ def _end_state(root: Path) -> tuple[float, dict[str, float]]:
 
 
 @pytest.mark.slow
-def test_trainer_penalty_shrinks_the_update_and_grows_with_lambda(make_root: Callable[..., Path]) -> None:
-    """Through the real engine, same seed and data: the adapter's ||dW||^2 falls as lambda rises.
+@pytest.mark.parametrize("penalty", ["loss", "proximal"])
+def test_trainer_penalty_shrinks_the_update_and_grows_with_lambda(
+    make_root: Callable[..., Path], penalty: str
+) -> None:
+    """Through the real engine, same seed and data: the adapter's ||dW||^2 falls as lambda rises,
+    with the penalty in the loss and as the proximal step.
     Fails if the trainer detaches the penalty, clips it away or ignores lambda."""
     common = {
+        "penalty": penalty,
         "max_steps": 30,
         "batch_size": 8,
         "grad_accum": 1,
@@ -164,7 +198,7 @@ def test_trainer_penalty_shrinks_the_update_and_grows_with_lambda(make_root: Cal
     norms = {}
     for lam in (0.0, 1.0, 10.0):
         hp = dict(common, scu="off") if lam == 0.0 else dict(common, scu="fixed", lambda_fixed=lam)
-        root = make_root(f"lam{lam:g}", **hp)
+        root = make_root(f"{penalty}-lam{lam:g}", **hp)
         proc = run_entry(root)
         assert proc.returncode == 0, proc.stderr[-2000:]
         norms[lam], last = _end_state(root)

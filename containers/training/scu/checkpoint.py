@@ -56,6 +56,7 @@ RESUME_KEYS = (
     "deadband",
     "controller_warmup",
     "prior_sigma",
+    "penalty",
 )
 
 

@@ -42,6 +42,9 @@ class TrainConfig(BaseModel):
     band: float = Field(default=0.1, gt=0.0, le=2.0)  # log units: the reported target band
     controller_warmup: float = Field(default=0.1, ge=0.0, lt=1.0)  # fraction of steps, integral frozen
     prior_sigma: float = Field(default=0.01, gt=0.0, le=10.0)
+    # how the penalty moves the weights: "loss" (its gradient joins the data's, unclipped, through
+    # AdamW) or "proximal" (a decoupled implicit shrink after the optimizer step; scu.regulariser)
+    penalty: Literal["loss", "proximal"] = "loss"
     # LoRA
     lora_r: int | None = Field(default=None, ge=1, le=1024)
     lora_alpha: float | None = Field(default=None, gt=0.0, le=16384.0)
@@ -106,7 +109,7 @@ class TrainConfig(BaseModel):
             return parts or None
         return value
 
-    @field_validator("scu", "method", "lr_scheduler", "precision", "task_type", mode="before")
+    @field_validator("scu", "method", "lr_scheduler", "precision", "task_type", "penalty", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -147,6 +150,7 @@ class ResolvedConfig(BaseModel):
     band: float
     controller_warmup: float
     prior_sigma: float
+    penalty: Literal["loss", "proximal"]
     lora_r: int
     lora_alpha: float
     lora_dropout: float

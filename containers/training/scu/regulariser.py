@@ -133,3 +133,47 @@ def add_penalty_grad(
                 for w, g in ((f.a, grad_a[i]), (f.b, grad_b[i])):
                     if id(w) in trainable:
                         w.grad = g.to(w.dtype) if w.grad is None else w.grad.add_(g.to(w.dtype))
+
+
+def proximal_shrink(
+    factors: Sequence[LoraFactor],
+    step_sizes: Sequence[tuple[float, float]],
+    sigma: float,
+    n_tokens: int,
+    lam: float,
+) -> None:
+    """Apply the penalty as a decoupled *implicit* step after the optimizer's (``penalty=proximal``).
+
+    For each module, with k = lambda * s^2 / (sigma^2 N) (the penalty's curvature per unit of
+    the other factor's Gram matrix) and step sizes (eta_A, eta_B) from ``step_sizes`` (one pair
+    per factor, in order):
+
+        B <- B (I + eta_B k A A^T)^-1,      A <- (I + eta_A k B^T B)^-1 A
+
+    i.e. the proximal step argmin_X ||X - B||^2 / (2 eta_B) + lambda * penalty(X) for B with A
+    fixed (likewise for A; both from the pre-step factors), a contraction for every lambda: unlike
+    the explicit decoupled step, it cannot overshoot past zero however large lambda * eta is. Unlike
+    the penalty in the loss, its effect keeps growing with lambda: in the loss, Adam normalises the
+    summed gradient, and once the penalty dominates every weight shrinks by ~lr a step whatever
+    lambda is, so a controller on lambda sees a saturated actuator and winds up."""
+    if sigma <= 0 or n_tokens <= 0:
+        raise ValueError("sigma and n_tokens must be positive")
+    if len(step_sizes) != len(factors):
+        raise ValueError("step_sizes needs one (eta_A, eta_B) pair per factor")
+    index = {id(f): i for i, f in enumerate(factors)}
+    c = lam / (sigma * sigma * n_tokens)
+    with torch.no_grad():
+        for members in _groups(factors):
+            a, b, scales = _stacked(members)
+            etas = torch.tensor(
+                [step_sizes[index[id(f)]] for f in members], dtype=torch.float32, device=a.device
+            )  # (G, 2)
+            k = c * scales
+            eye = torch.eye(a.shape[1], dtype=torch.float32, device=a.device)
+            m_b = eye + (etas[:, 1] * k).view(-1, 1, 1) * (a @ a.transpose(1, 2))  # (G, r, r)
+            m_a = eye + (etas[:, 0] * k).view(-1, 1, 1) * (b.transpose(1, 2) @ b)
+            new_b = torch.linalg.solve(m_b, b.transpose(1, 2)).transpose(1, 2)  # m_b symmetric
+            new_a = torch.linalg.solve(m_a, a)
+            for i, f in enumerate(members):
+                f.a.copy_(new_a[i].to(f.a.dtype))
+                f.b.copy_(new_b[i].to(f.b.dtype))

@@ -26,7 +26,14 @@ from scu.distributed import DistInfo, all_reduce_sum, any_rank, barrier
 from scu.evaluate import causal_ce_sum
 from scu.modeling import trainable_parameters
 from scu.paths import ContractPaths
-from scu.regulariser import LN2, add_penalty_grad, lora_factors, param_bpt
+from scu.regulariser import (
+    LN2,
+    LoraFactor,
+    add_penalty_grad,
+    lora_factors,
+    param_bpt,
+    proximal_shrink,
+)
 from scu.train_log import LogWindow, MetricsWriter, StepOutcome, make_clock
 
 log = logging.getLogger("scu.trainer")
@@ -97,6 +104,30 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: fl
     took 41 ms a step for SmolLM2-135M's 420 LoRA tensors on one CPU thread, fused 10 ms."""
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_DTYPES for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def adam_step_sizes(
+    optimizer: torch.optim.Optimizer, factors: list[LoraFactor], lr: float
+) -> list[tuple[float, float]]:
+    """(eta_A, eta_B) per LoRA factor: the step Adam takes per unit of gradient on that tensor,
+    lr / (sqrt(mean v_hat) + eps) from its second moments after this step (0 for a tensor the
+    optimizer does not train). The proximal penalty steps with it, so that lambda weighs the
+    penalty against the data on the scale Adam moves the weights, without Adam's normalisation
+    capping its effect. One host sync for all tensors."""
+    group = optimizer.param_groups[0]
+    beta2, eps = group["betas"][1], group["eps"]
+    tensors = [t for f in factors for t in (f.a, f.b)]
+    states = [optimizer.state.get(t, {}) for t in tensors]
+    trained = [i for i, st in enumerate(states) if "exp_avg_sq" in st]
+    etas = [0.0] * len(tensors)
+    if trained:
+        sums = torch._foreach_norm([states[i]["exp_avg_sq"].float() for i in trained], 1)
+        means = torch.stack([s.to(sums[0].device) for s in sums]).cpu().tolist()
+        for i, total in zip(trained, means, strict=True):
+            step = float(states[i]["step"])
+            v_hat = total / tensors[i].numel() / (1.0 - beta2**step)
+            etas[i] = lr / (math.sqrt(v_hat) + eps)
+    return [(etas[2 * j], etas[2 * j + 1]) for j in range(len(factors))]
 
 
 @dataclass(frozen=True)
@@ -280,7 +311,8 @@ class Trainer:
             scaler.unscale_(self.optimizer)
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-        if lam > 0.0:  # a function of the weights only, the same on every rank: no all-reduce
+        proximal = cfg.penalty == "proximal"
+        if lam > 0.0 and not proximal:  # a function of the weights only, the same on every rank
             add_penalty_grad(self.factors, self.params, cfg.prior_sigma, self.job.n_tokens, lam)
         lr = float(self.scheduler.get_last_lr()[0])
         if scaler:
@@ -288,6 +320,9 @@ class Trainer:
             scaler.update()
         else:
             self.optimizer.step()
+        if lam > 0.0 and proximal:
+            steps = adam_step_sizes(self.optimizer, self.factors, lr)
+            proximal_shrink(self.factors, steps, cfg.prior_sigma, self.job.n_tokens, lam)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return lr
