@@ -23,7 +23,7 @@ from scu.config import ResolvedConfig
 from scu.controllers import Measurements
 from scu.data import IGNORE, Example, collate, rank_batches
 from scu.distributed import DistInfo, all_reduce_sum, any_rank, barrier
-from scu.evaluate import causal_ce_sum
+from scu.evaluate import forward_ce_sum, keeps_target_logits
 from scu.modeling import trainable_parameters
 from scu.paths import ContractPaths
 from scu.regulariser import (
@@ -195,6 +195,7 @@ class Trainer:
             self.ddp = DistributedDataParallel(job.model, device_ids=ids, find_unused_parameters=False)
         cuda_fp16 = cfg.precision == "fp16" and job.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if cuda_fp16 else None
+        self.target_logits = keeps_target_logits(job.model)  # the LM head at target positions only
         self.step_sleep = float(os.environ.get(STEP_SLEEP_ENV, "0") or 0)
         self.window = LogWindow(self.pos.global_step, make_clock())
         self.last: dict[str, float] = {}
@@ -293,11 +294,7 @@ class Trainer:
             last_mb = j == len(window) - 1
             no_sync = self.info.enabled and not last_mb
             with self.ddp.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
-                out = self.ddp(
-                    input_ids=mb["input_ids"].to(self.device),
-                    attention_mask=mb["attention_mask"].to(self.device),
-                )
-                ce_sum, _ = causal_ce_sum(out.logits, mb["labels"].to(self.device))
+                ce_sum, _ = forward_ce_sum(self.ddp, mb, self.device, self.target_logits)
                 loss = ce_sum / max(local_targets, 1)
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             ce_acc += ce_sum.detach().double()
