@@ -86,11 +86,12 @@ def test_sigterm_then_resume_matches_uninterrupted_run(make_root: Callable[..., 
         ({"target_s": 0.07}, "target_s: 0.05 -> 0.07"),
         ({"kp": 0.9}, "kp: 0.5 -> 0.9"),
         ({"prior_sigma": 0.02}, "prior_sigma"),
+        ({"penalty": "proximal"}, "penalty: 'loss' -> 'proximal'"),
         ({"n_train": 20}, "data_sha256"),  # other data: another hash, another N
     ],
 )
 def test_resume_with_other_scu_settings_or_data_is_refused(
-    make_root: Callable[..., Path], change: dict[str, float], named: str
+    make_root: Callable[..., Path], change: dict[str, float | str], named: str
 ) -> None:
     hp = {"max_steps": 4, "batch_size": 4, "grad_accum": 1, "checkpoint_every": 2, "target_s": 0.05}
     root = make_root("first", n_train=24, **hp)
