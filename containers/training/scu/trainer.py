@@ -123,8 +123,8 @@ def adam_step_sizes(
     if trained:
         sums = torch._foreach_norm([states[i]["exp_avg_sq"].float() for i in trained], 1)
         means = torch.stack([s.to(sums[0].device) for s in sums]).cpu().tolist()
+        step = float(states[trained[0]]["step"])  # one count for all: every tensor steps together
         for i, total in zip(trained, means, strict=True):
-            step = float(states[i]["step"])
             v_hat = total / tensors[i].numel() / (1.0 - beta2**step)
             etas[i] = lr / (math.sqrt(v_hat) + eps)
     return [(etas[2 * j], etas[2 * j + 1]) for j in range(len(factors))]
