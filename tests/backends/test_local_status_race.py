@@ -50,3 +50,17 @@ def test_a_runner_gone_without_an_exit_file_still_fails(
     be = LocalBackend(LocalStore(tmp_path / "store"), tmp_path / "jobs")
     status = be.describe_training("j2", {"root": str(root), "pid": 4242})
     assert status.status == JobStatus.FAILED and "disappeared" in (status.failure_reason or "")
+
+
+def test_a_runner_gone_without_an_exit_file_after_a_stop_is_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel that lands before the runner installs its SIGTERM handler kills it with no exit
+    file (seen in tests/openai cancelling jobs right after create): the stop was asked for."""
+    root = tmp_path / "jobs" / "j3"
+    root.mkdir(parents=True)
+    (root / STOP_FILE).touch()
+    monkeypatch.setattr(local, "alive", lambda pid, marker: False)
+    be = LocalBackend(LocalStore(tmp_path / "store"), tmp_path / "jobs")
+    status = be.describe_training("j3", {"root": str(root), "pid": 4242})
+    assert status.status == JobStatus.CANCELLED and status.failure_reason is None
