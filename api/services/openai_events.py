@@ -41,10 +41,15 @@ def job_events(session: Session, tenant: str, job_id: str) -> list[FineTuningJob
         for e in events_repo.after(session, tenant, job_id)
         if e.kind != RECORD_KIND
     ]
-    stamped += [
-        _metric_event(job_id, m.step, dict(m.values), m.at)
-        for m in jobs_repo.metrics(session, tenant, job_id)
-    ]
+    # a step's row can be stored after a later step's (racing reconcilers): its time is taken as
+    # no earlier than the steps before it, so newest first is also highest step first
+    newest: datetime | None = None
+    steps: list[Stamped] = []
+    for m in jobs_repo.metrics(session, tenant, job_id):  # in step order
+        at = aware(m.at)
+        newest = at if newest is None or at > newest else newest
+        steps.append(_metric_event(job_id, m.step, dict(m.values), newest))
+    stamped += steps[::-1]  # the sort below is stable: of steps at the same time, the higher first
     stamped.sort(key=lambda e: (e[0], e[1]), reverse=True)
     return [e for _, _, e in stamped]
 
