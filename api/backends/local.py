@@ -162,13 +162,13 @@ class LocalBackend:
             return TrainingStatus(
                 JobStatus.FAILED, "Failed", self._failure_reason(root, code), started, ended, billable
             )
-        if not running and (root / STOP_FILE).exists():
-            # stopped before the runner could record an exit (a SIGTERM that came before its
-            # handler): the user asked for the stop, so the job is cancelled, not lost
-            now = datetime.now(UTC)
-            billable = int((now - started).total_seconds()) if started else None
-            return TrainingStatus(JobStatus.CANCELLED, "Stopped", None, started, now, billable)
         if not running:
+            if (root / STOP_FILE).exists():
+                # stopped before the runner could record an exit (a SIGTERM that came before its
+                # handler): the user asked for the stop, so the job is cancelled, not lost
+                now = datetime.now(UTC)
+                billable = int((now - started).total_seconds()) if started else None
+                return TrainingStatus(JobStatus.CANCELLED, "Stopped", None, started, now, billable)
             return TrainingStatus(
                 JobStatus.FAILED,
                 "Failed",

@@ -41,8 +41,9 @@ def job_events(session: Session, tenant: str, job_id: str) -> list[FineTuningJob
         for e in events_repo.after(session, tenant, job_id)
         if e.kind != RECORD_KIND
     ]
-    # a step's row can be stored after a later step's (racing reconcilers): its time is taken as
-    # no earlier than the steps before it, so newest first is also highest step first
+    # a step's stored time can be later than a later step's (seen in tests: [6, 8, 4, 2]): each
+    # step's time is taken as no earlier than the steps before it, so newest first is also
+    # highest step first
     newest: datetime | None = None
     steps: list[Stamped] = []
     for m in jobs_repo.metrics(session, tenant, job_id):  # in step order
