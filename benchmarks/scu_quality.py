@@ -64,10 +64,14 @@ RESULTS = REPO / "benchmarks" / "results"
 SPLIT_REPORT_TOKENS = 20_000  # the report group holds at least this many target tokens (full mode)
 SPLIT_SELECT_TOKENS = 4_500
 BLOCK = 320
-VALIDATION_ROWS = 2  # the engine's own end-of-run eval: keep it cheap, the real one is ours
+# The engine's validation channel is the whole select group (the set the early-stopped row is
+# chosen on), so every row on the engine's defaults keeps its best validated adapter (keep_best) on
+# the same rows; the lambda = 0 final row keeps its last one (keep_best off) and gets only
+# VALIDATION_ROWS of them for the engine's end-of-run eval, which nothing reads.
+VALIDATION_ROWS = 2
 # engine runs: the row name -> the hyperparameters that differ from the engine's defaults
 RUNS: dict[str, dict[str, Any]] = {
-    "off": {"scu": "off"},
+    "off": {"scu": "off", "keep_best": False, "eval_every": 10**6},
     "fixed1": {"scu": "fixed", "lambda_fixed": 1.0},
     "wd0.1": {"scu": "off", "weight_decay": 0.1},
     "wd1": {"scu": "off", "weight_decay": 1.0},
@@ -372,7 +376,8 @@ def run_cell(ctx: Context, run: str, ev: Any) -> list[dict[str, Any]]:
         stale = "the engine source changed since the benchmark started: run it again (new config hash)"
         return [ctx.cell(r, status="failed", reason=stale, train=train_info) for r in rows]
     t0 = time.perf_counter()
-    reason = run_engine(root, ctx.engine, hp, ctx.train, ctx.val, ctx.threads)
+    val = ctx.val if str(hp.get("keep_best", True)).lower() != "false" else ctx.val[:VALIDATION_ROWS]
+    reason = run_engine(root, ctx.engine, hp, ctx.train, val, ctx.threads)
     wall = time.perf_counter() - t0
     if engine_source(ctx.engine) != ctx.engine_source:
         reason = reason or "the engine source changed during this run: run the benchmark again"
@@ -392,7 +397,12 @@ def run_cell(ctx: Context, run: str, ev: Any) -> list[dict[str, Any]]:
             "engine": engine,
             "device": str(ev.device),
         }
-        out = [ctx.cell(run, bpt=final[0], tracking=qr.tracking(metrics, config), **common)]
+        selection = read_selection(root)
+        if selection:  # the last step's adapter too, from the final checkpoint, when another was kept
+            last = selection["selection"]["selected_step"] == engine["steps"]
+            folder = root / "checkpoints" / f"step-{engine['steps']:07d}"
+            selection["last_bpt"] = final[0] if last else ev.adapter_bpt(folder, [ctx.report_ex])[0]
+        out = [ctx.cell(run, bpt=final[0], tracking=qr.tracking(metrics, config), **selection, **common)]
         if run == "off":
             es = early_stop(ctx, ev, root, engine["steps"], per_epoch, final)
             out.append(ctx.cell("off_es", bpt=es.pop("report_bpt"), es=es, **common))
@@ -404,6 +414,16 @@ def run_cell(ctx: Context, run: str, ev: Any) -> list[dict[str, Any]]:
     if not ctx.keep_runs:
         shutil.rmtree(root, ignore_errors=True)
     return out
+
+
+def read_selection(root: Path) -> dict[str, Any]:
+    """The engine's keep_best choice (``eval.json["selection"]``) and, when it kept an earlier
+    adapter than the last step's; the caller adds ``last_bpt``, the report BPT of the last step's
+    adapter (the row's number without the selection). Empty for runs without selection."""
+    sel = json.loads((root / "model" / "eval.json").read_text()).get("selection")
+    if not sel or not sel.get("keep_best"):
+        return {}
+    return {"selection": {k: sel.get(k) for k in ("selected_step", "best_step", "eval_every", "curve")}}
 
 
 def early_stop(
@@ -636,7 +656,7 @@ class Bench:
                 regime,
                 seed,
                 train,
-                val=select[:VALIDATION_ROWS],
+                val=select,
                 report_ex=report_ex,
                 select_ex=select_ex,
                 base_report=base["bpt"],
@@ -695,6 +715,8 @@ def progress(c: dict[str, Any]) -> str:
     if c["status"] != "ok":
         return f"FAILED: {c['reason']}"
     extra = f", ES step {c['es']['step']}" if c.get("es") else ""
+    if c.get("selection"):
+        extra += f", kept step {c['selection']['selected_step']} (last step's adapter {c['last_bpt']:.4f})"
     t = c.get("tracking") or {}
     if c["row"].startswith("scu") and "lambda_end" in t:
         extra += f", S* {t['s_star']:.4g} λ end {t['lambda_end']:.3g}, off bounds {t['off_bounds']:.0%}, in band {t['in_band']:.0%}"

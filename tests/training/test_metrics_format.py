@@ -16,7 +16,7 @@ from scu.metrics_format import (
 from tests.training.support import ENGINE_SRC
 
 # One value per key, in the order of the printed line.
-VALUES = (10, 0.5, 3.35, 3.33, 0.012, 0.0036, 0.0035, 0.004, 0.1, 1.02, -1, 2e-4, 812.3, 41)
+VALUES = (10, 0.5, 3.35, 3.33, 0.012, 0.0036, 0.0035, 0.004, 0.1, 1.02, -1, 2e-4, 812.3, 41, 4.1234)
 RECORD = dict(zip(TRAIN_KEYS, VALUES, strict=True))
 
 
@@ -25,10 +25,19 @@ def test_train_line_shape() -> None:
     assert line == (
         "[scu] step=10 epoch=0.500 loss_bpt=3.3500 data_bpt=3.3300 param_bpt=0.012 s=0.0036 "
         "s_hat=0.0035 target_s=0.004 band=0.1 lambda=1.02 unreachable=-1 lr=2.0e-04 "
-        "tokens_per_s=812.3 eta_s=41"
+        "tokens_per_s=812.3 eta_s=41 val_bpt=4.1234"
     )
     parsed = parse_line(line)
     assert parsed is not None and set(parsed) == set(TRAIN_KEYS)
+
+
+def test_val_bpt_only_where_measured() -> None:
+    """Steps without a validation evaluation print no val_bpt (not a 0 or a nan)."""
+    record = {k: v for k, v in RECORD.items() if k != "val_bpt"}
+    line = format_train_line(record)
+    assert "val_bpt" not in line and line.endswith("eta_s=41")
+    assert "train:val_bpt" not in parse_with_definitions(line)
+    assert parse_with_definitions(format_train_line(RECORD))["train:val_bpt"] == 4.1234
 
 
 def test_definitions_extract_every_key_without_confusion() -> None:

@@ -78,6 +78,12 @@ def test_sigterm_then_resume_matches_uninterrupted_run(make_root: Callable[..., 
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    # the validation curve and the adapter kept (keep_best) survive the checkpoint too
+    sel_ref = json.loads((ref / "model" / "eval.json").read_text())["selection"]
+    sel = json.loads((root / "model" / "eval.json").read_text())["selection"]
+    assert sel["selected_step"] == sel_ref["selected_step"]
+    assert [s for s, _ in sel["curve"]] == [s for s, _ in sel_ref["curve"]]
+    assert [b for _, b in sel["curve"]] == pytest.approx([b for _, b in sel_ref["curve"]], rel=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """Checkpoints under ``checkpoints/step-NNNNNNN/``: the PEFT adapter plus ``trainer_state.pt``
-(optimizer, scheduler, controller, RNG, data position). Written to a ``.tmp`` folder and renamed,
+(optimizer, scheduler, controller, RNG, data position, the validation curve and best adapter). Written to a ``.tmp`` folder and renamed,
 so a half-written checkpoint (spot interruption mid-save) is never picked up."""
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ def save_checkpoint(
     position: Position,
     fingerprint: dict[str, Any],
     keep: int,
+    selection_state: dict[str, Any] | None = None,
 ) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{position.global_step:07d}"
@@ -104,6 +105,7 @@ def save_checkpoint(
             "rng": _rng_state(),
             "position": asdict(position),
             "fingerprint": fingerprint,
+            "selection": selection_state,
         },
         tmp / STATE_FILE,
     )
@@ -144,8 +146,9 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     fingerprint: dict[str, Any],
-) -> tuple[Position, dict[str, Any]]:
-    """Restore adapter weights, optimizer, scheduler and RNG; returns (position, controller state)."""
+) -> tuple[Position, dict[str, Any], dict[str, Any] | None]:
+    """Restore adapter weights, optimizer, scheduler and RNG; returns (position, controller state,
+    validation selection state or None for checkpoints that predate it)."""
     state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
     saved = state.get("fingerprint", {})
     diffs = [k for k in RESUME_KEYS if k not in saved or saved.get(k) != fingerprint.get(k)]
@@ -167,7 +170,7 @@ def load_checkpoint(
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
     log.info("resumed from %s", path)
-    return Position(**state["position"]), state["controller"]
+    return Position(**state["position"]), state["controller"], state.get("selection")
 
 
 def fingerprint_of(config: dict[str, Any]) -> dict[str, Any]:

@@ -68,6 +68,11 @@ class TrainConfig(BaseModel):
     packing: bool | None = None  # None: on for text rows (continued pre-training), else off
     train_on_inputs: bool = False
     validation_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+    # validation during training: held-out BPT every eval_every optimizer steps (None: once an
+    # epoch, and at least 4 times a run); keep_best: the adapter saved is the evaluated one with
+    # the lowest validation BPT (the last step's included), not necessarily the last
+    eval_every: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    keep_best: bool = True
     # task metrics (greedy generation on held-out rows, base vs adapter; 0 rows = off)
     task_type: Literal["generation", "classification"] | None = None  # None: from the data
     task_eval_rows: int = Field(default=200, ge=0, le=MAX_TASK_EVAL_ROWS)
@@ -169,6 +174,8 @@ class ResolvedConfig(BaseModel):
     packing: bool
     train_on_inputs: bool
     validation_fraction: float
+    eval_every: int | None  # None: chosen by the trainer from the steps per epoch (scu.selection)
+    keep_best: bool
     task_type: Literal["generation", "classification"] | None
     task_eval_rows: int
     precision: Literal["fp32", "bf16", "fp16"]

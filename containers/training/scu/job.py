@@ -106,7 +106,9 @@ def _run(paths: ContractPaths, cfg: TrainConfig, info: DistInfo, device: torch.d
     if info.is_main:
         _announce(paths, base, prep, info)
     pad_id = int(tokenizer.pad_token_id)
-    result = train(prep.rcfg, model, prep.examples, prep.n_tokens, pad_id, device, info, paths, stop)
+    result = train(
+        prep.rcfg, model, prep.examples, prep.n_tokens, pad_id, device, info, paths, stop, prep.val_examples
+    )
     if result.status == "interrupted":
         if info.is_main:
             _write_status(paths, "interrupted", result)
@@ -217,6 +219,11 @@ def _validate(
     if info.is_main:
         source = prep.summary["validation_source"]
         report.update(source=source, steps=result.global_step, scu=rcfg.scu, target_s=rcfg.target_s)
+        if result.selection:  # the validation curve during training and the adapter kept
+            report["selection"] = {
+                **result.selection,
+                "selected_step": result.selected_step or result.global_step,
+            }
         model.save_pretrained(paths.model_dir)  # before the task generation, which may be cut short
         task = _task_metrics(paths, model, tokenizer, rcfg, prep.max_positions, device, stop)
         if task is not None:

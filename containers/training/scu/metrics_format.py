@@ -12,6 +12,8 @@ update ||dW||^2 / (2 sigma^2 N ln 2) at the logged step. ``s`` is the raw S of t
 ``target_s * exp(+-band)``. ``unreachable`` is +1 while lambda has sat on lambda_max (S stays above
 target even at the strongest allowed regularisation) or -1 on lambda_min (S stays below target
 even with almost none) for a whole window after warm-up, else 0; scu=off/fixed always log 0.
+``val_bpt`` (only on the lines of steps where it was measured: every ``eval_every`` steps and the
+last) is the adapter's held-out BPT on the validation set.
 
 and one line at the end with the held-out evaluation::
 
@@ -45,6 +47,7 @@ TRAIN_KEYS: dict[str, str] = {
     "lr": "{:.1e}",
     "tokens_per_s": "{:.1f}",
     "eta_s": "{:d}",
+    "val_bpt": "{:.4f}",  # only on the steps where the validation set was evaluated
 }
 EVAL_KEYS: dict[str, str] = {
     "tokens": "{:d}",

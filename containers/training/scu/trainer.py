@@ -23,7 +23,7 @@ from scu.config import ResolvedConfig
 from scu.controllers import Measurements
 from scu.data import IGNORE, Example, collate, rank_batches
 from scu.distributed import DistInfo, all_reduce_sum, any_rank, barrier
-from scu.evaluate import forward_ce_sum, keeps_target_logits
+from scu.evaluate import ce_over, forward_ce_sum, keeps_target_logits
 from scu.modeling import trainable_parameters
 from scu.paths import ContractPaths
 from scu.regulariser import (
@@ -34,6 +34,7 @@ from scu.regulariser import (
     param_bpt,
     proximal_shrink,
 )
+from scu.selection import Selection, eval_interval
 from scu.train_log import LogWindow, MetricsWriter, StepOutcome, make_clock
 
 log = logging.getLogger("scu.trainer")
@@ -77,6 +78,8 @@ class TrainResult:
     global_step: int
     total_steps: int
     last: dict[str, float] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)  # Selection.summary(); empty: no validation
+    selected_step: int | None = None  # the step whose adapter was restored at the end (keep_best)
 
 
 def plan_steps(cfg: ResolvedConfig, n_examples: int, info: DistInfo) -> tuple[int, int]:
@@ -143,6 +146,7 @@ class Job:
     info: DistInfo
     paths: ContractPaths
     stop: StopFlag
+    val_examples: list[Example] = field(default_factory=list)  # evaluated during training
 
 
 def train(
@@ -155,6 +159,7 @@ def train(
     info: DistInfo,
     paths: ContractPaths,
     stop: StopFlag,
+    val_examples: list[Example] | None = None,
 ) -> TrainResult:
     """Train ``model`` (a PEFT LoRA model) from the latest checkpoint, if any, to the last step.
 
@@ -163,8 +168,11 @@ def train(
     every step ~60x at lambda = 10); AdamW then steps on the sum. (A decoupled update, w -= lr *
     grad(penalty) after the step as AdamW decouples weight decay, was tried: it is a plain gradient
     step on a penalty whose curvature grows as 1/(sigma^2 N), and it diverged to NaN at lambda = 10
-    on small data where this form stays stable.)"""
-    job = Job(cfg, model, examples, n_tokens, pad_id, device, info, paths, stop)
+    on small data where this form stays stable.)
+
+    With ``val_examples`` the adapter is evaluated on them every ``eval_every`` steps and at the
+    end, and with ``keep_best`` the best one on them is restored before returning (scu.selection)."""
+    job = Job(cfg, model, examples, n_tokens, pad_id, device, info, paths, stop, list(val_examples or []))
     return Trainer(job).fit()
 
 
@@ -185,6 +193,12 @@ class Trainer:
             num_training_steps=self.total_steps,
         )
         self.controller = controllers.build(cfg, self.total_steps)
+        steps_per_epoch = math.ceil(self.per_epoch / cfg.grad_accum)
+        self.selection = Selection(
+            eval_interval(cfg.eval_every, steps_per_epoch, self.total_steps), self.total_steps, cfg.keep_best
+        )
+        self.validating = any(any(x != IGNORE for x in ex.labels[1:]) for ex in job.val_examples)
+        self.named_params = [(n, p) for n, p in job.model.named_parameters() if p.requires_grad]
         self.fingerprint = fingerprint_of(cfg.model_dump())
         self.pos = self._resume()
         self.writer = MetricsWriter(job.paths, info.is_main)
@@ -205,8 +219,11 @@ class Trainer:
         ckpt = latest_checkpoint(self.job.paths.checkpoint_dir)
         if ckpt is None:
             return Position()
-        pos, state = load_checkpoint(ckpt, self.job.model, self.optimizer, self.scheduler, self.fingerprint)
+        pos, state, selection = load_checkpoint(
+            ckpt, self.job.model, self.optimizer, self.scheduler, self.fingerprint
+        )
         self.controller.load_state_dict(state)
+        self.selection.load_state_dict(selection)
         if self.info.is_main:
             print(f"[scu] resuming from {ckpt.name} at step {pos.global_step}", flush=True)
         return pos
@@ -222,11 +239,42 @@ class Trainer:
                 self.pos,
                 self.fingerprint,
                 self.cfg.keep_checkpoints,
+                self.selection.state_dict(),
             )
         barrier(self.info)
 
-    def _result(self, status: str) -> TrainResult:
-        return TrainResult(status, self.pos.global_step, self.total_steps, self.last)
+    def _result(self, status: str, selected: int | None = None) -> TrainResult:
+        summary = self.selection.summary() if self.validating else {}
+        return TrainResult(status, self.pos.global_step, self.total_steps, self.last, summary, selected)
+
+    def _validate(self) -> float | None:
+        """The adapter's validation BPT at this step when one is due (all ranks), else None."""
+        step = self.pos.global_step
+        if not self.validating or not self.selection.due(step):
+            return None
+        model = self.job.model
+        model.eval()
+        ce, tokens = ce_over(
+            model, self.job.val_examples, self.cfg.eval_batch_size, self.job.pad_id, self.device, self.info
+        )
+        model.train()
+        bpt = ce / max(tokens, 1) / LN2
+        self.selection.record(step, bpt, self.named_params)
+        return bpt
+
+    def _finish(self) -> TrainResult:
+        """The end of training: restore the best validated adapter (keep_best)."""
+        selected = (
+            self.selection.restore(self.named_params, self.pos.global_step) if self.validating else None
+        )
+        if selected is not None and self.info.is_main:
+            print(
+                f"[scu] keeping the adapter of step {selected}: validation BPT "
+                f"{self.selection.best_bpt:.4f}, lowest of {len(self.selection.curve)} evaluations "
+                f"(last step {self.pos.global_step}: {self.selection.curve[-1][1]:.4f})",
+                flush=True,
+            )
+        return self._result("completed", selected)
 
     def fit(self) -> TrainResult:
         cfg, pos, examples = self.cfg, self.pos, self.job.examples
@@ -248,12 +296,12 @@ class Trainer:
                     pos.epoch, pos.batch_idx = pos.epoch + 1, 0
                 if self.step_sleep:
                     time.sleep(self.step_sleep)
-                self._log(outcome)
+                self._log(outcome, self._validate())
                 if self._checkpoint_or_stop():
                     return self._result("interrupted")
                 if epoch_done:
                     break  # next epoch: a new order
-        return self._result("completed")
+        return self._finish()
 
     def _step(self, window: list[dict[str, torch.Tensor]]) -> StepOutcome | None:
         """One optimizer step over ``window``'s micro-batches; None if a stop came inside it."""
@@ -324,14 +372,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return lr
 
-    def _log(self, outcome: StepOutcome) -> None:
+    def _log(self, outcome: StepOutcome, val_bpt: float | None) -> None:
+        """A metrics record every ``log_every`` steps, at the end and at every validation."""
         self.window.add(outcome)
         pos = self.pos
-        if pos.global_step % self.cfg.log_every == 0 or pos.global_step == self.total_steps:
+        due = pos.global_step % self.cfg.log_every == 0 or pos.global_step == self.total_steps
+        if due or val_bpt is not None:
             epoch = pos.epoch + pos.batch_idx / max(self.per_epoch, 1)
             self.last = self.window.record(
                 self.cfg, pos.global_step, self.total_steps, epoch, outcome, self.controller
             )
+            if val_bpt is not None:
+                self.last["val_bpt"] = val_bpt
             self.writer.write(self.last)
 
     def _checkpoint_or_stop(self) -> bool:
