@@ -19,9 +19,22 @@ from cli.client import FastunerClient
 from cli.job_view import band_position
 from cli.output import console, table
 
-METRIC_COLUMNS = ["step", "loss bpt", "DataBPT", "ParamBPT", "S", "Ŝ", "λ", "lr", "tok/s", "Ŝ vs band"]
-# The record keys of the columns between "loss bpt" and "Ŝ vs band".
-_VALUE_KEYS = ("data_bpt", "param_bpt", "s", "s_hat", "lambda", "lr", "tokens_per_s")
+METRIC_COLUMNS = [
+    "step",
+    "loss bpt",
+    "DataBPT",
+    "ParamBPT",
+    "val BPT",
+    "S",
+    "Ŝ",
+    "λ",
+    "lr",
+    "tok/s",
+    "Ŝ vs band",
+]
+# The record keys of the columns between "loss bpt" and "Ŝ vs band" ("val BPT": held-out, blank on
+# the steps where the engine did not evaluate).
+_VALUE_KEYS = ("data_bpt", "param_bpt", "val_bpt", "s", "s_hat", "lambda", "lr", "tokens_per_s")
 
 
 def _metric_row(p: MetricPoint) -> tuple[Any, ...]:

@@ -31,7 +31,7 @@ def follow(client: FastunerClient, job_id: str, *, quiet: bool = False) -> FineT
     )
     task = progress.add_task("training", total=1.0, eta="")
     job = client.get_job(job_id)
-    m: dict[str, float] = dict(job.latest_metrics or {})
+    m: dict[str, float] = carry_validation({}, dict(job.latest_metrics or {}))
 
     def show() -> None:
         eta = f"eta {int(m['eta_s'])}s" if "eta_s" in m and job.status is JobStatus.RUNNING else ""
@@ -44,14 +44,14 @@ def follow(client: FastunerClient, job_id: str, *, quiet: bool = False) -> FineT
         if not job.status.terminal:
             for update in client.follow_job(job_id, after=int(m.get("step", 0))):
                 if isinstance(update, MetricPoint):
-                    m = {"step": float(update.step), **update.values}
+                    m = carry_validation(m, {"step": float(update.step), **update.values})
                 elif update.status != job.status.value:  # the stream says little; fetch the rest
                     job = client.get_job(job_id)
                 show()
             job = client.get_job(job_id)
             latest = job.latest_metrics or {}
             if latest.get("step", 0.0) >= m.get("step", 0.0):
-                m = dict(latest)
+                m = carry_validation(m, dict(latest))
             show()
     if not quiet:
         console.print()
@@ -80,6 +80,16 @@ def _status_table(job: FineTuneJob, m: dict[str, float]) -> Any:
     return kv_table(None, rows)
 
 
+def carry_validation(previous: Mapping[str, float], new: dict[str, float]) -> dict[str, float]:
+    """``new`` with the latest validation BPT seen (``val_bpt``, and ``val_step`` where it was
+    measured): the engine measures it every ``eval_every`` steps, not on every record."""
+    if "val_bpt" in new:
+        return {**new, "val_step": new.get("step", 0.0)}
+    if "val_bpt" in previous:
+        return {**new, "val_bpt": previous["val_bpt"], "val_step": previous.get("val_step", previous["step"])}
+    return new
+
+
 def scu_rows(
     m: Mapping[str, float], *, target_s: float | None = None, controller: str = "on"
 ) -> list[tuple[str, str]]:
@@ -97,6 +107,9 @@ def scu_rows(
         rows.append(("DataBPT", f"{m['data_bpt']:.4f} bits/token"))
     if "param_bpt" in m:
         rows.append(("ParamBPT", f"{m['param_bpt']:.4g} bits/token"))
+    if "val_bpt" in m:  # held-out, measured every eval_every steps
+        at = f" (step {int(m['val_step'])})" if "val_step" in m else ""
+        rows.append(("validation", f"{m['val_bpt']:.4f} bits/token{at}"))
     held = controller in ("off", "fixed")  # a built-in that never moves λ (a plugin may steer S)
     band = None if held else target_band(m, target_s)
     if held:

@@ -26,6 +26,7 @@ class Series:
     loss_bpt: list[float]
     data_bpt: list[float]
     param_bpt: list[float]
+    val_bpt: list[float]  # held-out, NaN on the steps the engine did not evaluate
     s: list[float]
     s_hat: list[float]
     lam: list[float]
@@ -59,6 +60,7 @@ def series(points: list[MetricPoint]) -> Series:
         loss_bpt=[v if (v := loss_bpt(p.values)) is not None else NAN for p in points],
         data_bpt=get("data_bpt"),
         param_bpt=get("param_bpt"),
+        val_bpt=get("val_bpt"),
         s=get("s"),
         s_hat=get("s_hat"),
         lam=get("lambda"),
@@ -97,6 +99,9 @@ def _plot_bits(ax: Any, d: Series) -> None:
     """Loss and DataBPT; ParamBPT (orders of magnitude below) on its own right axis."""
     ax.plot(d.steps, d.loss_bpt, label="loss = DataBPT + λ·ParamBPT", color="tab:blue")
     ax.plot(d.steps, d.data_bpt, label="DataBPT", color="tab:orange", alpha=0.85)
+    val = [(s, v) for s, v in zip(d.steps, d.val_bpt, strict=True) if math.isfinite(v)]
+    if val:
+        ax.plot(*zip(*val, strict=True), label="validation BPT", color="tab:green", marker="o", markersize=3)
     ax.set_ylabel("bits per token")
     right = ax.twinx()
     right.plot(d.steps, d.param_bpt, label="ParamBPT (right axis)", color="tab:purple", linestyle=":")

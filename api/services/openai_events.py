@@ -92,12 +92,17 @@ def _event(
 
 def _metric_event(job_id: str, step: int, values: dict[str, Any], at: datetime) -> Stamped:
     loss = nats(values.get("data_bpt"))
+    valid = nats(values.get("val_bpt"))  # only on the steps the engine evaluated
+    message = f"Step {step}: training loss={loss:.4f}" if loss is not None else f"Step {step}"
+    if valid is not None:
+        message += f", validation loss={valid:.4f}"
+    extra = {"valid_loss": valid} if valid is not None else {}
     event = FineTuningJobEvent(
         id=f"ftevent-{job_id}-step-{step}",
         created_at=unix(at) or 0,
         level="info",
-        message=f"Step {step}: training loss={loss:.4f}" if loss is not None else f"Step {step}",
-        data={"step": step, "train_loss": loss, **values},
+        message=message,
+        data={"step": step, "train_loss": loss, **extra, **values},
         type="metrics",
     )
     # A step logged in the same instant as an event comes before it (newest first: after).

@@ -116,6 +116,22 @@ def test_wait_view_warns_at_the_lower_bound_too(api: dict[str, Any]) -> None:
     assert "λ pinned at its minimum 0.0001" in out and "lower target_s or lambda_min" in out
 
 
+def test_wait_view_shows_the_latest_validation_bpt_and_its_step(api: dict[str, Any]) -> None:
+    api[f"/v0/finetune/{JOB_ID}"] = job({**record(40), "val_bpt": 3.125})
+    out = start_wait()
+    assert "validation" in out and "3.1250 bits/token (step 40)" in out
+
+
+def test_the_view_carries_validation_forward_between_evaluations() -> None:
+    from cli.job_view import carry_validation
+
+    first = carry_validation({}, {**record(10), "val_bpt": 3.5})
+    assert first["val_bpt"] == 3.5 and first["val_step"] == 10
+    later = carry_validation(first, record(12))  # a record without a validation
+    assert later["val_bpt"] == 3.5 and later["val_step"] == 10 and later["step"] == 12
+    assert "val_bpt" not in carry_validation({}, record(12))
+
+
 def test_wait_view_reads_old_records(api: dict[str, Any]) -> None:
     api[f"/v0/finetune/{JOB_ID}"] = job(old_record(10), target_s=0.004)
     out = start_wait()
@@ -165,6 +181,14 @@ def test_metrics_table_reads_old_records(api: dict[str, Any]) -> None:
     assert "⚠" not in out
 
 
+def test_metrics_table_has_validation_where_measured(api: dict[str, Any]) -> None:
+    api[f"/v0/finetune/{JOB_ID}/metrics"] = points([record(10), {**record(20), "val_bpt": 3.0625}])
+    out = run("finetune", "metrics", JOB_ID)
+    assert "val BPT" in out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.startswith("│")}
+    assert "3.062" in rows["20"] and "3.062" not in rows["10"]
+
+
 # -- `finetune metrics --plot` ------------------------------------------------------------------
 def test_plot_series_from_new_records() -> None:
     data = plot_module.series([MetricPoint.model_validate(p) for p in points(EPISODES)])
@@ -175,6 +199,12 @@ def test_plot_series_from_new_records() -> None:
     assert data.unreachable == [(30, 40, 1), (60, 60, -1)]
 
 
+def test_plot_series_has_validation_only_where_measured() -> None:
+    recs = [record(10), {**record(20), "val_bpt": 3.0}]
+    data = plot_module.series([MetricPoint.model_validate(p) for p in points(recs)])
+    assert math.isnan(data.val_bpt[0]) and data.val_bpt[1] == 3.0
+
+
 def test_plot_series_from_old_records() -> None:
     data = plot_module.series([MetricPoint.model_validate(p) for p in points([old_record(10)])])
     assert data.loss_bpt == [pytest.approx(2.31 / math.log(2))]
@@ -182,7 +212,14 @@ def test_plot_series_from_old_records() -> None:
     assert math.isnan(data.s_hat[0])
 
 
-@pytest.mark.parametrize("records", [EPISODES, [old_record(10), old_record(20)]], ids=["new", "old"])
+WITH_VALIDATION = [record(10), {**record(20), "val_bpt": 3.0}, record(30), {**record(40), "val_bpt": 2.9}]
+
+
+@pytest.mark.parametrize(
+    "records",
+    [EPISODES, [old_record(10), old_record(20)], WITH_VALIDATION],
+    ids=["new", "old", "validation"],
+)
 def test_plot_writes_a_png(api: dict[str, Any], tmp_path: Path, records: list[dict[str, float]]) -> None:
     api[f"/v0/finetune/{JOB_ID}/metrics"] = points(records)
     api[f"/v0/finetune/{JOB_ID}"] = job(records[-1], target_s=0.004)

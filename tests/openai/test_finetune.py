@@ -32,6 +32,8 @@ def test_a_job_trains_and_reports_like_openai(finetuned: FineTuned, tiny_model: 
     metrics = [e for e in events if e.type == "metrics"]
     assert [e.data["step"] for e in metrics] == [8, 6, 4, 2]  # log_every=2, max_steps=8
     assert all(e.data["train_loss"] > 0 and "Step" in e.message for e in metrics)
+    # the engine validates at the last step (and every eval_every): OpenAI's valid_loss, in nats
+    assert metrics[0].data["valid_loss"] > 0 and "validation loss=" in metrics[0].message
     assert any("→ completed" in e.message for e in events if e.type == "message")
     # the events page like any OpenAI list
     page = client.fine_tuning.jobs.list_events(job.id, limit=2)
