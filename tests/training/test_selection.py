@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from scu.selection import MIN_EVALS, Selection, eval_interval
+from scu.selection import MIN_EVALS, SUMMARY_POINTS, Selection, eval_interval
 
 from tests.training.support import run_entry
 
@@ -59,6 +59,16 @@ def test_selection_keeps_restores_and_round_trips_the_best() -> None:
     assert off.best_weights is None and off.restore(_named(model), last_step=6) is None
     other.load_state_dict(None)  # a checkpoint from before selection existed: nothing restored
     assert other.best_step == 4
+
+
+def test_summary_thins_a_long_curve_but_keeps_first_best_and_last() -> None:
+    model = torch.nn.Linear(2, 1)
+    sel = Selection(every=1, total_steps=5000, keep_best=False)
+    for step in range(1, 5001):
+        sel.record(step, 2.0 if step == 1234 else 3.0 + step * 1e-6, _named(model))
+    steps = [s for s, _ in sel.summary()["curve"]]
+    assert len(steps) <= SUMMARY_POINTS and steps == sorted(steps)
+    assert {1, 1234, 5000} <= set(steps) and sel.summary()["best_step"] == 1234
 
 
 def _val_lines(root: Path) -> list[tuple[int, float]]:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 MIN_EVALS = 4  # automatic interval: at least this many evaluations a run, and one an epoch
+SUMMARY_POINTS = 200  # eval.json's curve at most this long (metrics.jsonl has every point)
 
 
 def eval_interval(requested: int | None, steps_per_epoch: int, total_steps: int) -> int:
@@ -68,11 +69,18 @@ class Selection:
         return self.best_step
 
     def summary(self) -> dict[str, Any]:
-        """What eval.json reports about the choice."""
+        """What eval.json reports about the choice; a curve longer than ``SUMMARY_POINTS`` is
+        thinned evenly, keeping the first, best and last points."""
+        points = self.curve
+        if len(points) > SUMMARY_POINTS:
+            stride = math.ceil(len(points) / (SUMMARY_POINTS - 2))
+            keep = set(range(0, len(points), stride)) | {len(points) - 1}
+            keep |= {i for i, (s, _) in enumerate(points) if s == self.best_step}
+            points = [points[i] for i in sorted(keep)]
         return {
             "eval_every": self.every,
             "keep_best": self.keep_best,
-            "curve": [[s, b] for s, b in self.curve],
+            "curve": [[s, b] for s, b in points],
             "best_step": self.best_step,
             "best_bpt": self.best_bpt if math.isfinite(self.best_bpt) else None,
         }
