@@ -527,6 +527,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--seeds", type=int, default=0, help="seeds 0..N-1 in every regime (default 3 sub-epoch, 5 small)"
     )
+    p.add_argument(
+        "--seed-from",
+        type=int,
+        default=0,
+        help="skip the seeds below this one (run seeds K..N-1: chunks of seeds on several machines)",
+    )
     p.add_argument("--sub-tokens", type=int, default=0, help="sub-epoch training target tokens")
     p.add_argument("--small-tokens", type=int, default=0, help="small-regime training target tokens")
     p.add_argument("--small-epochs", type=int, default=0)
@@ -614,7 +620,7 @@ class Bench:
     def todo(self, domain: str) -> list[tuple[Regime, int, str]]:
         out = []
         for regime in self.plan.regimes:
-            for seed in range(regime.seeds):
+            for seed in range(self.args.seed_from, regime.seeds):
                 for run in self.plan.runs:
                     rows = ["off", "off_es"] if run == "off" else [run]
                     if not all((domain, regime.name, seed, r) in self.done for r in rows):
