@@ -133,3 +133,15 @@ def test_no_validation_data_means_no_evaluations(make_root: Callable[..., Path])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _val_lines(root) == []
     assert "selection" not in json.loads((root / "model" / "eval.json").read_text())
+
+
+def test_validation_time_counts_in_no_windows_throughput() -> None:
+    from scu.train_log import LogWindow
+
+    now = [0.0]
+    window = LogWindow(0, lambda: now[0])
+    now[0] = 5.0  # 5 s of training steps
+    with window.excluded():
+        now[0] = 8.0  # a 3 s validation
+    now[0] = 10.0  # 2 s more training
+    assert now[0] - window.start == 7.0  # the next window's time: training only

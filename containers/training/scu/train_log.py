@@ -4,10 +4,11 @@ the last record, printed in the ``key=value`` form of :mod:`scu.metrics_format` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,15 @@ class LogWindow:
         self.loss_bpt = self.data_bpt = self.tokens = 0.0
         self.n = 0
         self.start = self.clock()
+
+    @contextlib.contextmanager
+    def excluded(self) -> Iterator[None]:
+        """Time spent inside (a validation) counts in no window's throughput."""
+        t0 = self.clock()
+        try:
+            yield
+        finally:
+            self.start += self.clock() - t0
 
     def add(self, step: StepOutcome) -> None:
         self.loss_bpt += step.loss_bpt

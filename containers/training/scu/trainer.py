@@ -247,11 +247,9 @@ class Trainer:
         summary = self.selection.summary() if self.validating else {}
         return TrainResult(status, self.pos.global_step, self.total_steps, self.last, summary, selected)
 
-    def _validate(self) -> float | None:
-        """The adapter's validation BPT at this step when one is due (all ranks), else None."""
+    def _validate(self) -> float:
+        """The adapter's validation BPT at this step (all ranks), added to the selection."""
         step = self.pos.global_step
-        if not self.validating or not self.selection.due(step):
-            return None
         model = self.job.model
         model.eval()
         ce, tokens = ce_over(
@@ -296,7 +294,7 @@ class Trainer:
                     pos.epoch, pos.batch_idx = pos.epoch + 1, 0
                 if self.step_sleep:
                     time.sleep(self.step_sleep)
-                self._log(outcome, self._validate())
+                self._log(outcome)
                 if self._checkpoint_or_stop():
                     return self._result("interrupted")
                 if epoch_done:
@@ -372,18 +370,22 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return lr
 
-    def _log(self, outcome: StepOutcome, val_bpt: float | None) -> None:
-        """A metrics record every ``log_every`` steps, at the end and at every validation."""
+    def _log(self, outcome: StepOutcome) -> None:
+        """A metrics record every ``log_every`` steps, at the end and at every validation (all
+        ranks evaluate; rank 0 writes). The record's throughput is the training steps' own: the
+        evaluation runs after the window is measured and is left out of the next one."""
         self.window.add(outcome)
         pos = self.pos
         due = pos.global_step % self.cfg.log_every == 0 or pos.global_step == self.total_steps
-        if due or val_bpt is not None:
+        validate = self.validating and self.selection.due(pos.global_step)
+        if due or validate:
             epoch = pos.epoch + pos.batch_idx / max(self.per_epoch, 1)
             self.last = self.window.record(
                 self.cfg, pos.global_step, self.total_steps, epoch, outcome, self.controller
             )
-            if val_bpt is not None:
-                self.last["val_bpt"] = val_bpt
+            if validate:
+                with self.window.excluded():
+                    self.last["val_bpt"] = self._validate()
             self.writer.write(self.last)
 
     def _checkpoint_or_stop(self) -> bool:
