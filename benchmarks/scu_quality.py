@@ -114,6 +114,9 @@ class Plan:
     runs: tuple[str, ...]
     report_tokens: int  # evaluate on a fixed subset of the report group this big (0: all of it)
     select_tokens: int  # likewise for the select group
+    # every regime as sized for this invocation, before the --regimes filter (the configuration
+    # hash's; empty: the regimes above)
+    sized: tuple[Regime, ...] = ()
 
 
 FULL = Plan(
@@ -183,9 +186,10 @@ def model_identity(model: Path) -> dict[str, Any]:
 
 
 def config_hash(plan: Plan, model: dict[str, Any], engine: dict[str, str], data: dict[str, str]) -> str:
-    """Everything that determines a cell's numbers; not the filters (domains, rows, seed count)."""
+    """Everything that determines a cell's numbers; not the filters (domains, regimes, rows, seed
+    count), so invocations that run different parts of one configuration share its cells."""
     sizes = {
-        "regimes": [{k: v for k, v in asdict(r).items() if k != "seeds"} for r in plan.regimes],
+        "regimes": [{k: v for k, v in asdict(r).items() if k != "seeds"} for r in plan.sized or plan.regimes],
         "report_tokens": plan.report_tokens,
         "select_tokens": plan.select_tokens,
         "split": [SPLIT_REPORT_TOKENS, SPLIT_SELECT_TOKENS, qd.SLACK],
@@ -460,7 +464,7 @@ def early_stop(
 
 def make_plan(args: argparse.Namespace) -> Plan:
     plan = QUICK if args.quick else FULL
-    regimes = []
+    regimes, sized = [], []
     for r in plan.regimes:
         if r.name == "sub-epoch" and args.sub_tokens:
             r = replace(r, target_tokens=args.sub_tokens)
@@ -470,12 +474,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
             r = replace(r, epochs=args.small_epochs)
         if args.seeds:
             r = replace(r, seeds=args.seeds)
+        sized.append(r)
         if not args.regimes or r.name in args.regimes.split(","):
             regimes.append(r)
     return replace(
         plan,
         domains=tuple(args.domains.split(",")) if args.domains else plan.domains,
         regimes=tuple(regimes),
+        sized=tuple(sized),
         runs=(
             *(x for x in plan.runs if not args.rows or x in args.rows.split(",")),
             *(variant(v)[0] for v in args.variant or []),

@@ -37,6 +37,22 @@ def _cell(row: str, seed: int, bpt: float, **extra: Any) -> dict[str, Any]:
     return {"row": row, "seed": seed, "bpt": bpt, "status": "ok", **extra}
 
 
+def test_filters_do_not_change_the_configuration_hash() -> None:
+    """Invocations running parts of one configuration (a regime, some rows, a range of seeds)
+    share its cells; a size change does not."""
+    model, engine = {"name": "m"}, {"source_sha": "e"}
+
+    def digest(*argv: str) -> str:
+        return sq.config_hash(sq.make_plan(sq.parse_args(list(argv))), model, engine, {})
+
+    whole = digest()
+    assert digest("--regimes", "small") == whole
+    assert digest("--regimes", "sub-epoch", "--rows", "scu", "--seeds", "2", "--seed-from", "1") == whole
+    assert digest("--domains", "docs") == whole
+    assert digest("--small-tokens", "900") != whole
+    assert digest("--quick", "--regimes", "small") == digest("--quick") != whole
+
+
 def test_report_shows_a_variant_row_paired_with_the_baselines() -> None:
     tracking = {"s_star": 0.7, "lambda_end": 0.02, "off_bounds": 1.0, "in_band": 0.9}
     cells = [
