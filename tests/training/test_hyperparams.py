@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 from scu.config import TrainConfig, resolve
-from scu.defaults import Facts
+from scu.defaults import TARGET_S_MAX, Facts, passes, target_s
 from scu.hyperparams import HyperparameterError, load_hyperparameters, parse_hyperparameters
 
 
@@ -110,9 +111,36 @@ def test_overrides_win_and_qlora_falls_back() -> None:
 
 
 def test_target_s_default_and_override() -> None:
-    facts = Facts(135_000_000, 100, 20_000, 200, 2048, False)
+    facts = Facts(135_000_000, 100, 20_000, 200, 2048, False)  # no validation rows: no selection
     assert resolve(TrainConfig(), facts, "m", qlora_available=False).target_s == 0.5
     assert resolve(TrainConfig(target_s=0.2), facts, "m", qlora_available=False).target_s == 0.2
+    validated = dataclasses.replace(facts, validation_tokens=500)
+    assert resolve(TrainConfig(), validated, "m", qlora_available=False).target_s == 0.75  # 3 epochs
+    assert resolve(TrainConfig(epochs=1), validated, "m", qlora_available=False).target_s == 0.5
+    off = TrainConfig(keep_best=False)  # keeps the last adapter: the SCU is the only protection
+    assert resolve(off, validated, "m", qlora_available=False).target_s == 0.5
+    assert resolve(TrainConfig(target_s=0.2), validated, "m", qlora_available=False).target_s == 0.2
+
+
+def test_target_s_rule_follows_the_passes_over_the_data_when_selecting() -> None:
+    assert target_s(15, selecting=False) == target_s() == 0.5
+    assert target_s(1, True) == 0.5 and target_s(3, True) == 0.75 and target_s(15, True) == 15 / 16
+    assert target_s(0.25, True) == 0.5  # less than one pass counts as one
+    assert target_s(1000, True) == TARGET_S_MAX == 0.95  # capped where the rule is unmeasured
+    assert passes(2.5, None, 7) == 2.5 and passes(3.0, 70, 7) == 10.0  # max_steps wins
+
+
+def test_target_s_counts_passes_from_max_steps_and_packed_examples() -> None:
+    # 100 rows, batch 4 x accum 5 -> 5 optimizer steps per epoch
+    facts = Facts(135_000_000, 100, 20_000, 200, 2048, False, validation_tokens=500)
+    cfg = TrainConfig(batch_size=4, grad_accum=5)
+    assert resolve(cfg.model_copy(update={"max_steps": 5}), facts, "m", qlora_available=False).target_s == 0.5
+    nine = resolve(cfg.model_copy(update={"max_steps": 45}), facts, "m", qlora_available=False)
+    assert nine.target_s == 0.9
+    # packed into 20 sequences: one step per epoch, so 3 epochs' worth of steps is 3 passes
+    packed = dataclasses.replace(facts, train_examples=20)
+    three = resolve(cfg.model_copy(update={"max_steps": 3}), packed, "m", qlora_available=False)
+    assert three.target_s == 0.75
 
 
 def test_non_finite_hyperparameters_are_refused() -> None:

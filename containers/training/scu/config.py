@@ -3,6 +3,7 @@ after smart defaults (``ResolvedConfig``, written to ``model/fastuner_config.jso
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -216,6 +217,10 @@ def resolve(
     )
     n_epochs = pick("epochs", defaults.epochs(facts.train_tokens))
     accum = pick("grad_accum", defaults.grad_accum(facts.train_rows, n_epochs, micro, facts.world_size))
+    # optimizer steps per epoch as the trainer plans them (scu.trainer.plan_steps), for S* (passes)
+    examples = facts.train_examples or facts.train_rows
+    per_epoch_steps = math.ceil(math.ceil(examples / (micro * max(1, facts.world_size))) / accum)
+    selecting = cfg.keep_best and facts.validation_tokens > 0
     if cfg.precision == "auto":
         chosen.append("precision")
         precision = ("bf16" if bf16_ok else "fp16") if facts.cuda else "fp32"
@@ -226,7 +231,10 @@ def resolve(
         base_model=base_model,
         method=method,
         method_requested=cfg.method,
-        target_s=pick("target_s", defaults.target_s()),
+        target_s=pick(
+            "target_s",
+            defaults.target_s(defaults.passes(n_epochs, cfg.max_steps, per_epoch_steps), selecting),
+        ),
         packing=pick("packing", facts.text_rows),
         lora_r=r,
         lora_alpha=pick("lora_alpha", float(defaults.lora_alpha(r))),

@@ -20,6 +20,8 @@ class Facts:
     cuda: bool
     world_size: int = 1
     text_rows: bool = False  # every training row is a text record (continued pre-training)
+    train_examples: int = 0  # training sequences after truncation/packing (0: one per row)
+    validation_tokens: int = 0  # target tokens of the validation rows (keep_best selects on them)
 
 
 def lora_rank(n_params: int, train_tokens: int) -> int:
@@ -50,23 +52,41 @@ def learning_rate(n_params: int) -> float:
     return 1e-4
 
 
-# The default target share of the adapter's bits; see target_s.
+# The default target share of the adapter's bits without selection; see target_s.
 TARGET_S = 0.5
+# With selection S* is capped here: the rule is measured up to 15 passes, and near S* = 1 the
+# controller's error ln(S/S*) barely moves with ParamBPT (d ln S / d ln ParamBPT = 1 - S).
+TARGET_S_MAX = 0.95
 
 
-def target_s() -> float:
-    """S* = 0.5: the adapter may cost as many bits per token as the data it codes (ParamBPT =
-    DataBPT, an even two-part code).
+def passes(n_epochs: float, max_steps: int | None, steps_per_epoch: int) -> float:
+    """How many times the run goes over its training data: the epochs, or ``max_steps`` in epochs."""
+    if max_steps is None:
+        return n_epochs
+    return max_steps / max(1, steps_per_epoch)
 
-    Chosen by measurement on SmolLM2-135M (``benchmarks/scu_quality.py`` and the README table), one
-    setting for both regimes: on a one-pass run it costs 0.009 bits of held-out BPT against
-    lambda = 0 (S* 0.3: 0.036; the natural S of lambda = 0 there is ~0.7), and on 3 rows x 12 epochs,
-    where lambda = 0 overfits, it is 0.067 bits better than lambda = 0 (S* 0.8: 0.062, 0.2: 0.035,
-    0.042: 0.005). Tighter targets (a rule S* = 0.3 / passes was tried) erase most of the adapter on
-    small data: ParamBPT divides by the tokens of one epoch, so an adapter trained on a few hundred
-    tokens costs hundreds of bits per token and any S* far below 1 is a strong shrinkage.
+
+def target_s(n_passes: float = 1.0, selecting: bool = False) -> float:
+    """S*: 0.5, or P / (P + 1) for a run of P passes when it keeps its best validated adapter.
+
+    Without selection (``keep_best`` off or no validation rows) the SCU is the only protection
+    against overfitting: S* = 0.5, the adapter may cost as many bits per token as the data it codes
+    (ParamBPT = DataBPT, an even two-part code). On SmolLM2-135M (``benchmarks/scu_quality.py``,
+    README "SCU quality") it costs ~0.02 bits of held-out BPT against lambda = 0 on one pass and,
+    on 11 rows x 15 epochs where lambda = 0 ends 2.7 bits worse than its best epoch, ends 0.14 bits
+    behind that best epoch.
+
+    With selection the best epoch is kept anyway, and the SCU's job is not to spoil it: S* =
+    P / (P + 1) (at least one pass, at most 0.95), the adapter may cost as many bits per *trained*
+    token (P passes over N tokens) as the data: 0.5 for one pass, 0.75 for 3, 0.94 for 15. On the
+    11 rows x 15 epochs, with selection, S* 0.5 keeps epoch 2 at 0.03 bits behind lambda = 0's
+    early-stopped adapter (its shrinkage already acts in the first epochs) while 15/16 keeps
+    epoch 3 level with it; on 3 rows x 10 epochs (3 seeds) 10/11 is 0.02 bits better than 0.5.
     """
-    return TARGET_S
+    if not selecting:
+        return TARGET_S
+    p = max(1.0, n_passes)
+    return min(TARGET_S_MAX, p / (p + 1.0))
 
 
 def block_size(p95_row_tokens: int, max_positions: int, cuda: bool) -> int:

@@ -156,6 +156,7 @@ def _prepare(
         cuda=device.type == "cuda",
         world_size=info.world_size,
         text_rows=all(data_mod.is_text(r) for r in train_rows),
+        validation_tokens=sum(len(t) for _, t in enc_val),
     )
     bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
     rcfg = resolve(cfg, facts, base, qlora_available=qlora_available(), bf16_ok=bf16_ok)
@@ -169,10 +170,11 @@ def _prepare(
         raise JobError(
             "The training data has no target tokens to learn from (all assistant targets are empty)."
         )
-    if n_tokens != facts.train_tokens:
+    if n_tokens != facts.train_tokens or len(examples) != facts.train_rows:
         # N of ParamBPT and every token-based default count the tokens actually trained (after
-        # truncation to the block); the block size itself depends only on the row lengths.
-        facts = dataclasses.replace(facts, train_tokens=n_tokens)
+        # truncation to the block), the passes behind S* count the sequences (after packing); the
+        # block size itself depends only on the row lengths.
+        facts = dataclasses.replace(facts, train_tokens=n_tokens, train_examples=len(examples))
         rcfg = resolve(cfg, facts, base, qlora_available=qlora_available(), bf16_ok=bf16_ok)
     val_examples, val_stats = data_mod.build_examples(enc_val, rcfg.block_size, train_on_inputs=False)
     rcfg = rcfg.model_copy(update={"data_sha256": data_mod.examples_sha256(examples)})
