@@ -113,7 +113,8 @@ def test_start_sends_exactly_the_training_job_request(
 def test_metric_definitions_read_the_engine_lines() -> None:
     """The regexes sent to SageMaker extract every key of the engine's own line format."""
     for unreachable in (0, 1, -1):
-        line = format_train_line(train_record(10, 3.33, unreachable=unreachable))
+        # a step with a validation: the line has every key (val_bpt only on those steps)
+        line = format_train_line({**train_record(10, 3.33, unreachable=unreachable), "val_bpt": 3.41})
         parsed = parse_line(line)
         assert parsed is not None and set(parsed) == set(TRAIN_KEYS)
         assert parsed["unreachable"] == unreachable
