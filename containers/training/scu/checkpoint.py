@@ -1,6 +1,7 @@
 """Checkpoints under ``checkpoints/step-NNNNNNN/``: the PEFT adapter plus ``trainer_state.pt``
-(optimizer, scheduler, controller, RNG, data position, the validation curve and best adapter). Written to a ``.tmp`` folder and renamed,
-so a half-written checkpoint (spot interruption mid-save) is never picked up."""
+(optimizer, scheduler, controller, RNG, data position, the validation curve and best adapter).
+Written to a ``.tmp`` folder and renamed, so a half-written checkpoint (spot interruption
+mid-save) is never picked up."""
 
 from __future__ import annotations
 
