@@ -421,9 +421,9 @@ def run_cell(ctx: Context, run: str, ev: Any) -> list[dict[str, Any]]:
 
 
 def read_selection(root: Path) -> dict[str, Any]:
-    """The engine's keep_best choice (``eval.json["selection"]``) and, when it kept an earlier
-    adapter than the last step's; the caller adds ``last_bpt``, the report BPT of the last step's
-    adapter (the row's number without the selection). Empty for runs without selection."""
+    """The engine's keep_best choice (``eval.json["selection"]``); empty for runs without
+    selection. The caller adds ``last_bpt``: the report BPT of the last step's adapter (the row's
+    number without the selection)."""
     sel = json.loads((root / "model" / "eval.json").read_text()).get("selection")
     if not sel or not sel.get("keep_best"):
         return {}

@@ -119,5 +119,9 @@ def apply_lora(
     return peft_model, targets
 
 
+def named_trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+    return [p for _, p in named_trainable_parameters(model)]

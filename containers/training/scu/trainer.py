@@ -24,7 +24,7 @@ from scu.controllers import Measurements
 from scu.data import IGNORE, Example, collate, rank_batches
 from scu.distributed import DistInfo, all_reduce_sum, any_rank, barrier
 from scu.evaluate import ce_over, forward_ce_sum, keeps_target_logits
-from scu.modeling import trainable_parameters
+from scu.modeling import named_trainable_parameters
 from scu.paths import ContractPaths
 from scu.regulariser import (
     LN2,
@@ -182,7 +182,8 @@ class Trainer:
     def __init__(self, job: Job) -> None:
         cfg, info = job.cfg, job.info
         self.job, self.cfg, self.info, self.device = job, cfg, info, job.device
-        self.params = trainable_parameters(job.model)
+        self.named_params = named_trainable_parameters(job.model)  # the adapter keep_best copies
+        self.params = [p for _, p in self.named_params]
         self.factors = lora_factors(job.model)
         self.per_epoch, self.total_steps = plan_steps(cfg, len(job.examples), info)
         self.optimizer = make_optimizer(self.params, cfg.learning_rate, cfg.weight_decay)
@@ -198,7 +199,6 @@ class Trainer:
             eval_interval(cfg.eval_every, steps_per_epoch, self.total_steps), self.total_steps, cfg.keep_best
         )
         self.validating = any(any(x != IGNORE for x in ex.labels[1:]) for ex in job.val_examples)
-        self.named_params = [(n, p) for n, p in job.model.named_parameters() if p.requires_grad]
         self.fingerprint = fingerprint_of(cfg.model_dump())
         self.pos = self._resume()
         self.writer = MetricsWriter(job.paths, info.is_main)
