@@ -15,10 +15,10 @@ router = APIRouter(prefix="/models", tags=["openai"], responses=openai_error_res
 
 @router.get("", response_model=ModelList)
 async def list_models(tenant: Tenant, compat: Compat) -> ModelList:
-    """Base models (``owned_by: fastuner``): hub models in the local Hugging Face cache that the
-    allow-list admits and, on the local backend, the model folders under FASTUNER_MODEL_ROOTS (their
-    path is the id); then the tenant's adapters (``owned_by``: the tenant), usable as ``model`` of
-    chat/completions once deployed."""
+    """Base models (``owned_by: fastuner``) on hand where jobs run on this machine: allowed hub models
+    pulled or in the Hugging Face cache (their hub id is the id) and the model folders under
+    FASTUNER_MODEL_ROOTS (their path is the id); then the tenant's adapters (``owned_by``: the
+    tenant), usable as ``model`` of chat/completions once deployed."""
     return ModelList(data=await run_in_threadpool(compat.models, tenant))
 
 

@@ -354,7 +354,7 @@ class OpenAICompat:
                 return out
 
     def base_models(self) -> list[Model]:
-        return base_models(self.ctx.settings)
+        return base_models(self.ctx.settings, self.ctx.backend)
 
 
 def _number(value: Any) -> Any:

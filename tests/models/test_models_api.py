@@ -67,6 +67,32 @@ def test_list_before_and_after_a_pull(client: TestClient, tmp_path: Path, tiny_f
     assert not any(m["kind"] == "folder" and "SmolLM2" in m["id"] for m in models.values())
 
 
+def test_openai_models_lists_what_is_on_hand_by_the_same_names(
+    client: TestClient, tmp_path: Path, tiny_folder: Path, _isolated_hub: Path
+) -> None:
+    def openai_ids() -> dict[str, dict[str, Any]]:
+        resp = client.get("/v1/models")
+        assert resp.status_code == 200, resp.text
+        return {m["id"]: m for m in resp.json()["data"]}
+
+    assert openai_ids() == {}  # the catalog is what could be pulled, not what is on hand
+    pulled = fake_pull(tiny_folder, tmp_path / "home" / "models")
+    own = tmp_path / "roots" / "team" / "my-model"
+    shutil.copytree(tiny_folder, own)
+    for hub_id in ("Qwen/tiny-test", "acme/tiny"):  # the second is not on the allow-list
+        shutil.copytree(
+            tiny_folder, _isolated_hub / f"models--{hub_id.replace('/', '--')}" / "snapshots" / "a1"
+        )
+    listed = openai_ids()
+    # A pulled or cached hub model by its hub id (what a job's base_model takes), never its folder.
+    assert set(listed) == {SMOL, "Qwen/tiny-test", str(own)}
+    assert listed[SMOL]["owned_by"] == "fastuner" and listed[SMOL]["object"] == "model"
+    assert listed[SMOL]["created"] == int((pulled / "config.json").stat().st_mtime)
+    assert {m for m, info in by_id(client).items() if info["on_disk"]} == set(listed)
+    retrieved = client.get(f"/v1/models/{SMOL}")
+    assert retrieved.status_code == 200 and retrieved.json()["id"] == SMOL
+
+
 def test_hub_ids_with_a_slash_as_path_or_url_encoded(
     client: TestClient, tmp_path: Path, tiny_folder: Path
 ) -> None:

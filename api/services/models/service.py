@@ -22,6 +22,7 @@ from api.domain.errors import BadRequest, NotFound
 from api.logging import get_logger
 from api.services.finetune.preflight import check_model_allowed, hub_id_allowed
 from api.services.models import availability
+from api.services.models.availability import local_models
 from api.services.models.catalog import CATALOG, gated
 from api.services.models.facts import folder_facts
 from api.services.models.pull import check as pull_check
@@ -118,6 +119,20 @@ class ModelService:
             available=True,
             reason="a model folder on this machine (under FASTUNER_MODEL_ROOTS)",
         )
+
+    def on_hand(self) -> list[tuple[str, Path]]:
+        """The models on this machine the backend's jobs can load, as (id, folder): allowed hub ids
+        pulled or in the Hugging Face cache (listed by hub id, not by their folder) and the model
+        folders under the model roots. Empty for a backend whose jobs do not run here."""
+        if not self.host_files:
+            return []
+        models = local_models(self.settings)
+        out: list[tuple[str, Path]] = []
+        for hub_id in sorted(self._hub_ids_on_disk()):
+            found = models.find(hub_id) if hub_id_allowed(hub_id, self.settings.allowed_models) else None
+            if found is not None:
+                out.append((hub_id, found[0]))
+        return out + [(str(folder), folder) for folder in self._folders()]
 
     def _hub_ids_on_disk(self) -> set[str]:
         found: set[str] = set()
