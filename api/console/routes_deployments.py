@@ -19,7 +19,7 @@ from api.console.web import (
     seconds_since,
     see_other,
 )
-from api.domain.deployments import Deployment, GenerationParameters, InferenceRequest
+from api.domain.deployments import Deployment, GenerationParameters, InferenceRequest, as_user_turn
 from api.domain.errors import FastunerError
 
 router = APIRouter(prefix="/ui/deployments", include_in_schema=False)
@@ -73,6 +73,7 @@ async def try_it(
     prompt: Annotated[str, Form(min_length=1, max_length=8000)],
     adapter_id: Annotated[str, Form(max_length=128)] = "",
     max_new_tokens: Annotated[int, Form(ge=1, le=512)] = 32,
+    raw: Annotated[bool, Form()] = False,
 ) -> Response:
     """One inference on the deployment; the page comes back with the answer (or the error)."""
     result, error, status = None, None, 200
@@ -80,7 +81,7 @@ async def try_it(
         req = InferenceRequest(
             deployment_id=deployment_id,
             adapter_id=adapter_id or None,
-            inputs=prompt,
+            inputs=as_user_turn(prompt, raw),
             parameters=GenerationParameters(max_new_tokens=max_new_tokens),
         )
         result = await run_in_threadpool(ctx.deployments.infer, session.tenant, req)
@@ -99,5 +100,6 @@ async def try_it(
         result=result,
         error=error,
         prompt=prompt,
+        raw=raw,
         status=status,
     )

@@ -67,6 +67,12 @@ ChatMessage = dict[str, str]
 Inputs = str | list[ChatMessage] | list[str] | list[list[ChatMessage]]
 
 
+def as_user_turn(prompt: Inputs, raw: bool = False) -> Inputs:
+    """A prompt string as the one-user-turn conversation an adapter trained here learnt to answer
+    (its pair or chat records were rendered as conversations); ``raw`` or anything else: as it is."""
+    return prompt if raw or not isinstance(prompt, str) else [{"role": "user", "content": prompt}]
+
+
 class InferenceRequest(RequestBody):
     """``POST /v0/inference``: name a deployment, or an adapter served by one of yours."""
 

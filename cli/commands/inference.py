@@ -18,6 +18,7 @@ from api.domain.deployments import (
     InferenceRequest,
     InferenceResponse,
     Inputs,
+    as_user_turn,
     parse_batch_line,
 )
 from cli.output import console, print_json
@@ -83,14 +84,23 @@ def inference() -> None:
     """Generate text with deployed adapters."""
 
 
+RAW_OPTION = click.option(
+    "--raw",
+    is_flag=True,
+    help="send prompts as plain text; by default a prompt is sent as a user turn, rendered by the "
+    "model's chat template as the adapter's training data was",
+)
+
+
 @inference.command()
 @click.option("--input", "text", required=True, help="the prompt")
 @click.option("--stream", is_flag=True, help="print the text as it is generated")
+@RAW_OPTION
 @_target_options
 @pass_state
-def run(state: State, /, text: str, stream: bool, target: Target) -> None:
-    """Generate for one prompt."""
-    req = target.request(text)
+def run(state: State, /, text: str, stream: bool, raw: bool, target: Target) -> None:
+    """Generate for one prompt (a user turn; --raw: plain text)."""
+    req = target.request(as_user_turn(text, raw))
     if stream:
         _run_streamed(state, req)
         return
@@ -134,10 +144,12 @@ def _run_streamed(state: State, req: InferenceRequest) -> None:
 @inference.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@RAW_OPTION
 @_target_options
 @pass_state
-def batch(state: State, /, file: Path, output: Path, target: Target) -> None:
-    """Generate for every line of FILE (JSONL with "input" / "prompt" / "messages", or plain text)."""
+def batch(state: State, /, file: Path, output: Path, raw: bool, target: Target) -> None:
+    """Generate for every line of FILE (JSONL with "input" / "prompt" / "messages", or plain text;
+    a prompt string goes as a user turn, --raw: as plain text)."""
     client = state.client()
     lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn())
@@ -146,7 +158,7 @@ def batch(state: State, /, file: Path, output: Path, target: Target) -> None:
     with output.open("w", encoding="utf-8") as out, progress:
         task = progress.add_task("generating", total=len(lines))
         for number, line in enumerate(lines, 1):
-            inputs = _batch_input(line, number)
+            inputs = as_user_turn(_batch_input(line, number), raw)
             resp = client.infer(target.request(inputs))
             out.write(json.dumps({"line": number, "input": inputs, **resp.outputs[0].model_dump()}) + "\n")
             written += 1

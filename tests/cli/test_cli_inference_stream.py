@@ -1,4 +1,4 @@
-"""`fastuner inference run --stream` and the SDK's ``infer_stream`` over the API's SSE answer."""
+"""`fastuner inference run|batch`: streaming, what a prompt is sent as, and the SDK's ``infer_stream``."""
 
 from __future__ import annotations
 
@@ -116,3 +116,30 @@ def test_cli_stream_error_exits_nonzero(monkeypatch: pytest.MonkeyPatch) -> None
     res = CliRunner().invoke(cli, ["inference", "run", "--adapter", "adp_1", "--input", "x", "--stream"])
     assert res.exit_code != 0
     assert "HEL" in res.output and "CUDA OOM" in res.output
+
+
+def test_prompts_go_as_a_user_turn_unless_raw(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Adapters learn replies after a chat-rendered prompt, so the CLI sends a prompt as a user turn."""
+    api = FakeApi([*TOKENS, ("done", DONE)])
+    install(monkeypatch, api)
+    run = ["inference", "run", "--adapter", "adp_1", "--input", "Shout: hi", "--stream"]
+    assert CliRunner().invoke(cli, run).exit_code == 0
+    assert CliRunner().invoke(cli, [*run, "--raw"]).exit_code == 0
+    assert [b["inputs"] for b in api.bodies] == [[{"role": "user", "content": "Shout: hi"}], "Shout: hi"]
+
+    sent: list[Any] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content)["inputs"])
+        return httpx.Response(200, json=DONE)
+
+    client = FastunerClient(httpx.Client(transport=httpx.MockTransport(answer), base_url="http://api"))
+    monkeypatch.setattr(State, "client", lambda self: client)
+    prompts = tmp_path / "prompts.jsonl"
+    chat = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    prompts.write_text(f'{{"input": "a"}}\nplain b\n{json.dumps({"messages": chat})}\n')
+    batch = ["inference", "batch", str(prompts), "-o", str(tmp_path / "out.jsonl"), "--adapter", "adp_1"]
+    assert CliRunner().invoke(cli, batch).exit_code == 0
+    assert CliRunner().invoke(cli, [*batch, "--raw"]).exit_code == 0
+    turn = [[{"role": "user", "content": "a"}], [{"role": "user", "content": "plain b"}], chat]
+    assert sent == [*turn, "a", "plain b", chat]

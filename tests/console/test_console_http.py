@@ -368,3 +368,23 @@ def test_the_drops_page_lists_the_tenants_own_drop_objects(world: World) -> None
     assert "theirs.jsonl" not in a and "drop/default/" in a
     b = sign_in(world.client(), world.key_b).get("/ui/drops").text
     assert "theirs.jsonl" in b and "mine.jsonl" not in b
+
+
+def test_try_it_sends_the_prompt_as_a_user_turn_unless_plain_text(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.domain.errors import NotFound
+
+    sent: list[Any] = []
+
+    def infer(tenant: str, req: Any) -> Any:
+        sent.append(req.inputs)
+        raise NotFound("no deployment dep_x")
+
+    monkeypatch.setattr(world.app.state.ctx.deployments, "infer", infer)
+    client = sign_in(world.client(), world.key_a)
+    token = csrf_of(client.get("/ui/deployments").text)
+    for extra in ({}, {"raw": "true"}):
+        resp = client.post("/ui/deployments/dep_x/try", data={"csrf": token, "prompt": "Shout: hi", **extra})
+        assert resp.status_code == 404
+    assert sent == [[{"role": "user", "content": "Shout: hi"}], "Shout: hi"]

@@ -1,20 +1,69 @@
-"""Prompts to token ids: plain text as it is, chat messages through the tokenizer's chat template."""
+"""Prompts to token ids: plain text as it is; chat messages as the training engine renders them, so
+an adapter sees the prompt format it was trained on: through the tokenizer's chat template, or
+(a tokenizer without one) through the engine's documented fallback format::
+
+    <bos>### System:\n{content}\n\n### User:\n{content}\n\n### Assistant:\n{reply}<eos>\n\n### User:...
+
+ending with ``### Assistant:\n`` for the reply to generate; tool results become a user turn of
+``<tool_response>`` blocks (containers/training/scu/data/render.py; a test compares the two).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from loraserve.errors import BadRequest
 from loraserve.schemas import ChatMessage, Prompt
 
+_TOOLS_RE = re.compile(r"\btools\b")
+
+
+def _turns(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """The conversation as the engine renders tool results where the format has no tool role: each
+    run of consecutive ``tool`` messages becomes one user turn of ``<tool_response>`` blocks."""
+    turns: list[dict[str, str]] = []
+    merging = False
+    for m in messages:
+        if m.role == "tool":
+            body = f"<tool_response>\n{m.content}\n</tool_response>"
+            if merging:
+                turns[-1]["content"] += "\n" + body
+            else:
+                turns.append({"role": "user", "content": body})
+            merging = True
+        else:
+            turns.append({"role": m.role, "content": m.content})
+            merging = False
+    return turns
+
+
+def _fallback_text(tokenizer: Any, messages: list[ChatMessage]) -> str:
+    """The engine's fallback rendering of ``messages`` plus the generation prompt (no BOS)."""
+    eos = tokenizer.eos_token or ""
+    parts = []
+    for turn in _turns(messages):
+        if turn["role"] == "assistant":
+            parts.append(f"### Assistant:\n{turn['content']}{eos}\n\n")
+        else:
+            parts.append(f"### {turn['role'].capitalize()}:\n{turn['content']}\n\n")
+    return "".join(parts) + "### Assistant:\n"
+
+
+def _template_handles_tools(tokenizer: Any) -> bool:
+    """Whether the chat template takes tool messages natively (its source mentions ``tools`` and
+    ``tool_calls``, the engine's test); otherwise tool results go to it as user turns."""
+    source = tokenizer.chat_template
+    if isinstance(source, dict):
+        source = source.get("tool_use") or source.get("default")
+    return isinstance(source, str) and bool(_TOOLS_RE.search(source)) and "tool_calls" in source
+
 
 def _chat_text(tokenizer: Any, messages: list[ChatMessage], index: int) -> str:
-    if not getattr(tokenizer, "chat_template", None):
-        raise BadRequest(
-            "the base model's tokenizer has no chat template: send plain-text inputs",
-            code="chat_template_missing",
-        )
-    rows = [m.model_dump() if isinstance(m, ChatMessage) else m for m in messages]
+    if any(m.role == "tool" for m in messages) and not _template_handles_tools(tokenizer):
+        rows: list[dict[str, Any]] = list(_turns(messages))
+    else:
+        rows = [m.model_dump() for m in messages]
     try:
         text: str = tokenizer.apply_chat_template(rows, add_generation_prompt=True, tokenize=False)
     except Exception as exc:
@@ -27,8 +76,17 @@ def render(tokenizer: Any, prompt: Prompt, index: int, context_limit: int | None
     Fast tokenizers are not thread-safe: the caller holds the tokenizer's lock."""
     if isinstance(prompt, str):
         ids: list[int] = tokenizer(prompt)["input_ids"]
-    else:
+        return _checked(ids, index, context_limit)
+    prompt = [m if isinstance(m, ChatMessage) else ChatMessage.model_validate(m) for m in prompt]
+    if getattr(tokenizer, "chat_template", None):
         ids = tokenizer(_chat_text(tokenizer, prompt, index), add_special_tokens=False)["input_ids"]
+    else:
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        ids = bos + tokenizer(_fallback_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    return _checked(ids, index, context_limit)
+
+
+def _checked(ids: list[int], index: int, context_limit: int | None) -> list[int]:
     if not ids:
         raise BadRequest(f"inputs[{index}] is empty after tokenisation", code="empty_prompt")
     if context_limit is not None and len(ids) >= context_limit:
