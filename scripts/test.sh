@@ -25,6 +25,6 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "warning: chromium unavailable; the console's browser tests will be skipped" >&2
   fi
 fi
-echo "== ruff"; ruff check .
+echo "== ruff"; ruff check . && ruff format --check .
 echo "== mypy"; mypy
 echo "== pytest"; python -m pytest "$@"
