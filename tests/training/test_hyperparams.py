@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from scu.config import TrainConfig, resolve
-from scu.defaults import TARGET_S_MAX, Facts, passes, target_s
+from scu.defaults import TARGET_S_MAX, Facts, micro_batches_per_epoch, passes, steps_per_epoch, target_s
 from scu.hyperparams import HyperparameterError, load_hyperparameters, parse_hyperparameters
 
 
@@ -141,6 +141,22 @@ def test_target_s_counts_passes_from_max_steps_and_packed_examples() -> None:
     packed = dataclasses.replace(facts, train_examples=20)
     three = resolve(cfg.model_copy(update={"max_steps": 3}), packed, "m", qlora_available=False)
     assert three.target_s == 0.75
+
+
+def test_steps_per_epoch_is_what_the_trainer_runs() -> None:
+    """The planning formula (S*'s passes, the trainer's step count) against the batches the data
+    loader actually hands each rank."""
+    from scu.data import rank_batches
+
+    for n in range(0, 23):
+        for batch in range(1, 5):
+            for world in range(1, 4):
+                for rank in range(world):
+                    got = len(rank_batches(n, batch, 7, 0, rank, world))
+                    assert micro_batches_per_epoch(n, batch, world) == got, (n, batch, world, rank)
+                for accum in (1, 2, 3):
+                    expected = -(-micro_batches_per_epoch(n, batch, world) // accum)
+                    assert steps_per_epoch(n, batch, world, accum) == expected
 
 
 def test_non_finite_hyperparameters_are_refused() -> None:

@@ -3,7 +3,6 @@ after smart defaults (``ResolvedConfig``, written to ``model/fastuner_config.jso
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -217,9 +216,8 @@ def resolve(
     )
     n_epochs = pick("epochs", defaults.epochs(facts.train_tokens))
     accum = pick("grad_accum", defaults.grad_accum(facts.train_rows, n_epochs, micro, facts.world_size))
-    # optimizer steps per epoch as the trainer plans them (scu.trainer.plan_steps), for S* (passes)
     examples = facts.train_examples or facts.train_rows
-    per_epoch_steps = math.ceil(math.ceil(examples / (micro * max(1, facts.world_size))) / accum)
+    per_epoch_steps = defaults.steps_per_epoch(examples, micro, facts.world_size, accum)  # as trained
     selecting = cfg.keep_best and facts.validation_tokens > 0
     if cfg.precision == "auto":
         chosen.append("precision")

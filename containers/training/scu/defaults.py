@@ -59,6 +59,17 @@ TARGET_S = 0.5
 TARGET_S_MAX = 0.95
 
 
+def micro_batches_per_epoch(n_examples: int, batch_size: int, world_size: int = 1) -> int:
+    """Micro-batches each rank runs in one epoch: its ceil(n / world) examples (the shuffled list
+    wraps around to fill the last shard) in batches of ``batch_size`` (``scu.data.rank_batches``)."""
+    return math.ceil(math.ceil(n_examples / max(1, world_size)) / batch_size)
+
+
+def steps_per_epoch(n_examples: int, batch_size: int, world_size: int, grad_accum: int) -> int:
+    """Optimizer steps in one epoch: the micro-batches, ``grad_accum`` a step (the last may be short)."""
+    return math.ceil(micro_batches_per_epoch(n_examples, batch_size, world_size) / grad_accum)
+
+
 def passes(n_epochs: float, max_steps: int | None, steps_per_epoch: int) -> float:
     """How many times the run goes over its training data: the epochs, or ``max_steps`` in epochs."""
     if max_steps is None:

@@ -17,7 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from transformers import get_scheduler
 
-from scu import controllers
+from scu import controllers, defaults
 from scu.checkpoint import Position, fingerprint_of, latest_checkpoint, load_checkpoint, save_checkpoint
 from scu.config import ResolvedConfig
 from scu.controllers import Measurements
@@ -84,9 +84,9 @@ class TrainResult:
 
 def plan_steps(cfg: ResolvedConfig, n_examples: int, info: DistInfo) -> tuple[int, int]:
     """(micro-batches per epoch on each rank, total optimizer steps)."""
-    per_epoch = len(rank_batches(n_examples, cfg.batch_size, cfg.seed, 0, info.rank, info.world_size))
-    steps_per_epoch = math.ceil(per_epoch / cfg.grad_accum)
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    per_epoch = defaults.micro_batches_per_epoch(n_examples, cfg.batch_size, info.world_size)
+    steps = defaults.steps_per_epoch(n_examples, cfg.batch_size, info.world_size, cfg.grad_accum)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps))
     return per_epoch, total
 
 
