@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,7 +232,9 @@ def _at_most(name: str, where: str, d: Stat, limit: float, baseline: str) -> Che
     return Check(name, where, status, f"SCU − {baseline} = {d.fmt(signed=True)} (n={d.n})")
 
 
-def checks(groups: Mapping[tuple[str, str], Sequence[Result]]) -> list[Check]:
+def checks(
+    groups: Mapping[tuple[str, str], Sequence[Result]], rule: Callable[[Result], float] | None = None
+) -> list[Check]:
     out: list[Check] = []
     for (domain, regime), cells in groups.items():
         where = f"{domain}/{regime}"
@@ -317,16 +319,24 @@ def checks(groups: Mapping[tuple[str, str], Sequence[Result]]) -> list[Check]:
                     f"λ end {t['lambda_end']:.3g}{notes}",
                 )
             )
-    out.append(default_rule_check(c for cells in groups.values() for c in cells))
+    out.append(default_rule_check((c for cells in groups.values() for c in cells), rule))
     return out
 
 
-def default_rule_check(cells: Iterable[Result]) -> Check:
-    """Every SCU run took S* from the engine's default rule (no per-cell tuning)."""
+def default_rule_check(cells: Iterable[Result], rule: Callable[[Result], float] | None = None) -> Check:
+    """Every SCU run took S* from the engine's default rule (no per-cell tuning). A run shown as the
+    SCU row though it set S* (``shown_as``: the shipped default run under an older engine) counts
+    only when its S* is what ``rule`` (the shipped rule) gives for that run."""
     scu = [c for c in cells if c["row"] == "scu" and c["status"] == "ok" and c.get("engine")]
     if not scu:
         return Check("one default rule for S*", "all", "N/A", "no finished SCU runs")
-    by_hand = [c for c in scu if not c["engine"].get("target_s_defaulted", False)]
+
+    def by_rule(c: Result) -> bool:
+        if c["engine"].get("target_s_defaulted", False):
+            return True
+        return bool(c.get("shown_as")) and rule is not None and abs(c["engine"]["target_s"] - rule(c)) < 1e-9
+
+    by_hand = [c for c in scu if not by_rule(c)]
     values = sorted({f"{c['engine']['target_s']:.4g}" for c in scu})
     return Check(
         "one default rule for S* (no run sets target_s)",

@@ -22,6 +22,8 @@ one copy of the base model with each adapter loaded through PEFT.
     python benchmarks/scu_quality.py                    # the full benchmark (hours on CPU; use a GPU)
     python benchmarks/scu_quality.py --domains code --regimes small --seeds 2   # one chunk
     python benchmarks/scu_quality.py --report-only      # tables from the results file
+    python benchmarks/scu_quality.py --report-only --results F --config H1 --config H2 \
+        --scu-row 'small=scu[target_s=0.9375]'          # stored configurations; a variant as SCU
     python benchmarks/scu_quality.py --model /tmp/tiny --sub-tokens 600 --small-tokens 200 \\
         --report-tokens 400 --select-tokens 200 --results /tmp/q.jsonl   # smoke test, tiny model
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -46,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -523,6 +526,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--results", type=Path, help="results JSONL (default: benchmarks/results/scu_quality[_quick].jsonl)"
     )
     p.add_argument("--report-only", action="store_true", help="print the tables from the results file")
+    p.add_argument(
+        "--config",
+        action="append",
+        metavar="HASH",
+        help="with --report-only: the cells of these stored configurations (repeatable; for a key the "
+        "last one given wins) instead of this invocation's",
+    )
+    p.add_argument(
+        "--scu-row",
+        action="append",
+        default=[],
+        metavar="REGIME=ROW",
+        help="in the report, ROW's runs are the SCU row of REGIME (the shipped default run as a variant "
+        "under an engine whose default differed); that regime's old scu row shows as scu[target_s=...]",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the sizes, runs to do and time estimate")
     p.add_argument("--fresh", action="store_true", help="rerun cells already in the results file")
     p.add_argument("--domains", help=f"comma list of {','.join(qd.DOMAINS)}")
@@ -577,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"(source {engine['source_sha']}); config {config}; results {results}"
     )
     if args.report_only:
-        print(render(header, store, config, plan), flush=True)
+        print(render(header, store, config, plan, args.config or (), scu_rows(args.scu_row)), flush=True)
         return
     print(header, flush=True)
     bench = Bench(args, plan, config, store, model, engine_dir, engine["commit"])
@@ -586,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.dry_run:
         return
     print()
-    print(render(header, store, config, plan), flush=True)
+    print(render(header, store, config, plan, (), scu_rows(args.scu_row)), flush=True)
     print(f"\nwall time of this invocation: {time.perf_counter() - started:.0f} s", flush=True)
 
 
@@ -735,10 +753,64 @@ def progress(c: dict[str, Any]) -> str:
     return f"BPT {c['bpt']:.4f}{extra} (train {c['wall_s']:.0f} s, eval {c.get('eval_s', 0):.0f} s)"
 
 
-def render(header: str, store: Store, config: str, plan: Plan) -> str:
-    cells = list(store.cells(config).values())
+def scu_rows(specs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for spec in specs:
+        regime, sep, row = spec.partition("=")
+        if not sep or not row.startswith("scu"):
+            raise SystemExit(f"--scu-row {spec!r}: expected REGIME=ROW with ROW an scu row")
+        out[regime.strip()] = row.strip()
+    return out
+
+
+def shipped_rule() -> Any:
+    """S* as the shipped engine (this checkout's) resolves it for a benchmark cell: P/(P+1) for P
+    passes when the run selects, else 0.5 (``scu.defaults``; loaded from its file, whatever
+    ``--engine`` put on the path)."""
+    spec = importlib.util.spec_from_file_location("shipped_scu_defaults", ENGINE / "scu" / "defaults.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return lambda c: module.target_s(module.passes(c["engine"]["epochs"], None, 1), bool(c.get("selection")))
+
+
+def relabel(cells: list[dict[str, Any]], rows: Mapping[str, str]) -> list[dict[str, Any]]:
+    """``rows[regime]``'s cells become that regime's ``scu`` row; its old ``scu`` cells are named
+    by the S* they resolved (``scu[target_s=0.5]``)."""
+    out = []
+    for c in cells:
+        chosen = rows.get(c["regime"])
+        if chosen is not None and c["row"] == "scu":
+            renamed = f"scu[target_s={(c.get('engine') or {}).get('target_s', '?')}]"
+            c = c if renamed == chosen else {**c, "row": renamed}
+        elif chosen is not None and c["row"] == chosen:
+            c = {**c, "row": "scu", "shown_as": chosen}
+        out.append(c)
+    return out
+
+
+def render(
+    header: str,
+    store: Store,
+    config: str,
+    plan: Plan,
+    configs: Sequence[str] = (),
+    scu_row: Mapping[str, str] | None = None,
+) -> str:
+    if configs:
+        merged: dict[tuple[str, str, int, str], dict[str, Any]] = {}
+        for h in configs:
+            merged.update(store.cells(h))
+        cells = list(merged.values())
+        header += f"\n\ncells of stored configuration(s) {', '.join(configs)}"
+    else:
+        cells = list(store.cells(config).values())
+    if scu_row:
+        cells = relabel(cells, scu_row)
+        header += "".join(f"\n\nSCU row of `{r}`: the runs named `{row}`" for r, row in scu_row.items())
     note = ""
-    if not cells:
+    if not cells and not configs:
         rows = [c for c in store.load() if c.get("mode") == plan.mode and "hash" in c]
         if not rows:
             return f"{header}\n\nno results for this configuration in {store.path}"
@@ -779,7 +851,7 @@ def render(header: str, store: Store, config: str, plan: Plan) -> str:
     for (domain, regime), group in groups.items():
         lines += qr.table(domain, regime, group, bases.get(domain))
         lines.append("")
-    lines += qr.render_checks(qr.checks(groups))
+    lines += qr.render_checks(qr.checks(groups, shipped_rule() if scu_row else None))
     return "\n".join(lines)
 
 

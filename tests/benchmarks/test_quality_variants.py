@@ -108,3 +108,46 @@ def test_run_cell_uses_the_variant_settings(monkeypatch: pytest.MonkeyPatch, tmp
     out = sq.run_cell(ctx, name, ev=None)
     assert [c["row"] for c in out] == [name] and out[0]["status"] == "failed"
     assert seen["scu"] == "on" and seen["target_s"] == "0.7" and seen["checkpoint_every"] == 10**6
+
+
+def _engine(target_s: float, defaulted: bool) -> dict[str, Any]:
+    return {"target_s": target_s, "target_s_defaulted": defaulted, "epochs": 15.0}
+
+
+def test_scu_row_stands_a_variant_in_for_the_shipped_default_only_when_the_rule_agrees() -> None:
+    """--scu-row small=scu[target_s=0.9375]: runs made under an engine whose default S* was 0.5
+    count as the shipped default when they set exactly what the shipped rule gives (15 passes with
+    selection: 15/16); the old default's runs are shown by the S* they resolved."""
+    sel = {"selection": {"best_step": 3}}
+    cells = [
+        *(_cell("off", s, 6.9, regime="small") for s in range(2)),
+        *(_cell("off_es", s, 4.18, regime="small") for s in range(2)),
+        *(_cell("scu", s, 4.21, regime="small", engine=_engine(0.5, True), **sel) for s in range(2)),
+        *(
+            _cell("scu[target_s=0.9375]", s, 4.18, regime="small", engine=_engine(0.9375, False), **sel)
+            for s in range(2)
+        ),
+        *(_cell("scu", s, 3.80, regime="sub-epoch", engine=_engine(0.5, True), **sel) for s in range(2)),
+    ]
+    shown = sq.relabel(cells, sq.scu_rows(["small=scu[target_s=0.9375]"]))
+    rows = {(c["regime"], c["row"]) for c in shown}
+    assert rows == {
+        ("small", "off"),
+        ("small", "off_es"),
+        ("small", "scu[target_s=0.5]"),
+        ("small", "scu"),
+        ("sub-epoch", "scu"),
+    }
+    assert all(
+        c["shown_as"] == "scu[target_s=0.9375]" for c in shown if c["row"] == "scu" and c["regime"] == "small"
+    )
+    rule = sq.shipped_rule()
+    assert qr.default_rule_check(shown, rule).status == "PASS"
+    assert qr.default_rule_check(shown, None).status == "FAIL"  # without the rule: set by hand
+    wrong = sq.relabel(
+        [{**c, "engine": _engine(0.8, False)} if c["row"] == "scu[target_s=0.9375]" else c for c in cells],
+        sq.scu_rows(["small=scu[target_s=0.9375]"]),
+    )
+    assert qr.default_rule_check(wrong, rule).status == "FAIL"  # S* 0.8 is not the rule's 15/16
+    with pytest.raises(SystemExit, match="REGIME=ROW"):
+        sq.scu_rows(["small=off"])
