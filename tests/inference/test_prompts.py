@@ -69,3 +69,17 @@ def test_plain_text_is_tokenised_as_it_is(tokenizer: Any) -> None:
     from loraserve.prompts import render
 
     assert render(tokenizer, "Shout this: amber", 0, None) == tokenizer("Shout this: amber")["input_ids"]
+
+
+def test_named_templates_use_tool_use_for_tool_turns_as_training_does(tokenizer: Any) -> None:
+    named = copy.deepcopy(tokenizer)
+    plain = tokenizer.chat_template
+    named.chat_template = {
+        "default": plain,
+        "tool_use": plain.replace("<|{{ m['role'] }}|>", "<|T:{{ m['role'] }}|>"),
+    }
+    for messages in CONVERSATIONS:
+        trained, served = _both(named, messages)
+        assert served == trained
+    with_tools = named.decode(_both(named, CONVERSATIONS[3])[1])
+    assert "T:" in with_tools and "T:" not in named.decode(_both(named, CONVERSATIONS[0])[1])

@@ -50,22 +50,32 @@ def _fallback_text(tokenizer: Any, messages: list[ChatMessage]) -> str:
     return "".join(parts) + "### Assistant:\n"
 
 
-def _template_handles_tools(tokenizer: Any) -> bool:
-    """Whether the chat template takes tool messages natively (its source mentions ``tools`` and
+def _template(tokenizer: Any, tools: bool) -> str | None:
+    """The chat template's source the engine renders with: of named templates, ``tool_use`` for a
+    conversation with tool turns when there is one, else ``default``."""
+    template = tokenizer.chat_template
+    if isinstance(template, dict):
+        chosen = template.get("tool_use") if tools and "tool_use" in template else template.get("default")
+        return chosen if isinstance(chosen, str) else None
+    return template if isinstance(template, str) and template else None
+
+
+def _handles_tools(source: str | None) -> bool:
+    """Whether a template takes tool messages natively (its source mentions ``tools`` and
     ``tool_calls``, the engine's test); otherwise tool results go to it as user turns."""
-    source = tokenizer.chat_template
-    if isinstance(source, dict):
-        source = source.get("tool_use") or source.get("default")
-    return isinstance(source, str) and bool(_TOOLS_RE.search(source)) and "tool_calls" in source
+    return bool(source) and bool(_TOOLS_RE.search(source or "")) and "tool_calls" in (source or "")
 
 
-def _chat_text(tokenizer: Any, messages: list[ChatMessage], index: int) -> str:
-    if any(m.role == "tool" for m in messages) and not _template_handles_tools(tokenizer):
+def _chat_text(tokenizer: Any, messages: list[ChatMessage], source: str, index: int) -> str:
+    tools = any(m.role == "tool" for m in messages)
+    if tools and not _handles_tools(source):
         rows: list[dict[str, Any]] = list(_turns(messages))
     else:
         rows = [m.model_dump() for m in messages]
     try:
-        text: str = tokenizer.apply_chat_template(rows, add_generation_prompt=True, tokenize=False)
+        text: str = tokenizer.apply_chat_template(
+            rows, add_generation_prompt=True, tokenize=False, chat_template=source
+        )
     except Exception as exc:
         raise BadRequest(f"inputs[{index}]: the chat template rejected these messages: {exc}") from exc
     return text
@@ -78,8 +88,9 @@ def render(tokenizer: Any, prompt: Prompt, index: int, context_limit: int | None
         ids: list[int] = tokenizer(prompt)["input_ids"]
         return _checked(ids, index, context_limit)
     prompt = [m if isinstance(m, ChatMessage) else ChatMessage.model_validate(m) for m in prompt]
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer(_chat_text(tokenizer, prompt, index), add_special_tokens=False)["input_ids"]
+    source = _template(tokenizer, any(m.role == "tool" for m in prompt))
+    if source:
+        ids = tokenizer(_chat_text(tokenizer, prompt, source, index), add_special_tokens=False)["input_ids"]
     else:
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         ids = bos + tokenizer(_fallback_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
