@@ -25,6 +25,7 @@ from api.domain.deployments import (
     InferenceStreamError,
     InferenceToken,
     JanitorReport,
+    as_user_turn,
     parse_batch_line,
 )
 from api.domain.errors import BadRequest, FastunerError
@@ -207,6 +208,13 @@ _BATCH_DOC: dict[str, Any] = {
                         "adapter_id": {"type": "string"},
                         "deployment_id": {"type": "string"},
                         "parameters": {"type": "string", "description": "GenerationParameters as JSON"},
+                        "raw": {
+                            "type": "boolean",
+                            "default": False,
+                            "description": "send prompt strings as plain text; by default a prompt "
+                            "string is sent as one user turn, as `fastuner inference batch` does "
+                            "(conversations go as they are either way)",
+                        },
                     },
                 }
             }
@@ -224,10 +232,13 @@ _BATCH_DOC: dict[str, Any] = {
 async def inference_batch(request: Request, ctx: Ctx, tenant: Tenant) -> StreamingResponse:
     """Generate for every line of an uploaded file; streams one JSON result (or error) per line.
 
+    A prompt string goes as one user turn, the format an adapter trained here learnt (form field
+    ``raw=true``: as plain text); a line holding messages goes as it is.
+
     The file is read a line at a time from the multipart spool (never whole into memory); a line
     over ``max_json_body_bytes`` or not UTF-8 is that line's error and the lines after it still run.
     """
-    form = await request.form(max_files=1, max_fields=4)
+    form = await request.form(max_files=1, max_fields=5)
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -235,6 +246,7 @@ async def inference_batch(request: Request, ctx: Ctx, tenant: Tenant) -> Streami
         target = {k: v for k in ("adapter_id", "deployment_id") if isinstance(v := form.get(k), str) and v}
         raw_params = form.get("parameters")
         params = GenerationParameters.model_validate_json(raw_params if isinstance(raw_params, str) else "{}")
+        raw = _form_flag(form.get("raw"), "raw")
         await run_in_threadpool(
             ctx.deployments.resolve_target, tenant, target.get("deployment_id"), target.get("adapter_id")
         )
@@ -249,11 +261,24 @@ async def inference_batch(request: Request, ctx: Ctx, tenant: Tenant) -> Streami
     def results() -> Iterator[bytes]:
         try:
             for number, line in batch_lines(upload.file, max_line):
-                yield (json.dumps(_batch_result(ctx, tenant, number, line, params, target)) + "\n").encode()
+                record = _batch_result(ctx, tenant, number, line, params, target, raw)
+                yield (json.dumps(record) + "\n").encode()
         finally:
             upload.file.close()
 
     return StreamingResponse(iterate_in_threadpool(results()), media_type="application/x-ndjson")
+
+
+def _form_flag(value: object, name: str) -> bool:
+    """A boolean form field: absent or empty is false; true/false, 1/0, yes/no, on/off."""
+    if value is None or value == "":
+        return False
+    text = value.lower() if isinstance(value, str) else ""
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise BadRequest(f"{name}: give true or false")
 
 
 def batch_lines(fh: IO[bytes], max_line: int) -> Iterator[tuple[int, str | ValueError]]:
@@ -283,12 +308,13 @@ def _batch_result(
     line: str | ValueError,
     params: GenerationParameters,
     target: dict[str, str],
+    raw: bool,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {"line": number}
     try:
         if isinstance(line, ValueError):
             raise line
-        inputs = parse_batch_line(line)
+        inputs = as_user_turn(parse_batch_line(line), raw)
         record["input"] = inputs
         resp = ctx.deployments.infer(tenant, InferenceRequest(inputs=inputs, parameters=params, **target))
         record.update(resp.outputs[0].model_dump())

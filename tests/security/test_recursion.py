@@ -91,7 +91,9 @@ def test_a_deep_batch_line_is_its_own_error_and_later_lines_run(
     monkeypatch.setattr(service, "resolve_target", lambda *a: None)
     monkeypatch.setattr(service, "infer", infer)
     body = ("first\n" + deep_list() + "\n" + json.dumps({"input": "third"}) + "\n").encode()
-    resp = client.post("/v0/inference/batch", data={"adapter_id": "adp_x"}, files={"file": ("b.jsonl", body)})
+    resp = client.post(
+        "/v0/inference/batch", data={"adapter_id": "adp_x", "raw": "true"}, files={"file": ("b.jsonl", body)}
+    )
     assert resp.status_code == 200, resp.text
     lines = [json.loads(line) for line in resp.text.splitlines()]
     assert [r["line"] for r in lines] == [1, 2, 3]
@@ -113,10 +115,46 @@ def test_an_unexpected_error_on_one_line_does_not_end_the_stream(
     monkeypatch.setattr(service, "resolve_target", lambda *a: None)
     monkeypatch.setattr(service, "infer", infer)
     resp = client.post(
-        "/v0/inference/batch", data={"adapter_id": "adp_x"}, files={"file": ("b.jsonl", b"boom\nfine\n")}
+        "/v0/inference/batch",
+        data={"adapter_id": "adp_x", "raw": "true"},
+        files={"file": ("b.jsonl", b"boom\nfine\n")},
     )
     lines = [json.loads(line) for line in resp.text.splitlines()]
     assert lines[0]["error"]["code"] == "internal_error" and lines[1]["generated_text"] == "ok"
+
+
+def test_batch_prompt_strings_go_as_a_user_turn_unless_raw(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``fastuner inference batch``: the format every pair/chat record was trained in."""
+    service = client.app.state.ctx.deployments  # type: ignore[attr-defined]
+    seen: list[Any] = []
+
+    def infer(tenant: str, req: Any) -> InferenceResponse:
+        seen.append(req.inputs)
+        return _answer("ok")
+
+    monkeypatch.setattr(service, "resolve_target", lambda *a: None)
+    monkeypatch.setattr(service, "infer", infer)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    body = (
+        "plain\n" + json.dumps({"input": "keyed"}) + "\n" + json.dumps({"messages": chat}) + "\n"
+    ).encode()
+    for raw, want in (
+        (None, [[{"role": "user", "content": "plain"}], [{"role": "user", "content": "keyed"}], chat]),
+        ("false", [[{"role": "user", "content": "plain"}], [{"role": "user", "content": "keyed"}], chat]),
+        ("true", ["plain", "keyed", chat]),
+    ):
+        seen.clear()
+        data = {"adapter_id": "adp_x"} | ({"raw": raw} if raw else {})
+        resp = client.post("/v0/inference/batch", data=data, files={"file": ("b.jsonl", body)})
+        lines = [json.loads(line) for line in resp.text.splitlines()]
+        assert seen == want, raw
+        assert [r["input"] for r in lines] == want  # each result says what was sent
+    bad = client.post(
+        "/v0/inference/batch", data={"adapter_id": "adp_x", "raw": "maybe"}, files={"file": ("b", body)}
+    )
+    assert bad.status_code == 400 and bad.json()["code"] == "bad_request" and "raw" in bad.json()["message"]
 
 
 # -- hyperparameters --------------------------------------------------------------------------
