@@ -92,7 +92,7 @@ def convert_gguf(
 
     bars = hf_logging.is_progress_bar_enabled()
     # Progress is ours to report (the bars would land on a server's stderr).
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()
     try:
         step("dequantising", f"dequantising {gguf.name} (GGUF → float32)")
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -113,7 +113,7 @@ def convert_gguf(
             shutil.rmtree(tmp, ignore_errors=True)  # another pull finished first: keep its folder
     finally:
         if bars:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+            hf_logging.enable_progress_bar()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -60,4 +60,4 @@ def quiet_transformers() -> None:
         return
     hf_logging.disable_default_handler()
     hf_logging.enable_propagation()
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()

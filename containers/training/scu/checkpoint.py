@@ -97,7 +97,7 @@ def save_checkpoint(
     final = root / f"step-{position.global_step:07d}"
     tmp = root / (final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(str(tmp))
     torch.save(
         {
             "optimizer": optimizer.state_dict(),

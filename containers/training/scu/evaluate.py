@@ -53,7 +53,7 @@ def keeps_target_logits(model: Any) -> bool:
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=keep).logits
     except (TypeError, IndexError, RuntimeError, ValueError):
         return False
-    return logits.dim() == 2 and logits.size(0) == 1
+    return bool(logits.dim() == 2 and logits.size(0) == 1)
 
 
 def forward_ce_sum(

@@ -100,8 +100,10 @@ def _run(paths: ContractPaths, cfg: TrainConfig, info: DistInfo, device: torch.d
     prep = _prepare(paths, cfg, base, tokenizer, info, device)
     torch.manual_seed(prep.rcfg.seed)  # the LoRA init draws from the global RNG: same seed, same run
     rcfg = prep.rcfg
-    model = load_base_model(base, rcfg.precision, rcfg.method, device, rcfg.gradient_checkpointing)
-    model, targets = apply_lora(model, rcfg.lora_r, rcfg.lora_alpha, rcfg.lora_dropout, rcfg.target_modules)
+    base_model = load_base_model(base, rcfg.precision, rcfg.method, device, rcfg.gradient_checkpointing)
+    model, targets = apply_lora(
+        base_model, rcfg.lora_r, rcfg.lora_alpha, rcfg.lora_dropout, rcfg.target_modules
+    )
     prep = dataclasses.replace(prep, rcfg=rcfg.model_copy(update={"target_modules": targets}))
     if info.is_main:
         _announce(paths, base, prep, info)

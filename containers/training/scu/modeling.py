@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -70,7 +70,7 @@ def load_base_model(
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     else:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-        model.to(device)
+        cast(torch.nn.Module, model).to(device)  # transformers types its `to` wrapper's argument wrongly
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -109,7 +109,7 @@ def apply_lora(
     targets = target_modules or detect_target_modules(model)
     config = LoraConfig(
         r=r,
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # PEFT annotates int; a float works (alpha / r)
         lora_dropout=dropout,
         target_modules=targets,
         bias="none",

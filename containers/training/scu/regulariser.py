@@ -20,7 +20,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 
@@ -50,8 +50,8 @@ def lora_factors(model: torch.nn.Module) -> list[LoraFactor]:
                 continue
             found.append(
                 LoraFactor(
-                    a=module.lora_A[name].weight,
-                    b=module.lora_B[name].weight,
+                    a=cast(torch.Tensor, module.lora_A[name].weight),
+                    b=cast(torch.Tensor, module.lora_B[name].weight),
                     scale=float(module.scaling[name]),
                 )
             )

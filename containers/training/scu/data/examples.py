@@ -14,12 +14,14 @@ import random
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
 log = logging.getLogger("scu.data")
 
 IGNORE = -100
+R = TypeVar("R")  # a row of any shape (split_holdout)
 
 
 @dataclass(frozen=True)
@@ -139,9 +141,7 @@ def rank_batches(
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
-def split_holdout(
-    rows: list[list[dict[str, str]]], fraction: float, seed: int
-) -> tuple[list[list[dict[str, str]]], list[list[dict[str, str]]]]:
+def split_holdout(rows: list[R], fraction: float, seed: int) -> tuple[list[R], list[R]]:
     """Deterministically hold out ``fraction`` of rows (at least one when there are 2+ rows)."""
     if fraction <= 0 or len(rows) < 2:
         return rows, []
