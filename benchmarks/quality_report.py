@@ -153,6 +153,9 @@ def _cell_text(c: Result) -> str:
     if c["row"] == "off_es" and c.get("es"):
         es = c["es"]
         text += f" (step {es['step']}, ep {es['epoch']:.2g})"
+    sel = c.get("selection") or {}
+    if sel.get("selected_step") is not None and c.get("last_bpt") is not None:
+        text += f" (kept step {sel['selected_step']}; last step {c['last_bpt']:.4f})"
     t = c.get("tracking") or {}
     if c["row"].startswith("scu") and "lambda_end" in t:
         text += f" (S* {t['s_star']:.3g}, λ {t['lambda_end']:.3g}, {t['off_bounds']:.0%}/{t['in_band']:.0%})"

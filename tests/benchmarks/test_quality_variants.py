@@ -151,3 +151,12 @@ def test_scu_row_stands_a_variant_in_for_the_shipped_default_only_when_the_rule_
     assert qr.default_rule_check(wrong, rule).status == "FAIL"  # S* 0.8 is not the rule's 15/16
     with pytest.raises(SystemExit, match="REGIME=ROW"):
         sq.scu_rows(["small=off"])
+
+
+def test_a_cell_with_selection_shows_the_kept_step_and_the_last_steps_adapter() -> None:
+    kept = _cell("wd1", 0, 4.1839) | {"selection": {"selected_step": 22}, "last_bpt": 6.9012}
+    plain = _cell("fixed1", 1, 4.2836)
+    lines = qr.table("docs", "small", [kept, plain], None)
+    row = next(x for x in lines if x.startswith("| AdamW wd=1 |") and "kept" in x)
+    assert "4.1839 (kept step 22; last step 6.9012)" in row
+    assert "| fixed λ=1 | – | 4.2836 |" in lines  # no selection: the BPT alone
