@@ -11,7 +11,7 @@ On SQLite and PostgreSQL where a database is involved.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,18 +78,26 @@ def _answer(text: str) -> InferenceResponse:
     )
 
 
-def test_a_deep_batch_line_is_its_own_error_and_later_lines_run(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _fake_deployment(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, answer: Callable[[Any], str]
+) -> list[Any]:
+    """Every target resolves and ``infer`` answers ``answer(inputs)``; returns the inputs seen."""
     service = client.app.state.ctx.deployments  # type: ignore[attr-defined]
     seen: list[Any] = []
 
     def infer(tenant: str, req: Any) -> InferenceResponse:
         seen.append(req.inputs)
-        return _answer(f"echo {req.inputs}")
+        return _answer(answer(req.inputs))
 
     monkeypatch.setattr(service, "resolve_target", lambda *a: None)
     monkeypatch.setattr(service, "infer", infer)
+    return seen
+
+
+def test_a_deep_batch_line_is_its_own_error_and_later_lines_run(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _fake_deployment(client, monkeypatch, lambda inputs: f"echo {inputs}")
     body = ("first\n" + deep_list() + "\n" + json.dumps({"input": "third"}) + "\n").encode()
     resp = client.post(
         "/v0/inference/batch", data={"adapter_id": "adp_x", "raw": "true"}, files={"file": ("b.jsonl", body)}
@@ -127,15 +135,7 @@ def test_batch_prompt_strings_go_as_a_user_turn_unless_raw(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As ``fastuner inference batch``: the format every pair/chat record was trained in."""
-    service = client.app.state.ctx.deployments  # type: ignore[attr-defined]
-    seen: list[Any] = []
-
-    def infer(tenant: str, req: Any) -> InferenceResponse:
-        seen.append(req.inputs)
-        return _answer("ok")
-
-    monkeypatch.setattr(service, "resolve_target", lambda *a: None)
-    monkeypatch.setattr(service, "infer", infer)
+    seen = _fake_deployment(client, monkeypatch, lambda inputs: "ok")
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     body = (
         "plain\n" + json.dumps({"input": "keyed"}) + "\n" + json.dumps({"messages": chat}) + "\n"
