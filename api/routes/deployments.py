@@ -9,7 +9,7 @@ from typing import IO, Any, TypeVar, cast
 import anyio
 from fastapi import APIRouter, Request, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -269,15 +269,19 @@ async def inference_batch(request: Request, ctx: Ctx, tenant: Tenant) -> Streami
     return StreamingResponse(iterate_in_threadpool(results()), media_type="application/x-ndjson")
 
 
+_BOOL = TypeAdapter(bool)
+
+
 def _form_flag(value: object, name: str) -> bool:
-    """A boolean form field: absent or empty is false; true/false, 1/0, yes/no, on/off."""
+    """A boolean form field read as FastAPI reads ``Form()`` booleans (the console's): pydantic's
+    true/false, 1/0, yes/no, on/off; absent or empty is false."""
     if value is None or value == "":
         return False
-    text = value.lower() if isinstance(value, str) else ""
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
+    try:
+        if isinstance(value, str):
+            return _BOOL.validate_python(value)
+    except ValidationError:
+        pass
     raise BadRequest(f"{name}: give true or false")
 
 

@@ -113,15 +113,12 @@ def test_a_deep_batch_line_is_its_own_error_and_later_lines_run(
 def test_an_unexpected_error_on_one_line_does_not_end_the_stream(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = client.app.state.ctx.deployments  # type: ignore[attr-defined]
-
-    def infer(tenant: str, req: Any) -> InferenceResponse:
-        if req.inputs == "boom":
+    def answer(inputs: Any) -> str:
+        if inputs == "boom":
             raise RecursionError("somewhere deep")
-        return _answer("ok")
+        return "ok"
 
-    monkeypatch.setattr(service, "resolve_target", lambda *a: None)
-    monkeypatch.setattr(service, "infer", infer)
+    _fake_deployment(client, monkeypatch, answer)
     resp = client.post(
         "/v0/inference/batch",
         data={"adapter_id": "adp_x", "raw": "true"},
@@ -154,6 +151,10 @@ def test_batch_prompt_strings_go_as_a_user_turn_unless_raw(
     bad = client.post(
         "/v0/inference/batch", data={"adapter_id": "adp_x", "raw": "maybe"}, files={"file": ("b", body)}
     )
+    yes = client.post(
+        "/v0/inference/batch", data={"adapter_id": "adp_x", "raw": "yes"}, files={"file": ("b", body)}
+    )
+    assert yes.status_code == 200 and seen[-3:] == ["plain", "keyed", chat]  # as a console Form() bool
     assert bad.status_code == 400 and bad.json()["code"] == "bad_request" and "raw" in bad.json()["message"]
 
 
