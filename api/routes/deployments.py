@@ -277,11 +277,11 @@ def _form_flag(value: object, name: str) -> bool:
     true/false, 1/0, yes/no, on/off; absent or empty is false."""
     if value is None or value == "":
         return False
-    try:
-        if isinstance(value, str):
+    if isinstance(value, str):
+        try:
             return _BOOL.validate_python(value)
-    except ValidationError:
-        pass
+        except ValidationError:
+            pass
     raise BadRequest(f"{name}: give true or false")
 
 
