@@ -11,6 +11,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from scu.dropout import use_lora_dropout
 from scu.hub_token import ensure_hf_token
 
 log = logging.getLogger("scu.modeling")
@@ -116,6 +117,7 @@ def apply_lora(
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, config)
+    use_lora_dropout(peft_model)  # PEFT's nn.Dropout, with a mask that is cheaper on CPU
     return peft_model, targets
 
 
